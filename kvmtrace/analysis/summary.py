@@ -1,0 +1,181 @@
+"""Counts behind `kvmtrace report`: pure pandas on a trace's events.
+
+No bcc, no libvirt, no kernel: everything comes from the events frame and the
+trace header. Frames returned here have fixed columns (documented per
+function) and are what the text and JSON reports print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..events import EventFlag, EventKind, MmioOp, PioOp
+from ..exits import ExitNames, Isa, KvmExit, kvm_exit_info
+
+EINTR = 4
+
+
+def _direction(op: pd.Series, write_value: int) -> pd.Categorical:
+    return pd.Categorical(np.where(op == write_value, "write", "read"), categories=["read", "write"])
+
+
+def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
+    """Mask of kvm_mmio "read" events that complete an earlier "unsatisfied-read".
+
+    A read the VMM answers shows twice: "unsatisfied-read" when KVM hands it
+    to the VMM, and "read" with the value when KVM_RUN resumes. The second is
+    the same access; it follows the first on the same thread with no other
+    MMIO event between and names the same address.
+    """
+    m = ev[ev["kind"] == EventKind.MMIO].sort_values(["tid", "ts_ns"], kind="stable")
+    prev_op = m["op"].shift(1)
+    prev_gpa = m["gpa"].shift(1)
+    prev_tid = m["tid"].shift(1)
+    comp = (
+        (m["op"] == MmioOp.READ)
+        & (prev_op == MmioOp.UNSATISFIED_READ)
+        & (prev_gpa == m["gpa"])
+        & (prev_tid == m["tid"])
+    )
+    mask = np.zeros(len(ev), dtype=bool)
+    mask[ev.index.get_indexer(m.index[comp.to_numpy()])] = True
+    return mask
+
+
+@dataclass
+class Summary:
+    duration_s: float
+    userspace_exits: pd.DataFrame
+    exits: pd.DataFrame
+    pio: pd.DataFrame
+    mmio: pd.DataFrame
+    interrupted_runs: int  # KVM_RUN returning -EINTR ("restart"): not exits
+    failed_runs: int  # KVM_RUN returning another error
+    userspace_fields_known: bool  # kvm_run members were read (record) or not (import)
+
+
+def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.DataFrame:
+    """KVM_RUN returns to the VMM, by KVM_EXIT_* reason.
+
+    Columns: reason (KVM_EXIT_* name), code, member (the kvm_run union member
+    it fills, "" for none), fields (that member's fields, comma-separated),
+    count, rate (per second of recording).
+    """
+    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)]
+    counts = u.groupby("reason").size()
+    rows = []
+    for code, n in counts.items():
+        info = kvm_exit_info(int(code))
+        rows.append({
+            "reason": names.kvm_exit(int(code)),
+            "code": int(code),
+            "member": info.member or "",
+            "fields": ",".join(info.fields),
+            "count": int(n),
+            "rate": n / duration_s if duration_s > 0 else float("nan"),
+        })
+    cols = ["reason", "code", "member", "fields", "count", "rate"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["count", "code"], ascending=[False, True], ignore_index=True)
+
+
+def hardware_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.DataFrame:
+    """VM exits (kvm:kvm_exit) by ISA and reason.
+
+    Columns: isa ("VMX"/"SVM"/"UNKNOWN"), reason (the kernel's name), code
+    (basic reason: VMX flag bits masked off), flags (e.g. "FAILED_VMENTRY"),
+    count, rate.
+    """
+    x = ev[ev["kind"] == EventKind.EXIT]
+    cols = ["isa", "reason", "code", "flags", "count", "rate"]
+    if x.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (isa, raw), n in x.groupby(["isa", "reason"]).size().items():
+        isa_e = Isa.coerce(int(isa))
+        code, flags = int(raw), ()
+        if isa_e == Isa.VMX:
+            code, flags = names.decode_vmx(int(raw))
+        rows.append({
+            "isa": isa_e.name,
+            "reason": names.hw(int(isa), int(raw)),
+            "code": code,
+            "flags": " ".join(flags),
+            "count": int(n),
+        })
+    df = pd.DataFrame(rows)
+    df = df.groupby(["isa", "reason", "code", "flags"], as_index=False, observed=True)["count"].sum()
+    df["rate"] = df["count"] / duration_s if duration_s > 0 else float("nan")
+    return df[cols].sort_values(["count", "code"], ascending=[False, True], ignore_index=True)
+
+
+def _split_user(total: pd.Series, user: pd.Series, keys: list[str]) -> pd.DataFrame:
+    """Rows (keys..., userspace, count) from total and userspace counts."""
+    user = user.reindex(total.index, fill_value=0)
+    kernel = (total - user).clip(lower=0)
+    parts = []
+    for flag, series in ((True, user), (False, kernel)):
+        df = series[series > 0].rename("count").reset_index()
+        df["userspace"] = flag
+        parts.append(df)
+    out = pd.concat(parts, ignore_index=True)
+    out = out[keys + ["userspace", "count"]]
+    return out.sort_values(keys + ["userspace"], ascending=[True] * len(keys) + [False], ignore_index=True)
+
+
+def port_io(ev: pd.DataFrame) -> pd.DataFrame:
+    """Port I/O accesses (kvm:kvm_pio) by port, direction and size.
+
+    Each (port, direction, size) gives one row per place it was handled:
+    ``userspace`` True for accesses KVM_RUN returned to the VMM as
+    KVM_EXIT_IO (counted from the kvm_run.io of those exits), False for the
+    rest, handled in the kernel. Columns: port, direction ("read"/"write"),
+    size (bytes), userspace, count.
+    """
+    keys = ["port", "direction", "size"]
+    p = ev[ev["kind"] == EventKind.PIO]
+    total = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read")).groupby(keys).size()
+    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.IO) & (ev["err"] >= 0)
+           & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
+    # kvm_run.io.direction: KVM_EXIT_IO_IN 0, KVM_EXIT_IO_OUT 1, as kvm_pio's rw.
+    user = u.assign(direction=np.where(u["op"] == 1, "write", "read")).groupby(keys).size()
+    if total.empty:
+        return pd.DataFrame(columns=keys + ["userspace", "count"])
+    return _split_user(total, user, keys)
+
+
+def mmio(ev: pd.DataFrame) -> pd.DataFrame:
+    """MMIO accesses (kvm:kvm_mmio) by guest physical address, direction, length.
+
+    A read the VMM answers is one access (its "unsatisfied-read" and the
+    completing "read" are counted once). ``userspace`` splits as for port
+    I/O, from the kvm_run.mmio of KVM_EXIT_MMIO exits. Columns: gpa,
+    direction, len (bytes), userspace, count.
+    """
+    keys = ["gpa", "direction", "len"]
+    comp = mmio_completions(ev)
+    m = ev[(ev["kind"] == EventKind.MMIO) & ~comp]
+    total = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"), len=m["size"]).groupby(keys).size()
+    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.MMIO) & (ev["err"] >= 0)
+           & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
+    user = u.assign(direction=np.where(u["op"] == MmioOp.WRITE, "write", "read"), len=u["size"]).groupby(keys).size()
+    if total.empty:
+        return pd.DataFrame(columns=keys + ["userspace", "count"])
+    return _split_user(total, user, keys)
+
+
+def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
+    u = ev[ev["kind"] == EventKind.USERSPACE_EXIT]
+    known = bool(((u["flags"] & int(EventFlag.RUN_FIELDS)) != 0).any()) if len(u) else True
+    return Summary(
+        duration_s=duration_s,
+        userspace_exits=userspace_exits(ev, names, duration_s),
+        exits=hardware_exits(ev, names, duration_s),
+        pio=port_io(ev),
+        mmio=mmio(ev),
+        interrupted_runs=int(((u["err"] == -EINTR)).sum()),
+        failed_runs=int(((u["err"] < 0) & (u["err"] != -EINTR)).sum()),
+        userspace_fields_known=known,
+    )

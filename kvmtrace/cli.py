@@ -1,0 +1,135 @@
+"""The `kvmtrace` command: record, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import KvmtraceError
+from .host import REQUIREMENTS
+
+DESCRIPTION = "Trace a KVM guest's vCPU run loop with eBPF: every exit, named and decoded."
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .domain import DEFAULT_URI
+
+    p = argparse.ArgumentParser(prog="kvmtrace", description=DESCRIPTION, epilog=REQUIREMENTS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"kvmtrace {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("record", help="record a running libvirt domain's run loop",
+                       description="Record a running libvirt domain's run loop into a trace file.",
+                       epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--domain", "-d", help="domain name, UUID or ID (libvirt)")
+    r.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI", help=f"libvirt URI (default {DEFAULT_URI})")
+    r.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM or the domain stopping)")
+    r.add_argument("-o", "--output", metavar="FILE", help="trace file (default kvmtrace-DOMAIN-TIME.kvmtrace)")
+    r.add_argument("--values", action="store_true", help="also store the data of port and MMIO accesses (guest data: off by default)")
+    r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+
+    rep = sub.add_parser("report", help="summarize a trace file",
+                         description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
+    rep.add_argument("trace", metavar="FILE")
+    rep.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    rep.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
+
+    d = sub.add_parser("demo", help="start the demo guest, record it, report",
+                       description="Build the demo guest's ROM, start it through libvirt as "
+                                   "linux10.0421, record it, print the report.",
+                       epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI")
+    d.add_argument("--duration", type=_positive, default=3.0, metavar="S", help="seconds to record the steady guest (default 3)")
+    d.add_argument("--finite", action="store_true", help="run the guest's workload once instead of looping")
+    d.add_argument("-o", "--output", metavar="FILE", default="kvmtrace-demo.kvmtrace")
+    return p
+
+
+def _cmd_record(args, argv) -> int:
+    from .record import RecordOptions, record
+
+    if args.domain is None and not args.dry_run:
+        raise KvmtraceError("record needs --domain NAME|UUID|ID", "list domains with virsh list --all")
+    record(RecordOptions(domain=args.domain, uri=args.connect, duration=args.duration, output=args.output,
+                         capture_values=args.values, dry_run=args.dry_run,
+                         progress_interval=0 if args.quiet else 1.0, argv=argv))
+    return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _cmd_report(args) -> int:
+    from .report import render_json, render_text
+    from .trace import load
+
+    trace = load(args.trace)
+    _emit(render_json(trace) if args.format == "json" else render_text(trace), args.output)
+    return 0
+
+
+def _cmd_demo(args, argv) -> int:
+    from .demo import start_demo, stop_demo
+    from .guest import Workload
+    from .host import check_privileges
+    from .record import RecordOptions, record
+    from .report import render_text
+    from .trace import load
+
+    check_privileges()
+    workload = Workload(steady=not args.finite)
+    print(f"kvmtrace: starting the demo guest ({'finite' if args.finite else 'steady'} workload)", file=sys.stderr)
+    conn, dom = start_demo(workload, args.connect, paused=True)
+    try:
+        opts = RecordOptions(domain=dom.UUIDString(), uri=args.connect, output=args.output,
+                             duration=None if args.finite else args.duration, argv=argv)
+        record(opts, on_attached=lambda _guest: dom.resume())
+    finally:
+        stop_demo(dom)
+    sys.stdout.write(render_text(load(args.output)))
+    print(f"kvmtrace: the trace is in {args.output}; report it again with: kvmtrace report {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "record":
+            return _cmd_record(args, ["kvmtrace", *argv])
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "demo":
+            return _cmd_demo(args, ["kvmtrace", *argv])
+    except KvmtraceError as e:
+        print(f"kvmtrace: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kvmtrace: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

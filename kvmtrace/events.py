@@ -1,0 +1,158 @@
+"""The event record shared by the BPF probes and the trace file.
+
+`probes/kvmtrace.h` declares ``struct kt_event``; :data:`EVENT_DTYPE` is the
+same layout for numpy, so a batch of raw ring-buffer records becomes columns
+with one ``numpy.frombuffer`` call. Every constant the C side needs comes from
+here, through :func:`bpf_defines`: nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from .exits import KvmExit
+
+__all__ = [
+    "EVENT_DTYPE",
+    "EventKind",
+    "EventFlag",
+    "KVM_RUN",
+    "NO_VCPU",
+    "PioOp",
+    "MmioOp",
+    "TRACEPOINTS",
+    "bpf_defines",
+]
+
+
+class EventKind(enum.IntEnum):
+    """What produced an event: one value per probe (``kind`` column)."""
+
+    EXIT = 1  # kvm:kvm_exit, a hardware VM exit
+    ENTRY = 2  # kvm:kvm_entry, back into the guest
+    PIO = 3  # kvm:kvm_pio, a port I/O access
+    MMIO = 4  # kvm:kvm_mmio, an MMIO access
+    USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
+    RUN = 6  # syscalls:sys_enter_ioctl with KVM_RUN, the VMM re-entering
+
+
+class EventFlag(enum.IntFlag):
+    """Bits of the ``flags`` column."""
+
+    IMMEDIATE_EXIT = 1  # kvm_entry with immediate_exit set
+    VALUE = 2  # the ``value`` column holds the guest's data (--values)
+    RUN_FIELDS = 4  # a userspace exit with its kvm_run member read from the VMM
+
+
+class PioOp(enum.IntEnum):
+    """``op`` of a PIO event, as kvm_pio's ``rw`` field."""
+
+    READ = 0
+    WRITE = 1
+
+
+class MmioOp(enum.IntEnum):
+    """``op`` of an MMIO event, as kvm_mmio's ``type`` (KVM_TRACE_MMIO_*)."""
+
+    UNSATISFIED_READ = 0  # handed to the VMM; a READ follows when it answers
+    READ = 1
+    WRITE = 2
+
+
+#: The KVM_RUN ioctl number, _IO(KVMIO=0xAE, 0x80).
+KVM_RUN = 0xAE80
+#: Offset of the union in struct kvm_run (uapi linux/kvm.h).
+KVM_RUN_UNION_OFFSET = 32
+#: ``vcpu`` of an event whose tracepoint carries no vCPU id.
+NO_VCPU = 0xFFFFFFFF
+
+#: (system, event, kind) of every probe, in the order they are attached.
+TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
+    ("kvm", "kvm_exit", EventKind.EXIT),
+    ("kvm", "kvm_entry", EventKind.ENTRY),
+    ("kvm", "kvm_pio", EventKind.PIO),
+    ("kvm", "kvm_mmio", EventKind.MMIO),
+    ("kvm", "kvm_userspace_exit", EventKind.USERSPACE_EXIT),
+    ("syscalls", "sys_enter_ioctl", EventKind.RUN),
+)
+
+#: Fields a probe reads only where the kernel's format has them (older kernels
+#: lack some). Each present one becomes -DKT_HAVE_<EVENT>_<FIELD>.
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "kvm_exit": ("isa", "info1", "intr_info", "vcpu_id"),
+    "kvm_entry": ("rip", "immediate_exit", "intr_info"),
+    "kvm_userspace_exit": ("errno",),
+}
+
+#: numpy mirror of struct kt_event (probes/kvmtrace.h), field for field.
+EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("rip", "<u8"),
+        ("info1", "<u8"),
+        ("info2", "<u8"),
+        ("gpa", "<u8"),
+        ("value", "<u8"),
+        ("tid", "<u4"),
+        ("pid", "<u4"),
+        ("cpu", "<u4"),
+        ("vcpu", "<u4"),
+        ("reason", "<u4"),
+        ("isa", "<u4"),
+        ("err", "<i4"),
+        ("port", "<u4"),
+        ("size", "<u4"),
+        ("count", "<u4"),
+        ("intr_info", "<u4"),
+        ("error_code", "<u4"),
+        ("kind", "u1"),
+        ("op", "u1"),
+        ("flags", "u1"),
+        ("pad", "u1"),
+        ("pad2", "<u4"),
+    ]
+)
+
+#: Columns of EVENT_DTYPE that are padding, dropped before writing.
+PADDING = ("pad", "pad2")
+
+
+def bpf_defines(
+    *,
+    probes: list[str],
+    fields: dict[str, set[str]],
+    ringbuf_pages: int,
+    max_targets: int = 64,
+    max_vcpus: int = 1024,
+    capture_values: bool = False,
+) -> list[str]:
+    """The -D flags that build probes/kvmtrace.bpf.c.
+
+    ``probes`` names the tracepoints to compile (event names, e.g.
+    ``"kvm_pio"``); ``fields`` maps each to the field names its format has.
+    """
+    if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
+        raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
+    flags = [f"-DKT_KIND_{k.name}={k.value}" for k in EventKind]
+    flags.append(f"-DKT_KIND_COUNT={max(EventKind) + 1}")
+    flags += [f"-DKT_FLAG_{f.name}={f.value}" for f in EventFlag]
+    flags += [
+        f"-DKT_KVM_RUN={KVM_RUN:#x}",
+        f"-DKT_NO_VCPU={NO_VCPU:#x}U",
+        f"-DKT_MAX_TARGETS={max_targets}",
+        f"-DKT_MAX_VCPUS={max_vcpus}",
+        f"-DKT_KVM_RUN_UNION={KVM_RUN_UNION_OFFSET}",
+        f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
+        f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
+        f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
+    ]
+    for name in probes:
+        flags.append(f"-DKT_PROBE_{name.upper()}")
+        for field in OPTIONAL_FIELDS.get(name, ()):
+            if field in fields.get(name, ()):
+                flags.append(f"-DKT_HAVE_{name.upper()}_{field.upper()}")
+    if capture_values:
+        flags.append("-DKT_CAPTURE_VALUES")
+    return flags

@@ -1,0 +1,123 @@
+"""`kvmtrace report`: a trace's summary as text (80 columns) or JSON.
+
+The JSON form is a contract: an object with lists ``userspace_exits``
+(reason, code, member, fields, count, rate), ``exits`` (isa, reason, code,
+flags, count, rate), ``pio`` (port, direction, size, count, userspace),
+``mmio`` (gpa, direction, len, count, userspace), and ``lost_events``,
+``duration_s``, ``complete``, ``values_captured``, ``domain``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .trace import Trace
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = []
+    for row in df.to_dict("records"):
+        clean = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            clean[k] = v
+        out.append(clean)
+    return out
+
+
+def report_dict(trace: Trace) -> dict:
+    s = trace.summary
+    domains = trace.domains
+    return {
+        "trace": str(trace.path),
+        "domain": domains[0]["name"] if domains else None,
+        "complete": trace.complete,
+        "duration_s": round(s.duration_s, 6),
+        "events": trace.data.table.num_rows,
+        "lost_events": trace.lost_events,
+        "values_captured": trace.values_captured,
+        "userspace_exits": _records(s.userspace_exits),
+        "exits": _records(s.exits),
+        "pio": _records(s.pio),
+        "mmio": _records(s.mmio),
+        "interrupted_runs": s.interrupted_runs,
+        "failed_runs": s.failed_runs,
+    }
+
+
+def render_json(trace: Trace) -> str:
+    return json.dumps(report_dict(trace), indent=2) + "\n"
+
+
+def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:
+    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for name, justify in columns:
+        t.add_column(name, justify=justify)
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _rate(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.1f}"
+
+
+def render_text(trace: Trace, width: int = 80) -> str:
+    s = trace.summary
+    d = report_dict(trace)
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False)
+    dom = d["domain"] or "?"
+    host = trace.header.get("host", {})
+    con.print(f"kvmtrace report: {trace.path}")
+    con.print(f"domain {dom}, host {host.get('hostname', '?')} ({host.get('kernel_release', '?')}, "
+              f"KVM ISA {host.get('isa', '?')}), {d['duration_s']:.3f} s, {d['events']:,} events, "
+              f"{d['lost_events']:,} lost")
+    if not trace.complete:
+        con.print(f"WARNING: the recording was cut short ({trace.data.note}); "
+                  "counts cover what was written before it stopped")
+    con.print("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
+
+    rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"] or "-", f"{r['count']:,}", _rate(r["rate"])]
+            for r in d["userspace_exits"]]
+    con.print(_table("Userspace exits (KVM_RUN returning to the VMM)",
+                     [("KVM_EXIT_", "left"), ("code", "right"), ("kvm_run member", "left"),
+                      ("fields", "left"), ("count", "right"), ("/s", "right")], rows))
+    if s.interrupted_runs or s.failed_runs:
+        con.print(f"KVM_RUN interrupted by signals (-EINTR, not exits): {s.interrupted_runs:,}; "
+                  f"failed: {s.failed_runs:,}")
+    if not s.userspace_fields_known:
+        con.print("note: the kvm_run members were not read in this trace; "
+                  "I/O rows cannot be split into kernel and userspace")
+
+    if d["exits"]:
+        rows = [[r["isa"], r["reason"] + (f" [{r['flags']}]" if r["flags"] else ""), str(r["code"]),
+                 f"{r['count']:,}", _rate(r["rate"])] for r in d["exits"]]
+        con.print(_table("Hardware exits (kvm_exit)", [("isa", "left"), ("reason", "left"),
+                                                       ("code", "right"), ("count", "right"), ("/s", "right")], rows))
+    else:
+        probes = trace.header.get("probes", [])
+        why = "did not fire on this host" if "kvm_exit" in probes else "was not recorded"
+        con.print(f"Hardware exits: none (kvm:kvm_exit {why})\n")
+
+    dur = d["duration_s"]
+    rows = [[f"{r['port']:#06x}", r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",
+             f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["pio"]]
+    con.print(_table("Port I/O (kvm_pio)", [("port", "left"), ("dir", "left"), ("size", "right"),
+                                            ("handled by", "left"), ("count", "right"), ("/s", "right")], rows))
+    rows = [[f"{r['gpa']:#x}", r["direction"], str(r["len"]), "QEMU" if r["userspace"] else "kernel",
+             f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["mmio"]]
+    con.print(_table("MMIO (kvm_mmio; a read the VMM answers counts once)",
+                     [("gpa", "left"), ("dir", "left"), ("len", "right"), ("handled by", "left"),
+                      ("count", "right"), ("/s", "right")], rows))
+    return buf.getvalue()

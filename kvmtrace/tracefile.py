@@ -1,0 +1,235 @@
+"""The trace file: an Arrow IPC (Feather v2) file of events, self-describing.
+
+Layout, chosen so that a recording interrupted at any moment stays readable:
+
+* The schema's metadata holds the header (``kvmtrace.header``, JSON): format
+  version, kvmtrace version, host, tracepoint formats, domains, start time.
+* Events follow in record batches, each flushed to the file as written, each
+  carrying ``kvmtrace.progress`` metadata (events written, lost so far).
+* A last batch carries ``kvmtrace.trailer`` (end time, stop reason, exact lost
+  counts), then the Arrow footer.
+
+A complete file is an ordinary Feather v2 file: ``pandas.read_feather`` reads
+it. A file cut short (SIGKILL, power loss, a full disk) has no footer, but an
+Arrow IPC file is an IPC *stream* after its 8-byte magic, so :func:`read_trace`
+reads every batch that was written whole and says the file is incomplete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import OutputError, TraceFileError
+from .events import EVENT_DTYPE, PADDING
+
+FORMAT_VERSION = 1
+HEADER_KEY = b"kvmtrace.header"
+PROGRESS_KEY = b"kvmtrace.progress"
+TRAILER_KEY = b"kvmtrace.trailer"
+ARROW_MAGIC = b"ARROW1"
+
+COLUMNS = tuple(n for n in EVENT_DTYPE.names if n not in PADDING)
+
+
+def _arrow_type(dt: np.dtype) -> pa.DataType:
+    return pa.from_numpy_dtype(dt)
+
+
+SCHEMA = pa.schema([pa.field(n, _arrow_type(EVENT_DTYPE[n]), nullable=False) for n in COLUMNS])
+
+
+def empty_events() -> np.ndarray:
+    return np.zeros(0, dtype=EVENT_DTYPE)
+
+
+class TraceWriter:
+    """Write events to ``path`` as they arrive; every batch lands on disk.
+
+    The file is created mode 0600 (guest activity is private) before any probe
+    is attached, so an unwritable path fails early.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "zstd"):
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write the trace file {self.path}: {e.strerror}",
+                "choose a writable path with -o",
+            ) from e
+        os.fchmod(fd, 0o600)
+        self._file = os.fdopen(fd, "wb")
+        header = {"format_version": FORMAT_VERSION, **header}
+        schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(header)})
+        options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.events_written = 0
+        self.closed = False
+        self._writer = self._guard(lambda: pa.ipc.new_file(self._file, schema, options=options))
+        self._guard(self._file.flush)
+
+    def _guard(self, op):
+        """Run a write; turn a full disk or I/O error into OutputError."""
+        try:
+            return op()
+        except OSError as e:
+            # Nothing more can be written after a failed write; what was
+            # flushed before it stays readable (read_trace reads a footerless file).
+            self.abandon()
+            code = e.errno or errno.EIO
+            what = "the disk is full" if code == errno.ENOSPC else os.strerror(code)
+            raise OutputError(
+                f"writing {self.path} failed: {what}; the events written so far "
+                f"({self.events_written}) are kept and readable",
+                "free space or record to another file system with -o",
+            ) from e
+
+    def write(self, events: np.ndarray, progress: dict) -> None:
+        """Append a batch of EVENT_DTYPE records and flush it to the file."""
+        batch = pa.RecordBatch.from_arrays([pa.array(events[n]) for n in COLUMNS], schema=SCHEMA)
+        meta = {PROGRESS_KEY: json.dumps({**progress, "events_written": self.events_written + len(events)})}
+        self._guard(lambda: self._writer.write_batch(batch, custom_metadata=meta))
+        self._guard(self._file.flush)
+        self.events_written += len(events)
+
+    def close(self, trailer: dict) -> None:
+        """Write the trailer and the footer: the file is then complete."""
+        if self.closed:
+            return
+        self.closed = True
+        trailer = {**trailer, "events_written": self.events_written}
+        batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)
+        try:
+            self._guard(lambda: self._writer.write_batch(batch, custom_metadata={TRAILER_KEY: json.dumps(trailer)}))
+            self._guard(self._writer.close)
+            self._guard(self._file.flush)
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Close the file without a footer (what was flushed stays readable)."""
+        self.closed = True
+        try:
+            self._file.close()
+        except OSError:
+            pass
+
+
+@dataclass
+class TraceData:
+    """A trace file as read: header, trailer (None if cut short), events."""
+
+    path: Path
+    header: dict
+    table: pa.Table
+    trailer: dict | None = None
+    progress: dict = field(default_factory=dict)
+    complete: bool = True
+    note: str = ""  # why the file is incomplete
+
+    @property
+    def lost_events(self) -> int:
+        src = self.trailer if self.trailer is not None else self.progress
+        return int(src.get("lost_events", 0))
+
+
+def _meta(kv, key: bytes) -> dict | None:
+    if kv is None:
+        return None
+    raw = dict(kv).get(key)
+    return json.loads(raw) if raw is not None else None
+
+
+def _check_header(path: Path, schema: pa.Schema) -> dict:
+    header = _meta(schema.metadata, HEADER_KEY)
+    if header is None:
+        raise TraceFileError(
+            f"{path} is an Arrow file but not a kvmtrace trace (no kvmtrace header)",
+            "give a file written by kvmtrace record or kvmtrace import",
+        )
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise TraceFileError(
+            f"{path} has trace format {version!r}; this kvmtrace reads up to {FORMAT_VERSION}",
+            "upgrade kvmtrace to read it",
+        )
+    if schema.remove_metadata() != SCHEMA:
+        raise TraceFileError(
+            f"{path} has unexpected columns for trace format {version}",
+            "the file was edited or damaged; record it again",
+        )
+    return header
+
+
+def read_trace(path: str | os.PathLike) -> TraceData:
+    """Read a trace file, complete or cut short. Raises TraceFileError."""
+    path = Path(path)
+    try:
+        source = pa.memory_map(str(path), "r")
+    except FileNotFoundError as e:
+        raise TraceFileError(f"{path} does not exist", "check the path") from e
+    except (OSError, pa.ArrowException) as e:
+        raise TraceFileError(f"cannot open {path}: {e}") from e
+    size = source.size()
+    if size == 0:
+        raise TraceFileError(f"{path} is empty", "the recording wrote nothing; record again")
+    if source.read(len(ARROW_MAGIC)) != ARROW_MAGIC:
+        raise TraceFileError(
+            f"{path} is not a kvmtrace trace file (no Arrow magic at its start)",
+            "for text traces from trace-cmd, ftrace or perf use kvmtrace import",
+        )
+    source.seek(0)
+    try:
+        reader = pa.ipc.open_file(source)
+    except pa.ArrowInvalid:
+        return _read_partial(path, source)
+    header = _check_header(path, reader.schema)
+    batches, progress, trailer = [], {}, None
+    try:
+        for i in range(reader.num_record_batches):
+            batch, meta = reader.get_batch_with_custom_metadata(i)
+            batches.append(batch)
+            progress = _meta(meta, PROGRESS_KEY) or progress
+            trailer = _meta(meta, TRAILER_KEY) or trailer
+    except (pa.ArrowException, ValueError) as e:
+        raise TraceFileError(f"{path} is damaged: {e}", "record it again") from e
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    return TraceData(path, header, table, trailer, progress, complete=trailer is not None,
+                     note="" if trailer is not None else "no trailer")
+
+
+def _read_partial(path: Path, source) -> TraceData:
+    """Read the batches of a file that lacks its footer (cut short)."""
+    buf = source.read_buffer()
+    stream = pa.BufferReader(buf.slice(8))  # after "ARROW1\0\0"
+    try:
+        reader = pa.ipc.open_stream(stream)
+    except pa.ArrowException as e:
+        raise TraceFileError(
+            f"{path} is cut short before its header was complete",
+            "nothing was recorded in it; record again",
+        ) from e
+    header = _check_header(path, reader.schema)
+    batches, progress, trailer, note = [], {}, None, "cut short"
+    while True:
+        try:
+            batch, meta = reader.read_next_batch_with_custom_metadata()
+        except StopIteration:
+            note = "no footer"
+            break
+        except (pa.ArrowException, ValueError, OSError):
+            note = "cut short in a batch; the batches before it are read"
+            break
+        batches.append(batch)
+        progress = _meta(meta, PROGRESS_KEY) or progress
+        trailer = _meta(meta, TRAILER_KEY) or trailer
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    # The trailer is written after the last event: with it, no event is missing.
+    return TraceData(path, header, table, trailer, progress, complete=trailer is not None, note=note)
