@@ -1,0 +1,313 @@
+"""The kvmtrace demo guest: a firmware ROM whose VM exits are known in advance.
+
+``rom.asm`` (next to this file) is a 64 KiB firmware image that QEMU runs as
+its BIOS.  It switches to 32-bit protected mode and then performs a fixed
+number of port and MMIO accesses of six kinds (see :class:`Workload`), each of
+which is exactly one KVM exit.  Some are emulated by QEMU (they reach userspace
+as ``KVM_EXIT_IO`` / ``KVM_EXIT_MMIO``), some by the kernel (the PIT and the
+IOAPIC: no userspace exit).  That makes the guest a ground truth for a tracer:
+:func:`expected` says what a finite run must show.
+
+Typical use::
+
+    from kvmtrace.guest import Workload, build_rom, domain_xml, expected
+    w = Workload(port_writes=23, rtc_reads=29)
+    rom = build_rom(w)                      # /var/lib/libvirt/images/kvmtrace-demo-<hash>.rom
+    xml = domain_xml(rom_path=rom)          # for virsh create / virDomainCreateXML
+    truth = expected(w)
+
+Only the standard library is used, and importing this module does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import os
+import pathlib
+import shutil
+import string
+import subprocess
+import tempfile
+import uuid as _uuid
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape as _xml_escape
+
+__all__ = [
+    "DEBUG_EXIT_PORT",
+    "DEFAULT_DOMAIN_NAME",
+    "DEFAULT_OUT_DIR",
+    "FINITE_EXIT_STATUS",
+    "QEMU_XML_NS",
+    "GuestBuildError",
+    "ROM_SIZE",
+    "RESET_VECTOR",
+    "Workload",
+    "build_rom",
+    "domain_xml",
+    "expected",
+    "qemu_argv",
+]
+
+ROM_SIZE = 0x10000
+"""Size of the firmware image: QEMU maps it at 0xF0000 and at 0xFFFF0000."""
+
+RESET_VECTOR = 0xFFF0
+"""ROM offset of the first instruction the CPU runs (linear 0xFFFFFFF0)."""
+
+DEFAULT_OUT_DIR = "/var/lib/libvirt/images"
+"""libvirt runs QEMU with ``-sandbox on`` and confined: keep the ROM here."""
+
+DEFAULT_DOMAIN_NAME = "linux10.0421"
+
+DEBUG_EXIT_PORT = 0xF4
+"""Port of QEMU's ``isa-debug-exit`` device; the finite ROM writes 0 to it."""
+
+FINITE_EXIT_STATUS = (0 << 1) | 1
+"""QEMU's exit status after the finite ROM's write of 0 to isa-debug-exit."""
+
+# What the ROM touches (must match rom.asm).
+PORT_DELAY = 0x80  # out: QEMU's "ioport80"
+PORT_RTC = 0x71  # in: CMOS/RTC data, QEMU
+PORT_PIT_CMD = 0x43  # out: PIT command, in-kernel PIT
+PORT_PIT0 = 0x40  # in: PIT channel 0, in-kernel PIT
+HPET_CONFIG = 0xFED00010  # 4-byte write, QEMU's HPET
+HPET_CAPS = 0xFED00000  # 4-byte read, QEMU's HPET
+IOAPIC_REGSEL = 0xFEC00000  # 4-byte write, KVM's IOAPIC
+
+_MAX_COUNT = 2**31
+QEMU_XML_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_DEBUG_EXIT_DEVICE = f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1"
+
+
+class GuestBuildError(RuntimeError):
+    """The demo ROM could not be built; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """How many accesses of each kind one pass of the ROM performs.
+
+    Every access is exactly one VM exit.  The defaults are distinct primes so
+    that any two kinds mixed up by a tracer give visibly wrong totals.
+    ``steady=False`` runs one pass and then ends QEMU through isa-debug-exit;
+    ``steady=True`` repeats the pass for ever (a constant exit load).
+    """
+
+    port_writes: int = 997  # out 0x80, al           -> KVM_EXIT_IO
+    rtc_reads: int = 503  # in al, 0x71             -> KVM_EXIT_IO
+    pit_writes: int = 257  # out 0x43, al (in-kernel PIT)
+    pit_reads: int = 263  # in al, 0x40  (in-kernel PIT)
+    hpet_writes: int = 127  # 4-byte write 0xFED00010 -> KVM_EXIT_MMIO
+    hpet_reads: int = 131  # 4-byte read 0xFED00000  -> KVM_EXIT_MMIO
+    ioapic_writes: int = 137  # 4-byte write 0xFEC00000 (in-kernel IOAPIC)
+    steady: bool = False
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "steady":
+                if not isinstance(value, bool):
+                    raise TypeError(f"Workload.steady must be a bool, not {value!r}")
+                continue
+            # bool is an int subclass: Workload(port_writes=True) is a mistake.
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Workload.{field.name} must be an int, not {value!r}")
+            if not 0 <= value < _MAX_COUNT:
+                raise ValueError(
+                    f"Workload.{field.name} must be in 0 .. 2**31-1, not {value}"
+                )
+
+    def defines(self) -> dict[str, int]:
+        """The nasm ``-D`` defines that build this workload (see rom.asm)."""
+        values = dataclasses.asdict(self)
+        return {name.upper(): int(value) for name, value in values.items()}
+
+
+def _resource(name: str):
+    return importlib.resources.files(__name__).joinpath(name)
+
+
+def build_rom(
+    workload: Workload | None = None,
+    out_dir: str | os.PathLike[str] = DEFAULT_OUT_DIR,
+) -> pathlib.Path:
+    """Assemble ``rom.asm`` for *workload* and return the ROM's path.
+
+    The file is ``<out_dir>/kvmtrace-demo-<hash>.rom``, where the hash covers
+    the assembler source and the workload, mode 0644.  An existing file with
+    identical contents is reused, otherwise the file is replaced atomically.
+    Raises :class:`GuestBuildError` when nasm is missing or fails, when the
+    image is not exactly 64 KiB, or when *out_dir* is not writable.
+    """
+    if workload is None:
+        workload = Workload()
+    nasm = shutil.which("nasm")
+    if nasm is None:
+        raise GuestBuildError("nasm not found: apt-get install nasm")
+
+    source = _resource("rom.asm")
+    defines = workload.defines()
+    key = source.read_bytes() + repr(sorted(defines.items())).encode()
+    digest = hashlib.sha256(key).hexdigest()[:16]
+    out_dir = pathlib.Path(out_dir)
+    target = out_dir / f"kvmtrace-demo-{digest}.rom"
+
+    with tempfile.TemporaryDirectory(prefix="kvmtrace-rom-") as tmp, \
+            importlib.resources.as_file(source) as source_path:
+        output = pathlib.Path(tmp) / "rom.bin"
+        argv = [nasm, "-f", "bin"]
+        argv += [f"-D{name}={value}" for name, value in defines.items()]
+        argv += ["-o", str(output), str(source_path)]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise GuestBuildError(f"cannot run {nasm}: {exc}: apt-get install nasm") from exc
+        if result.returncode != 0:
+            raise GuestBuildError(
+                f"nasm failed (exit {result.returncode}) on {source_path}:\n"
+                f"{result.stderr.strip()}"
+            )
+        image = output.read_bytes()
+
+    if len(image) != ROM_SIZE:
+        raise GuestBuildError(
+            f"nasm produced {len(image)} bytes, not {ROM_SIZE}: rom.asm is broken"
+        )
+    if image[RESET_VECTOR] != 0xEA:  # jmp ptr16:16 at the reset vector
+        raise GuestBuildError("no far jump at the ROM's reset vector: rom.asm is broken")
+
+    try:
+        if target.is_file() and target.read_bytes() == image:
+            if target.stat().st_mode & 0o777 != 0o644:
+                target.chmod(0o644)
+            return target
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".kvmtrace-demo-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(image)
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, target)
+        except BaseException:
+            pathlib.Path(tmp_name).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise GuestBuildError(
+            f"cannot write {target}: {exc}: run as root or pass a writable out_dir"
+        ) from exc
+    return target
+
+
+def expected(workload: Workload) -> dict[str, dict]:
+    """Ground truth for ONE run of *workload*'s ROM, as the kernel sees it.
+
+    Returns ``{"pio": {(port, "write"|"read", size, userspace): n},
+    "mmio": {(gpa, "write"|"read", length, userspace): n},
+    "userspace_exits": {"IO": n, "MMIO": m}}``, where ``userspace`` tells
+    whether the access is handed to the VMM (a ``KVM_EXIT_IO``/``KVM_EXIT_MMIO``
+    exit of ``KVM_RUN``) or handled in the kernel.  Kinds with a count of 0 are
+    left out, so the dicts compare equal to counters of what was observed.
+
+    For a finite workload this includes the final write of 0 to port 0xF4
+    (isa-debug-exit).  For a steady workload it describes one pass of the
+    endless loop (no 0xF4 write).
+
+    Each access is one exit and one ``kvm_pio`` or ``kvm_mmio`` event, except an
+    MMIO read completed by the VMM (the HPET reads): ``kvm_mmio`` fires twice for
+    it, "unsatisfied-read" when KVM hands it to userspace and "read" when the
+    answer comes back.  It is counted once here.
+    """
+    w = workload
+    pio: dict[tuple[int, str, int, bool], int] = {}
+    mmio: dict[tuple[int, str, int, bool], int] = {}
+
+    def add(table: dict, key: tuple, count: int) -> None:
+        if count:
+            table[key] = table.get(key, 0) + count
+
+    add(pio, (PORT_DELAY, "write", 1, True), w.port_writes)
+    add(pio, (PORT_RTC, "read", 1, True), w.rtc_reads)
+    add(pio, (PORT_PIT_CMD, "write", 1, False), w.pit_writes)
+    add(pio, (PORT_PIT0, "read", 1, False), w.pit_reads)
+    if not w.steady:
+        add(pio, (DEBUG_EXIT_PORT, "write", 1, True), 1)
+    add(mmio, (HPET_CONFIG, "write", 4, True), w.hpet_writes)
+    add(mmio, (HPET_CAPS, "read", 4, True), w.hpet_reads)
+    add(mmio, (IOAPIC_REGSEL, "write", 4, False), w.ioapic_writes)
+
+    exits: dict[str, int] = {}
+    add(exits, "IO", sum(n for key, n in pio.items() if key[3]))
+    add(exits, "MMIO", sum(n for key, n in mmio.items() if key[3]))
+    return {"pio": pio, "mmio": mmio, "userspace_exits": exits}
+
+
+def qemu_argv(
+    rom_path: str | os.PathLike[str],
+    *,
+    memory_mib: int = 16,
+    debug_exit: bool = True,
+    paused: bool = False,
+    qemu: str = "qemu-system-x86_64",
+) -> list[str]:
+    """Argument list that runs the ROM in a bare QEMU (no libvirt), under KVM."""
+    argv = [
+        qemu, "-enable-kvm", "-machine", "pc", "-m", str(memory_mib),
+        "-bios", os.fspath(rom_path), "-display", "none", "-nodefaults",
+    ]
+    if debug_exit:
+        argv += ["-device", _DEBUG_EXIT_DEVICE]
+    if paused:
+        argv.append("-S")
+    return argv
+
+
+def domain_xml(
+    name: str = DEFAULT_DOMAIN_NAME,
+    rom_path: str | os.PathLike[str] | None = None,
+    memory_mib: int = 16,
+    debug_exit: bool = True,
+    uuid: str | _uuid.UUID | None = None,
+) -> str:
+    """libvirt domain XML that runs the ROM at *rom_path* as the whole guest.
+
+    ``type='kvm'``, one vCPU, *memory_mib* MiB, machine ``pc``, no disks, no
+    display, no balloon or USB controller.  With *debug_exit* the domain gets
+    QEMU's isa-debug-exit device (through ``<qemu:commandline>``, which makes
+    libvirt log "tainted: custom-argv"), so a finite ROM ends its own domain.
+    Without *rom_path*, the default :class:`Workload`'s ROM is built first
+    with :func:`build_rom`.
+    """
+    if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+        raise ValueError(f"bad domain name {name!r}")
+    if not isinstance(memory_mib, int) or isinstance(memory_mib, bool) or memory_mib < 1:
+        raise ValueError(f"memory_mib must be a positive int, not {memory_mib!r}")
+    if rom_path is None:
+        rom_path = build_rom(Workload())
+    rom = os.path.abspath(os.fspath(rom_path))
+
+    uuid_xml = ""
+    if uuid is not None:
+        uuid_xml = f"\n  <uuid>{_uuid.UUID(str(uuid))}</uuid>"
+    commandline = ""
+    if debug_exit:
+        commandline = (
+            "\n  <qemu:commandline>"
+            "\n    <qemu:arg value='-device'/>"
+            f"\n    <qemu:arg value='{_DEBUG_EXIT_DEVICE}'/>"
+            "\n  </qemu:commandline>"
+        )
+    template_text = _resource("domain.xml").read_text(encoding="utf-8")
+    if template_text.startswith("<!--"):  # the template's own comment: not for libvirt
+        template_text = template_text.split("-->", 1)[1].lstrip()
+    template = string.Template(template_text)
+    text = template.substitute(
+        name=_xml_escape(name),
+        uuid=uuid_xml,
+        memory_mib=memory_mib,
+        rom_path=_xml_escape(rom),
+        qemu_commandline=commandline,
+    )
+    ET.fromstring(text)  # well-formed, or a bug here: fail before libvirt does
+    return text

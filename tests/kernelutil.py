@@ -1,0 +1,58 @@
+"""Helpers for the tests that run real guests, probes and tracers."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import time
+
+
+def wait_for_line(stream, needle: str, timeout: float, seen: list[str] | None = None) -> str:
+    """Read lines from a subprocess pipe until one contains ``needle``."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = stream.readline()
+        if not chunk:
+            break
+        line = chunk.decode(errors="replace")
+        if seen is not None:
+            seen.append(line)
+        if needle in line:
+            return line
+        buf += chunk
+    raise AssertionError(f"no line with {needle!r} within {timeout} s; got: {buf.decode(errors='replace')[-2000:]}")
+
+
+BPFTRACE_PROG = """
+tracepoint:kvm:kvm_pio /pid == %(pid)d/ { @pio[args->port, args->rw, args->size] = count(); }
+tracepoint:kvm:kvm_mmio /pid == %(pid)d/ { @mmio[args->gpa, args->type, args->len] = count(); }
+tracepoint:kvm:kvm_userspace_exit /pid == %(pid)d/ { @uexit[args->reason, args->errno] = count(); }
+"""
+
+
+class Bpftrace:
+    """bpftrace counting kvm_pio, kvm_mmio and kvm_userspace_exit of one process:
+    the independent tracer kvmtrace's numbers are checked against."""
+
+    def __init__(self, pid: int):
+        self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", BPFTRACE_PROG % {"pid": pid}],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for_line(self.proc.stdout, "attached_probes", 60)
+
+    def stop(self) -> dict[str, dict[tuple[int, ...], int]]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=60)
+        maps: dict[str, dict[tuple[int, ...], int]] = {}
+        for line in filter(None, (s.strip() for s in out.decode().splitlines())):
+            msg = json.loads(line)
+            if msg.get("type") != "map":
+                continue
+            for name, entries in msg["data"].items():
+                maps[name.lstrip("@")] = {tuple(int(x) for x in k.split(",")): v for k, v in entries.items()}
+        return maps
