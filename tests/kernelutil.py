@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import select
 import signal
 import subprocess
@@ -56,3 +57,14 @@ class Bpftrace:
             for name, entries in msg["data"].items():
                 maps[name.lstrip("@")] = {tuple(int(x) for x in k.split(",")): v for k, v in entries.items()}
         return maps
+
+
+# bcc names a TRACEPOINT_PROBE's program tracepoint__SYS__EVENT (kernels with
+# BTF names keep it whole, others cut it to 15 characters: kvm__kvm_pio).
+_KVMTRACE_PROG = re.compile(r"\btracepoint\s+name (tracepoint__)?(kvm__kvm_|syscalls__sys_ente)")
+
+
+def kvmtrace_progs() -> list[str]:
+    """kvmtrace's BPF programs still loaded in the kernel (bpftool prog show)."""
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if _KVMTRACE_PROG.search(line)]
