@@ -62,7 +62,8 @@ def render_json(trace: Trace) -> str:
 def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for name, justify in columns:
-        t.add_column(name, justify=justify)
+        # Text columns wrap rather than lose their ends; numbers never wrap.
+        t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
     for r in rows:
         t.add_row(*r)
     return t
@@ -80,15 +81,16 @@ def render_text(trace: Trace, width: int = 80) -> str:
     dom = d["domain"] or "?"
     host = trace.header.get("host", {})
     con.print(f"kvmtrace report: {trace.path}")
-    con.print(f"domain {dom}, host {host.get('hostname', '?')} ({host.get('kernel_release', '?')}, "
-              f"KVM ISA {host.get('isa', '?')}), {d['duration_s']:.3f} s, {d['events']:,} events, "
-              f"{d['lost_events']:,} lost")
+    modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
+    con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
+              f"KVM ISA {host.get('isa', '?')} ({modules})")
+    con.print(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         con.print(f"WARNING: the recording was cut short ({trace.data.note}); "
                   "counts cover what was written before it stopped")
     con.print("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
 
-    rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"] or "-", f"{r['count']:,}", _rate(r["rate"])]
+    rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"].replace(",", ", ") or "-", f"{r['count']:,}", _rate(r["rate"])]
             for r in d["userspace_exits"]]
     con.print(_table("Userspace exits (KVM_RUN returning to the VMM)",
                      [("KVM_EXIT_", "left"), ("code", "right"), ("kvm_run member", "left"),
@@ -120,4 +122,4 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(_table("MMIO (kvm_mmio; a read the VMM answers counts once)",
                      [("gpa", "left"), ("dir", "left"), ("len", "right"), ("handled by", "left"),
                       ("count", "right"), ("/s", "right")], rows))
-    return buf.getvalue()
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
