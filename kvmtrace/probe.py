@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib.resources
+import mmap
 import os
+import select
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,78 @@ def format_fields(text: str) -> set[str]:
     from .tpformat import parse_format
 
     return {f.name for f in parse_format(text).fields}
+
+
+class RingReader:
+    """Drain a BPF ring buffer of fixed-size records in bulk, with no per-event callback.
+
+    The kernel's BPF ring buffer is mmapped: a consumer page (ours to write),
+    then a producer page and the data area, mapped twice in a row so a record
+    run that wraps around is still contiguous. Each record is an 8-byte header
+    (length, with BUSY and DISCARD bits) and the sample, padded to 8 bytes.
+    Every kvmtrace record has the same size, so the records between the
+    consumer and producer positions are an array of one numpy dtype: a drain
+    is one vectorised busy check, one copy and one store of the new consumer
+    position. x86 does not reorder loads with loads, so reading the headers
+    before copying the samples sees every committed sample whole.
+    """
+
+    BUSY = 1 << 31
+    DISCARD = 1 << 30
+
+    def __init__(self, map_fd: int, size: int, sample: np.dtype):
+        if size & (size - 1):
+            raise ValueError("ring buffer size must be a power of two")
+        page = mmap.PAGESIZE
+        self._size = size
+        self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        stride = (8 + sample.itemsize + 7) & ~7
+        self._rec = np.dtype({"names": ["hdr", "ev"], "formats": ["<u4", sample],
+                              "offsets": [0, 8], "itemsize": stride})
+        self._poll = select.poll()
+        self._poll.register(map_fd, select.POLLIN)
+        self.page = page
+
+    def _positions(self) -> tuple[int, int]:
+        cons = int.from_bytes(self._cons[0:8], "little")
+        prod = int.from_bytes(self._data[0:8], "little")
+        return cons, prod
+
+    def wait(self, timeout_ms: int) -> None:
+        """Sleep until the kernel signals data (or the timeout passes)."""
+        cons, prod = self._positions()
+        if cons == prod:
+            self._poll.poll(timeout_ms)
+
+    def available(self) -> int:
+        cons, prod = self._positions()
+        return (prod - cons) // self._rec.itemsize
+
+    def drain(self, limit: int | None = None) -> np.ndarray:
+        """Copy out the committed records (up to ``limit``) and release them."""
+        cons, prod = self._positions()
+        n = (prod - cons) // self._rec.itemsize
+        if limit is not None:
+            n = min(n, limit)
+        if n <= 0:
+            return np.zeros(0, dtype=self._rec.fields["ev"][0])
+        start = self.page + (cons & (self._size - 1))
+        view = np.frombuffer(self._data, dtype=self._rec, count=n, offset=start)
+        hdr = view["hdr"]
+        busy = (hdr & self.BUSY) != 0
+        if busy.any():  # a record still being written: stop before it
+            n = int(busy.argmax())
+            view, hdr = view[:n], hdr[:n]
+        keep = (hdr & self.DISCARD) == 0
+        out = view["ev"][keep] if not keep.all() else view["ev"].copy()
+        del view, hdr
+        self._cons[0:8] = (cons + n * self._rec.itemsize).to_bytes(8, "little")
+        return out
+
+    def close(self) -> None:
+        self._cons.close()
+        self._data.close()
 
 
 @dataclass
@@ -86,7 +160,6 @@ class Probes:
         )
         pdir = probes_dir()
         cflags.append(f"-I{pdir}")
-        self._chunks: list[bytes] = []
         try:
             # TRACEPOINT_PROBE programs attach as they load.
             self.bpf = BPF(src_file=os.path.join(pdir, "kvmtrace.bpf.c").encode(), cflags=cflags)
@@ -97,17 +170,7 @@ class Probes:
                 "that the kernel supports BPF ring buffers (Linux >= 5.8)",
             ) from e
         self._targets = self.bpf["targets"]
-        self._callback = self._make_callback()
-        self.bpf["events"].open_ring_buffer(self._callback)
-
-    def _make_callback(self):
-        chunks = self._chunks
-        string_at = ctypes.string_at
-
-        def on_event(_ctx, data, size):
-            chunks.append(string_at(data, size))
-
-        return on_event
+        self.ring = RingReader(self.bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE, EVENT_DTYPE)
 
     def add_target(self, tgid: int, index: int = 0) -> None:
         """Trace the VMM process ``tgid`` (its events get domain ``index``)."""
@@ -118,24 +181,17 @@ class Probes:
         self.bpf["kvm_run_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for events and collect them."""
-        self.bpf.ring_buffer_poll(timeout_ms)
+        """Wait up to ``timeout_ms`` for events to arrive."""
+        self.ring.wait(timeout_ms)
 
-    def consume(self) -> None:
-        """Collect whatever is in the ring buffer now, without waiting."""
-        self.bpf.ring_buffer_consume()
-
-    def take(self) -> np.ndarray:
-        """The events collected since the last call, as an EVENT_DTYPE array."""
-        if not self._chunks:
-            return np.zeros(0, dtype=EVENT_DTYPE)
-        raw = b"".join(self._chunks)
-        self._chunks.clear()
-        return np.frombuffer(raw, dtype=EVENT_DTYPE)
+    def take(self, limit: int | None = None) -> np.ndarray:
+        """Every event in the ring buffer now (up to ``limit``), as EVENT_DTYPE."""
+        return self.ring.drain(limit)
 
     @property
     def pending(self) -> int:
-        return len(self._chunks)
+        """Events waiting in the ring buffer."""
+        return self.ring.available()
 
     def counters(self) -> Counters:
         def read(name: str) -> dict[str, int]:
@@ -149,6 +205,7 @@ class Probes:
         bpf = getattr(self, "bpf", None)
         if bpf is not None:
             self.bpf = None
+            self.ring.close()
             bpf.cleanup()
 
     def __enter__(self):

@@ -164,7 +164,6 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
                     # Stop matching new events, then drain: what the kernel
                     # matched is then exactly what was written plus what was lost.
                     probes.bpf["targets"].clear()
-                    probes.consume()
                     _flush(probes, writer, {})
                 counters = probes.counters()
             finally:
@@ -188,8 +187,11 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
 
 
 def _flush(probes, writer: TraceWriter, meta: dict) -> None:
-    events = probes.take()
-    if len(events):
+    """Move everything in the ring buffer to the file, a batch at a time."""
+    while True:
+        events = probes.take(FLUSH_EVENTS)
+        if not len(events):
+            return
         writer.write(events, meta)
 
 
