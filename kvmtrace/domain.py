@@ -96,6 +96,7 @@ class GuestProcess:
     vcpu_threads: dict[int, int] = field(default_factory=dict)  # vcpu index -> tid
     kvm_run: dict[int, int] = field(default_factory=dict)  # vcpu index -> kvm_run address
     xml: str = ""
+    memory_map_text: str = ""  # QEMU's `info mtree -f`: device names for ports and MMIO
 
     def as_dict(self) -> dict:
         return {
@@ -107,6 +108,7 @@ class GuestProcess:
             "vcpu_threads": {str(k): v for k, v in self.vcpu_threads.items()},
             "kvm_run": {str(k): hex(v) for k, v in self.kvm_run.items()},
             "xml": self.xml,
+            "memory_map_text": self.memory_map_text,
         }
 
 
@@ -150,6 +152,17 @@ def vcpu_threads(dom) -> dict[int, int]:
     return {int(c["cpu-index"]): int(c["thread-id"]) for c in json.loads(reply)["return"]}
 
 
+def memory_map(dom) -> str:
+    """QEMU's flat memory and I/O map (HMP ``info mtree -f``), or "" if unavailable."""
+    libvirt = _libvirt()
+    import libvirt_qemu
+
+    try:
+        return libvirt_qemu.qemuMonitorCommand(dom, "info mtree -f", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    except libvirt.libvirtError:
+        return ""  # device names then come from the built-in table
+
+
 def resolve(conn, ident: str) -> GuestProcess:
     """The running domain ``ident`` with its QEMU pid and vCPU threads."""
     dom = lookup(conn, ident)
@@ -174,6 +187,7 @@ def resolve(conn, ident: str) -> GuestProcess:
         vcpu_threads=threads,
         kvm_run=kvm_run_mappings(pid),
         xml=dom.XMLDesc(0),
+        memory_map_text=memory_map(dom),
     )
 
 
