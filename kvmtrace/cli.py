@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI", help=f"libvirt URI (default {DEFAULT_URI})")
     r.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM or the domain stopping)")
     r.add_argument("-o", "--output", metavar="FILE", help="trace file (default kvmtrace-DOMAIN-TIME.kvmtrace)")
+    r.add_argument("--mode", choices=["events", "counts"], default="events",
+                   help="events: every event to the file (default); counts: aggregate in the kernel, "
+                        "written each second (cheapest; no per-event timeline)")
     r.add_argument("--values", action="store_true", help="also store the data of port and MMIO accesses (guest data: off by default)")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
@@ -64,7 +67,7 @@ def _cmd_record(args, argv) -> int:
     if args.domain is None and not args.dry_run:
         raise KvmtraceError("record needs --domain NAME|UUID|ID", "list domains with virsh list --all")
     record(RecordOptions(domain=args.domain, uri=args.connect, duration=args.duration, output=args.output,
-                         capture_values=args.values, dry_run=args.dry_run,
+                         capture_values=args.values, dry_run=args.dry_run, mode=args.mode,
                          progress_interval=0 if args.quiet else 1.0, argv=argv))
     return 0
 

@@ -36,6 +36,19 @@ class EventKind(enum.IntEnum):
     MMIO = 4  # kvm:kvm_mmio, an MMIO access
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
     RUN = 6  # syscalls:sys_enter_ioctl with KVM_RUN, the VMM re-entering
+    HIST = 7  # counts mode only: a log2 latency histogram bucket
+
+
+#: Bit set in ``kind`` on aggregate rows (``record --mode counts``): the row
+#: stands for ``value`` events of kind ``kind & ~AGGREGATE`` with its key.
+AGGREGATE = 0x80
+
+
+class Latency(enum.IntEnum):
+    """``op`` of a HIST row: which interval its histogram measures."""
+
+    VMM_SERVICE = 0  # kvm_userspace_exit -> the thread's next KVM_RUN
+    EXIT_HANDLING = 1  # kvm_exit -> kvm_entry
 
 
 class EventFlag(enum.IntFlag):
@@ -115,6 +128,24 @@ EVENT_DTYPE = np.dtype(
     ]
 )
 
+#: numpy mirror of struct kt_key (counts mode), field for field.
+KEY_DTYPE = np.dtype(
+    [
+        ("gpa", "<u8"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("reason", "<u4"),
+        ("isa", "<u4"),
+        ("port", "<u4"),
+        ("size", "<u4"),
+        ("err", "<i4"),
+        ("kind", "u1"),
+        ("op", "u1"),
+        ("flags", "u1"),
+        ("pad", "u1"),
+    ]
+)
+
 #: Columns of EVENT_DTYPE that are padding, dropped before writing.
 PADDING = ("pad", "pad2")
 
@@ -127,6 +158,8 @@ def bpf_defines(
     max_targets: int = 64,
     max_vcpus: int = 1024,
     capture_values: bool = False,
+    counts_mode: bool = False,
+    max_keys: int = 65536,
 ) -> list[str]:
     """The -D flags that build probes/kvmtrace.bpf.c.
 
@@ -155,4 +188,7 @@ def bpf_defines(
                 flags.append(f"-DKT_HAVE_{name.upper()}_{field.upper()}")
     if capture_values:
         flags.append("-DKT_CAPTURE_VALUES")
+    if counts_mode:
+        flags += ["-DKT_MODE_COUNTS", f"-DKT_MAX_KEYS={max_keys}"]
+        flags += [f"-DKT_LAT_{lat.name}={lat.value}" for lat in Latency]
     return flags

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BccError
-from .events import EVENT_DTYPE, TRACEPOINTS, EventKind, bpf_defines
+from .events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, TRACEPOINTS, EventKind, bpf_defines
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
 DEFAULT_RINGBUF_PAGES = 1 << 13
@@ -141,6 +141,7 @@ class Probes:
         *,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         capture_values: bool = False,
+        counts_mode: bool = False,
     ):
         try:
             from bcc import BPF
@@ -155,9 +156,11 @@ class Probes:
         cflags = bpf_defines(
             probes=self.probes,
             fields=fields,
-            ringbuf_pages=ringbuf_pages,
+            ringbuf_pages=1 if counts_mode else ringbuf_pages,
             capture_values=capture_values,
+            counts_mode=counts_mode,
         )
+        self.counts_mode = counts_mode
         pdir = probes_dir()
         cflags.append(f"-I{pdir}")
         try:
@@ -170,7 +173,8 @@ class Probes:
                 "that the kernel supports BPF ring buffers (Linux >= 5.8)",
             ) from e
         self._targets = self.bpf["targets"]
-        self.ring = RingReader(self.bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE, EVENT_DTYPE)
+        self.ring = RingReader(self.bpf["events"].map_fd, (1 if counts_mode else ringbuf_pages) * mmap.PAGESIZE,
+                               EVENT_DTYPE)
 
     def add_target(self, tgid: int, index: int = 0) -> None:
         """Trace the VMM process ``tgid`` (its events get domain ``index``)."""
@@ -193,6 +197,16 @@ class Probes:
         """Events waiting in the ring buffer."""
         return self.ring.available()
 
+    def read_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Counts mode: every aggregate key so far and its cumulative count."""
+        items = list(self.bpf["counts"].items())
+        keys = np.zeros(len(items), dtype=KEY_DTYPE)
+        totals = np.zeros(len(items), dtype=np.uint64)
+        for i, (k, v) in enumerate(items):
+            keys[i] = np.frombuffer(bytes(k), dtype=KEY_DTYPE)[0]
+            totals[i] = sum(v)
+        return keys, totals
+
     def counters(self) -> Counters:
         def read(name: str) -> dict[str, int]:
             table = self.bpf[name]
@@ -213,3 +227,31 @@ class Probes:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class CountsDelta:
+    """Turns cumulative in-kernel counts into per-interval aggregate rows."""
+
+    def __init__(self):
+        self._seen: dict[bytes, int] = {}
+
+    def rows(self, keys: np.ndarray, totals: np.ndarray, ts_ns: int) -> np.ndarray:
+        """EVENT_DTYPE rows (kind | AGGREGATE, value = count since the last call)."""
+        raw = keys.tobytes()
+        width = KEY_DTYPE.itemsize
+        delta = np.zeros(len(keys), dtype=np.uint64)
+        for i in range(len(keys)):
+            kb = raw[i * width:(i + 1) * width]
+            total = int(totals[i])
+            delta[i] = total - self._seen.get(kb, 0)
+            self._seen[kb] = total
+        pick = delta > 0
+        keys, delta = keys[pick], delta[pick]
+        out = np.zeros(len(keys), dtype=EVENT_DTYPE)
+        for name in ("gpa", "pid", "tid", "reason", "isa", "port", "size", "err", "op", "flags"):
+            out[name] = keys[name]
+        out["kind"] = keys["kind"] | AGGREGATE
+        out["value"] = delta
+        out["ts_ns"] = ts_ns
+        out["vcpu"] = 0xFFFFFFFF
+        return out

@@ -37,6 +37,8 @@ class RecordOptions:
     duration: float | None = None
     output: str | None = None
     capture_values: bool = False
+    mode: str = "events"  # or "counts": aggregate in the kernel
+    counts_interval: float = 1.0
     ringbuf_pages: int | None = None
     progress_interval: float = 1.0
     dry_run: bool = False
@@ -123,12 +125,16 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             "probes": sorted(formats),
             "domains": [guest.as_dict()],
             "values_captured": opts.capture_values,
+            "mode": opts.mode,
             "clock": "CLOCK_MONOTONIC",
         }
         # Opened before attaching: an unwritable path fails with nothing attached.
         writer = TraceWriter(path, header)
 
+    from .probe import CountsDelta
+
     probes = None
+    counts_delta = CountsDelta()
     stop_reason = "error"
     start_ns = end_ns = time.monotonic_ns()
     try:
@@ -136,6 +142,7 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             formats,
             ringbuf_pages=opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
             capture_values=opts.capture_values,
+            counts_mode=opts.mode == "counts",
         )
         if opts.dry_run:
             say(f"dry run: built and attached {len(probes.probes)} probes "
@@ -154,7 +161,7 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             f"{len(probes.probes)} probes to {writer.path}; Ctrl-C stops")
         if on_attached:
             on_attached(guest)
-        stop_reason = _stream(probes, writer, guest, opts, writer_meta_start, say)
+        stop_reason = _stream(probes, writer, guest, opts, writer_meta_start, say, counts_delta)
     finally:
         end_ns = time.monotonic_ns()
         counters = None
@@ -165,6 +172,8 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
                     # matched is then exactly what was written plus what was lost.
                     probes.bpf["targets"].clear()
                     _flush(probes, writer, {})
+                    if probes.counts_mode:
+                        _flush_counts(probes, writer, counts_delta, {})
                 counters = probes.counters()
             finally:
                 probes.close()
@@ -181,7 +190,8 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             writer.close(trailer)
     lost = counters.lost_total if counters else 0
     duration = (end_ns - start_ns) / 1e9
-    say(f"stopped ({stop_reason}) after {duration:.1f} s: {writer.events_written:,} events, "
+    what = "aggregate rows" if opts.mode == "counts" else "events"
+    say(f"stopped ({stop_reason}) after {duration:.1f} s: {writer.events_written:,} {what}, "
         f"{lost:,} lost; trace in {writer.path}")
     return RecordResult(writer.path, writer.events_written, lost, stop_reason, duration)
 
@@ -195,8 +205,17 @@ def _flush(probes, writer: TraceWriter, meta: dict) -> None:
         writer.write(events, meta)
 
 
+def _flush_counts(probes, writer: TraceWriter, delta, meta: dict) -> int:
+    """Counts mode: write what the kernel counted since the last call."""
+    keys, totals = probes.read_counts()
+    rows = delta.rows(keys, totals, time.monotonic_ns())
+    if len(rows):
+        writer.write(rows, meta)
+    return len(rows)
+
+
 def _stream(probes, writer: TraceWriter, guest: GuestProcess, opts: RecordOptions,
-            meta_start: dict, say) -> str:
+            meta_start: dict, say, counts_delta) -> str:
     """Move events to the file until a stop condition; return its name."""
     pidfd = _pidfd(guest.pid)
     start = time.monotonic()
@@ -206,18 +225,28 @@ def _stream(probes, writer: TraceWriter, guest: GuestProcess, opts: RecordOption
     try:
         with _StopFlag() as stop:
             while True:
-                probes.poll(POLL_MS)
+                if probes.counts_mode:
+                    time.sleep(POLL_MS / 1000)
+                else:
+                    probes.poll(POLL_MS)
                 now = time.monotonic()
-                if probes.pending >= FLUSH_EVENTS or now - last_flush >= FLUSH_SECONDS:
+                if probes.counts_mode:
+                    if now - last_flush >= opts.counts_interval:
+                        counters = probes.counters()
+                        _flush_counts(probes, writer, counts_delta,
+                                      {**meta_start, "t_ns": time.monotonic_ns(), "lost_events": counters.lost_total})
+                        last_flush = now
+                elif probes.pending >= FLUSH_EVENTS or now - last_flush >= FLUSH_SECONDS:
                     counters = probes.counters()
                     _flush(probes, writer, {**meta_start, "t_ns": time.monotonic_ns(),
                                             "lost_events": counters.lost_total})
                     last_flush = now
                 if opts.progress_interval and now - last_progress >= opts.progress_interval:
-                    total = writer.events_written + probes.pending
+                    counters = probes.counters()
+                    total = sum(counters.matched.values())
                     rate = (total - last_count) / (now - last_progress)
                     say(f"{now - start:6.1f} s  {total:,} events  {rate:,.0f}/s  "
-                        f"lost {probes.counters().lost_total:,}")
+                        f"lost {counters.lost_total:,}")
                     last_progress, last_count = now, total
                 if stop.reason:
                     return stop.reason

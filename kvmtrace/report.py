@@ -46,6 +46,7 @@ def report_dict(trace: Trace) -> dict:
         "events": trace.data.table.num_rows,
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
+        "mode": trace.header.get("mode", "events"),
         "userspace_exits": _records(s.userspace_exits),
         "exits": _records(s.exits),
         "pio": _records(s.pio),
@@ -89,6 +90,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
         con.print(f"WARNING: the recording was cut short ({trace.data.note}); "
                   "counts cover what was written before it stopped")
     con.print("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
+    if trace.header.get("mode") == "counts":
+        con.print("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
 
     rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"].replace(",", ", ") or "-", f"{r['count']:,}", _rate(r["rate"])]
             for r in d["userspace_exits"]]

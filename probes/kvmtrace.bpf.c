@@ -20,9 +20,130 @@ BPF_PERCPU_ARRAY(matched, u64, KT_KIND_COUNT);	/* events for a target, per kind 
 BPF_PERCPU_ARRAY(lost, u64, KT_KIND_COUNT);	/* of those, ring buffer full */
 BPF_HASH(kvm_run_addr, u32, u64, KT_MAX_VCPUS);	/* vCPU tid -> its kvm_run in the VMM */
 
+#ifdef KT_MODE_COUNTS
 /*
- * Reserve a zeroed event for the current thread, or NULL if the thread is not
- * in a traced guest or the ring buffer is full (counted in `lost`).
+ * Counts mode: no event leaves the kernel. Each probe fills a per-CPU
+ * scratch event exactly as in events mode, and kt_submit() folds it into
+ * `counts`, keyed by what the reports group by (struct kt_key), and into
+ * log2 latency histograms. User space reads the cumulative counts at
+ * intervals and writes the deltas as aggregate rows of the same trace file.
+ */
+BPF_PERCPU_ARRAY(scratch, struct kt_event, 1);
+BPF_PERCPU_HASH(counts, struct kt_key, u64, KT_MAX_KEYS);
+BPF_HASH(exit_at, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> open kvm_exit */
+BPF_HASH(uexit_at, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> open userspace exit */
+BPF_HASH(last_mmio, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> last kvm_mmio */
+
+static __always_inline void kt_bump(struct kt_key *k, u32 kind)
+{
+	u64 one = 1, *n = counts.lookup(k);
+
+	if (n) {
+		(*n)++;
+		return;
+	}
+	if (counts.update(k, &one) != 0) {	/* map full: this count is lost */
+		n = lost.lookup(&kind);
+		if (n)
+			(*n)++;
+	}
+}
+
+static __always_inline void kt_hist(struct kt_event *e, u32 which, u32 reason, u32 isa, u64 since)
+{
+	struct kt_key k = {};
+
+	k.pid = e->pid;
+	k.kind = KT_KIND_HIST;
+	k.op = which;
+	k.reason = reason;
+	k.isa = isa;
+	k.port = bpf_log2l(e->ts_ns - since);	/* bucket: [2^port, 2^(port+1)) ns */
+	kt_bump(&k, KT_KIND_HIST);
+}
+
+static __always_inline void kt_submit(struct kt_event *e)
+{
+	struct kt_key k = {};
+	struct kt_pending *p, now = {};
+	u32 tid = e->tid;
+
+	k.pid = e->pid;
+	k.kind = e->kind;
+	k.op = e->op;
+	k.flags = e->flags & KT_FLAG_RUN_FIELDS;
+	now.ts = e->ts_ns;
+	now.reason = e->reason;
+	now.isa = e->isa;
+	switch (e->kind) {
+	case KT_KIND_EXIT:
+		k.tid = tid;
+		k.reason = e->reason;
+		k.isa = e->isa;
+		exit_at.update(&tid, &now);
+		break;
+	case KT_KIND_ENTRY:
+		k.tid = tid;
+		p = exit_at.lookup(&tid);
+		if (p) {
+			kt_hist(e, KT_LAT_EXIT_HANDLING, p->reason, p->isa, p->ts);
+			exit_at.delete(&tid);
+		}
+		break;
+	case KT_KIND_PIO:
+		k.port = e->port;
+		k.size = e->size;
+		break;
+	case KT_KIND_MMIO:
+		/* A "read" completing this thread's last "unsatisfied-read" of the
+		 * same address is the same access: count it once. */
+		p = last_mmio.lookup(&tid);
+		if (e->op == 1 && p && p->isa == 0 && p->ts == e->gpa) {
+			last_mmio.delete(&tid);
+			return;
+		}
+		now.ts = e->gpa;
+		now.isa = e->op;
+		last_mmio.update(&tid, &now);
+		k.gpa = e->gpa & ~0xfffULL;	/* per 4 KiB page */
+		k.size = e->size;
+		break;
+	case KT_KIND_USERSPACE_EXIT:
+		k.tid = tid;
+		k.reason = e->reason;
+		k.err = e->err;
+		k.port = e->port;
+		k.size = e->size;
+		k.gpa = e->gpa & ~0xfffULL;
+		if (e->reason != KT_KVM_EXIT_IO && e->reason != KT_KVM_EXIT_MMIO) {
+			k.port = 0;
+			k.size = 0;
+			k.gpa = 0;
+		}
+		if (e->err >= 0)
+			uexit_at.update(&tid, &now);
+		break;
+	case KT_KIND_RUN:
+		k.tid = tid;
+		p = uexit_at.lookup(&tid);
+		if (p) {
+			kt_hist(e, KT_LAT_VMM_SERVICE, p->reason, 0, p->ts);
+			uexit_at.delete(&tid);
+		}
+		break;
+	}
+	kt_bump(&k, e->kind);
+}
+#else
+static __always_inline void kt_submit(struct kt_event *e)
+{
+	events.ringbuf_submit(e, 0);
+}
+#endif
+
+/*
+ * A zeroed event for the current thread, or NULL if the thread is not in a
+ * traced guest or the ring buffer is full (counted in `lost`).
  */
 static __always_inline struct kt_event *kt_reserve(u32 kind)
 {
@@ -36,7 +157,12 @@ static __always_inline struct kt_event *kt_reserve(u32 kind)
 	n = matched.lookup(&kind);
 	if (n)
 		(*n)++;
+#ifdef KT_MODE_COUNTS
+	u32 zero = 0;
+	e = scratch.lookup(&zero);
+#else
 	e = events.ringbuf_reserve(sizeof(struct kt_event));
+#endif
 	if (!e) {
 		n = lost.lookup(&kind);
 		if (n)
@@ -76,7 +202,7 @@ TRACEPOINT_PROBE(kvm, kvm_exit)
 #ifdef KT_HAVE_KVM_EXIT_VCPU_ID
 	e->vcpu = args->vcpu_id;
 #endif
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif
@@ -100,7 +226,7 @@ TRACEPOINT_PROBE(kvm, kvm_entry)
 	e->intr_info = args->intr_info;
 	e->error_code = args->error_code;
 #endif
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif
@@ -120,7 +246,7 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 	e->value = args->val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif
@@ -139,7 +265,7 @@ TRACEPOINT_PROBE(kvm, kvm_mmio)
 	e->value = args->val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif
@@ -209,7 +335,7 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 			e->gpa = u.raw[2];
 		}
 	}
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif
@@ -229,7 +355,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	e = kt_reserve(KT_KIND_RUN);
 	if (!e)
 		return 0;
-	events.ringbuf_submit(e, 0);
+	kt_submit(e);
 	return 0;
 }
 #endif

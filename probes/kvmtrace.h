@@ -37,4 +37,27 @@ struct kt_event {
 	u32 pad2;
 };
 
+/* Counts mode: the key of one aggregate (kvmtrace/events.py KEY_DTYPE). */
+struct kt_key {
+	u64 gpa;		/* MMIO page */
+	u32 pid;
+	u32 tid;		/* 0 where counted per guest, not per thread */
+	u32 reason;		/* exit reason, or the latency's reason */
+	u32 isa;
+	u32 port;		/* port, or a histogram's log2 bucket */
+	u32 size;
+	s32 err;
+	u8 kind;		/* KT_KIND_* of the counted events, or KT_KIND_HIST */
+	u8 op;			/* as in kt_event, or a histogram's KT_LAT_* */
+	u8 flags;
+	u8 pad;
+};
+
+/* Counts mode: per-thread state between two events of a run loop. */
+struct kt_pending {
+	u64 ts;
+	u32 reason;
+	u32 isa;
+};
+
 #endif /* KVMTRACE_H */

@@ -12,14 +12,27 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..events import EventFlag, EventKind, MmioOp, PioOp
+from ..events import AGGREGATE, EventFlag, EventKind, MmioOp, PioOp
 from ..exits import ExitNames, Isa, KvmExit, kvm_exit_info
 
 EINTR = 4
 
 
-def _direction(op: pd.Series, write_value: int) -> pd.Categorical:
-    return pd.Categorical(np.where(op == write_value, "write", "read"), categories=["read", "write"])
+def weighted(ev: pd.DataFrame) -> pd.DataFrame:
+    """``ev`` with ``k`` (the event kind) and ``w`` (how many events a row stands for).
+
+    An event row stands for itself (w = 1). An aggregate row of a counts-mode
+    recording (kind | AGGREGATE) stands for ``value`` events of kind
+    ``kind & ~AGGREGATE`` that share its key. Every count below sums ``w``,
+    so both kinds of trace give the same tables.
+    """
+    if "w" in ev.columns:
+        return ev
+    agg = (ev["kind"].to_numpy() & AGGREGATE) != 0
+    return ev.assign(
+        k=ev["kind"].to_numpy() & ~np.uint8(AGGREGATE),
+        w=np.where(agg, ev["value"].to_numpy(), 1).astype(np.int64),
+    )
 
 
 def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
@@ -64,8 +77,9 @@ def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd
     it fills, "" for none), fields (that member's fields, comma-separated),
     count, rate (per second of recording).
     """
-    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)]
-    counts = u.groupby("reason").size()
+    ev = weighted(ev)
+    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)]
+    counts = u.groupby("reason")["w"].sum()
     rows = []
     for code, n in counts.items():
         info = kvm_exit_info(int(code))
@@ -88,12 +102,13 @@ def hardware_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.
     (basic reason: VMX flag bits masked off), flags (e.g. "FAILED_VMENTRY"),
     count, rate.
     """
-    x = ev[ev["kind"] == EventKind.EXIT]
+    ev = weighted(ev)
+    x = ev[ev["k"] == EventKind.EXIT]
     cols = ["isa", "reason", "code", "flags", "count", "rate"]
     if x.empty:
         return pd.DataFrame(columns=cols)
     rows = []
-    for (isa, raw), n in x.groupby(["isa", "reason"]).size().items():
+    for (isa, raw), n in x.groupby(["isa", "reason"])["w"].sum().items():
         isa_e = Isa.coerce(int(isa))
         code, flags = int(raw), ()
         if isa_e == Isa.VMX:
@@ -135,12 +150,13 @@ def port_io(ev: pd.DataFrame) -> pd.DataFrame:
     size (bytes), userspace, count.
     """
     keys = ["port", "direction", "size"]
-    p = ev[ev["kind"] == EventKind.PIO]
-    total = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read")).groupby(keys).size()
-    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.IO) & (ev["err"] >= 0)
+    ev = weighted(ev)
+    p = ev[ev["k"] == EventKind.PIO]
+    total = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read")).groupby(keys)["w"].sum()
+    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.IO) & (ev["err"] >= 0)
            & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
     # kvm_run.io.direction: KVM_EXIT_IO_IN 0, KVM_EXIT_IO_OUT 1, as kvm_pio's rw.
-    user = u.assign(direction=np.where(u["op"] == 1, "write", "read")).groupby(keys).size()
+    user = u.assign(direction=np.where(u["op"] == 1, "write", "read")).groupby(keys)["w"].sum()
     if total.empty:
         return pd.DataFrame(columns=keys + ["userspace", "count"])
     return _split_user(total, user, keys)
@@ -155,19 +171,23 @@ def mmio(ev: pd.DataFrame) -> pd.DataFrame:
     direction, len (bytes), userspace, count.
     """
     keys = ["gpa", "direction", "len"]
+    ev = weighted(ev)
     comp = mmio_completions(ev)
-    m = ev[(ev["kind"] == EventKind.MMIO) & ~comp]
-    total = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"), len=m["size"]).groupby(keys).size()
-    u = ev[(ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.MMIO) & (ev["err"] >= 0)
+    m = ev[(ev["k"] == EventKind.MMIO) & ~comp]
+    total = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"),
+                     len=m["size"]).groupby(keys)["w"].sum()
+    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.MMIO) & (ev["err"] >= 0)
            & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
-    user = u.assign(direction=np.where(u["op"] == MmioOp.WRITE, "write", "read"), len=u["size"]).groupby(keys).size()
+    user = u.assign(direction=np.where(u["op"] == MmioOp.WRITE, "write", "read"),
+                    len=u["size"]).groupby(keys)["w"].sum()
     if total.empty:
         return pd.DataFrame(columns=keys + ["userspace", "count"])
     return _split_user(total, user, keys)
 
 
 def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
-    u = ev[ev["kind"] == EventKind.USERSPACE_EXIT]
+    ev = weighted(ev)
+    u = ev[ev["k"] == EventKind.USERSPACE_EXIT]
     known = bool(((u["flags"] & int(EventFlag.RUN_FIELDS)) != 0).any()) if len(u) else True
     return Summary(
         duration_s=duration_s,
@@ -175,7 +195,7 @@ def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
         exits=hardware_exits(ev, names, duration_s),
         pio=port_io(ev),
         mmio=mmio(ev),
-        interrupted_runs=int(((u["err"] == -EINTR)).sum()),
-        failed_runs=int(((u["err"] < 0) & (u["err"] != -EINTR)).sum()),
+        interrupted_runs=int(u.loc[u["err"] == -EINTR, "w"].sum()),
+        failed_runs=int(u.loc[(u["err"] < 0) & (u["err"] != -EINTR), "w"].sum()),
         userspace_fields_known=known,
     )
