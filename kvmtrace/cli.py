@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record a running libvirt domain's run loop",
                        description="Record a running libvirt domain's run loop into a trace file.",
                        epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--domain", "-d", help="domain name, UUID or ID (libvirt)")
+    which = r.add_mutually_exclusive_group()
+    which.add_argument("--domain", "-d", help="domain name, UUID or ID (libvirt)")
+    which.add_argument("--all", action="store_true", dest="all_domains",
+                       help="every running domain, kept apart per domain in the file")
     r.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI", help=f"libvirt URI (default {DEFAULT_URI})")
     r.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds (default: Ctrl-C, SIGTERM or the domain stopping)")
     r.add_argument("-o", "--output", metavar="FILE", help="trace file (default kvmtrace-DOMAIN-TIME.kvmtrace)")
@@ -64,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_record(args, argv) -> int:
     from .record import RecordOptions, record
 
-    if args.domain is None and not args.dry_run:
-        raise KvmtraceError("record needs --domain NAME|UUID|ID", "list domains with virsh list --all")
-    record(RecordOptions(domain=args.domain, uri=args.connect, duration=args.duration, output=args.output,
+    if args.domain is None and not args.all_domains and not args.dry_run:
+        raise KvmtraceError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
+    record(RecordOptions(domain=args.domain, all_domains=args.all_domains, uri=args.connect, duration=args.duration, output=args.output,
                          capture_values=args.values, dry_run=args.dry_run, mode=args.mode,
                          progress_interval=0 if args.quiet else 1.0, argv=argv))
     return 0

@@ -191,6 +191,18 @@ def resolve(conn, ident: str) -> GuestProcess:
     )
 
 
+def running_domains(conn) -> list[GuestProcess]:
+    """Every running QEMU domain of this connection, resolved (for --all)."""
+    libvirt = _libvirt()
+    guests = []
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            guests.append(resolve(conn, dom.UUIDString()))
+        except (DomainNotRunningError, DomainNotFoundError):
+            continue  # stopped meanwhile
+    return guests
+
+
 def is_running(conn, uuid: str) -> bool:
     """Whether the domain still exists and is active (transient ones vanish)."""
     libvirt = _libvirt()

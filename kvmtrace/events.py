@@ -13,6 +13,7 @@ import enum
 import numpy as np
 
 from .exits import KvmExit
+from .ioctls import KVMIO, KvmIoctl
 
 __all__ = [
     "EVENT_DTYPE",
@@ -37,6 +38,9 @@ class EventKind(enum.IntEnum):
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
     RUN = 6  # syscalls:sys_enter_ioctl with KVM_RUN, the VMM re-entering
     HIST = 7  # counts mode only: a log2 latency histogram bucket
+    IOCTL = 8  # a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl)
+    CLOSE = 9  # close() of a KVM fd (the /dev/kvm, VM or vCPU fd)
+    PROC_EXIT = 10  # the VMM process ending (sched:sched_process_exit)
 
 
 #: Bit set in ``kind`` on aggregate rows (``record --mode counts``): the row
@@ -75,7 +79,7 @@ class MmioOp(enum.IntEnum):
 
 
 #: The KVM_RUN ioctl number, _IO(KVMIO=0xAE, 0x80).
-KVM_RUN = 0xAE80
+KVM_RUN = int(KvmIoctl.RUN)
 #: Offset of the union in struct kvm_run (uapi linux/kvm.h).
 KVM_RUN_UNION_OFFSET = 32
 #: ``vcpu`` of an event whose tracepoint carries no vCPU id.
@@ -89,6 +93,9 @@ TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
     ("kvm", "kvm_mmio", EventKind.MMIO),
     ("kvm", "kvm_userspace_exit", EventKind.USERSPACE_EXIT),
     ("syscalls", "sys_enter_ioctl", EventKind.RUN),
+    ("syscalls", "sys_exit_ioctl", EventKind.IOCTL),
+    ("syscalls", "sys_enter_close", EventKind.CLOSE),
+    ("sched", "sched_process_exit", EventKind.PROC_EXIT),
 )
 
 #: Fields a probe reads only where the kernel's format has them (older kernels
@@ -97,6 +104,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "kvm_exit": ("isa", "info1", "intr_info", "vcpu_id"),
     "kvm_entry": ("rip", "immediate_exit", "intr_info"),
     "kvm_userspace_exit": ("errno",),
+    "sched_process_exit": ("group_dead",),
 }
 
 #: numpy mirror of struct kt_event (probes/kvmtrace.h), field for field.
@@ -177,6 +185,8 @@ def bpf_defines(
         f"-DKT_MAX_TARGETS={max_targets}",
         f"-DKT_MAX_VCPUS={max_vcpus}",
         f"-DKT_KVM_RUN_UNION={KVM_RUN_UNION_OFFSET}",
+        f"-DKT_KVMIO={KVMIO:#x}",
+        *(f"-DKT_KVM_{c.name}={c.value:#x}U" for c in KvmIoctl if c is not KvmIoctl.RUN),
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
         f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",

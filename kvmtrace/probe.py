@@ -180,6 +180,13 @@ class Probes:
         """Trace the VMM process ``tgid`` (its events get domain ``index``)."""
         self._targets[ctypes.c_uint32(tgid)] = ctypes.c_uint32(index)
 
+    def arm(self) -> None:
+        """Take KVM ioctls of every process (a launch, before the VMM's pid is known)."""
+        self.bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+
+    def disarm(self) -> None:
+        self.bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+
     def add_kvm_run(self, tid: int, address: int) -> None:
         """Where vCPU thread ``tid``'s struct kvm_run is mapped in its VMM."""
         self.bpf["kvm_run_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)

@@ -1,11 +1,12 @@
-"""Record a libvirt guest's run loop into a trace file.
+"""Record libvirt guests' run loops into a trace file.
 
 Order of work, so that nothing is attached before every cheap check passed
 and nothing stays attached after any exit: preflight (privileges, tracefs,
-headers), resolve the domain through libvirt, open the output file, build
+headers), resolve the domains through libvirt, open the output file, build
 and attach the probes, stream events to the file until Ctrl-C, SIGTERM,
---duration or the domain stopping, then stop tracing the guest, drain what
-is left, detach and write the trailer.
+--duration or the domains stopping, then stop tracing the guests, drain
+what is left, detach and write the trailer. :class:`Session` holds those
+steps; :func:`record` and :mod:`kvmtrace.launch` put them in order.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
+import numpy as np
+
 from . import __version__
-from .domain import DEFAULT_URI, GuestProcess, connect, resolve
+from .domain import DEFAULT_URI, GuestProcess, connect, resolve, running_domains
+from .errors import KvmtraceError
 from .host import check_kernel_headers, check_privileges, find_tracefs, host_info
 from .tracefile import TraceWriter
 
@@ -32,7 +36,8 @@ POLL_MS = 50
 
 @dataclass
 class RecordOptions:
-    domain: str | None
+    domain: str | None = None
+    all_domains: bool = False
     uri: str = DEFAULT_URI
     duration: float | None = None
     output: str | None = None
@@ -61,7 +66,7 @@ def default_output(name: str) -> str:
 
 
 class _StopFlag:
-    """Set by SIGINT/SIGTERM; the poll loop checks it every POLL_MS."""
+    """Set by SIGINT/SIGTERM/SIGHUP; the poll loop checks it every POLL_MS."""
 
     def __init__(self):
         self.reason: str | None = None
@@ -80,180 +85,235 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        return None
+class _Watch:
+    """Tells when a traced VMM process has exited (pidfd where available)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self.fd: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self.fd = None
+
+    def gone(self) -> bool:
+        if self.fd is not None:
+            return bool(select.select([self.fd], [], [], 0)[0])
+        return not Path(f"/proc/{self.pid}").exists()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
-def _process_gone(pidfd: int | None, pid: int) -> bool:
-    if pidfd is not None:
-        return bool(select.select([pidfd], [], [], 0)[0])
-    return not Path(f"/proc/{pid}").exists()
+class Session:
+    """One recording: probes, traced guests, the file, and the stop."""
 
+    def __init__(self, opts: RecordOptions, log: TextIO = sys.stderr):
+        self.opts = opts
+        self.log = log
+        self.probes = None
+        self.writer: TraceWriter | None = None
+        self.guests: list[GuestProcess] = []
+        self.formats: dict[str, str] = {}
+        self.start_ns = self.end_ns = time.monotonic_ns()
+        self.start_wall = dt.datetime.now(dt.timezone.utc)
+        self.stop_reason = "error"
+        self.counters = None
+        self.extra_trailer: dict = {}
+        from .probe import CountsDelta
 
-def record(opts: RecordOptions, log: TextIO = sys.stderr,
-           on_attached: Callable[[GuestProcess | None], None] | None = None) -> RecordResult:
-    """Run one recording as ``opts`` says. Raises KvmtraceError subclasses."""
-    from .probe import DEFAULT_RINGBUF_PAGES, Probes, available_tracepoints
+        self._delta = CountsDelta()
 
-    def say(msg: str) -> None:
-        print(f"kvmtrace: {msg}", file=log, flush=True)
+    def say(self, msg: str) -> None:
+        print(f"kvmtrace: {msg}", file=self.log, flush=True)
 
-    check_privileges()
-    tracefs = find_tracefs()
-    check_kernel_headers()
-    formats = available_tracepoints(str(tracefs))
+    def preflight(self) -> None:
+        from .probe import available_tracepoints
 
-    guest = None
-    if opts.domain is not None:
-        conn = connect(opts.uri)
-        guest = resolve(conn, opts.domain)
-    elif not opts.dry_run:
-        raise ValueError("a domain is needed unless dry_run")
+        check_privileges()
+        tracefs = find_tracefs()
+        check_kernel_headers()
+        self.formats = available_tracepoints(str(tracefs))
 
-    writer = None
-    if not opts.dry_run:
-        path = opts.output or default_output(guest.name)
-        host = host_info()
-        header = {
+    def header(self, extra: dict | None = None) -> dict:
+        return {
             "kvmtrace_version": __version__,
-            "command": opts.argv,
-            "host": host.as_dict(),
-            "tracepoint_formats": formats,
-            "probes": sorted(formats),
-            "domains": [guest.as_dict()],
-            "values_captured": opts.capture_values,
-            "mode": opts.mode,
+            "command": self.opts.argv,
+            "host": host_info().as_dict(),
+            "tracepoint_formats": self.formats,
+            "probes": sorted(self.formats),
+            "domains": [g.as_dict() for g in self.guests],
+            "values_captured": self.opts.capture_values,
+            "mode": self.opts.mode,
             "clock": "CLOCK_MONOTONIC",
+            **(extra or {}),
         }
-        # Opened before attaching: an unwritable path fails with nothing attached.
-        writer = TraceWriter(path, header)
 
-    from .probe import CountsDelta
+    def open_output(self, path: str, extra: dict | None = None) -> None:
+        """Create the trace file (before attaching, where the header allows)."""
+        self.writer = TraceWriter(path, self.header(extra))
 
-    probes = None
-    counts_delta = CountsDelta()
-    stop_reason = "error"
-    start_ns = end_ns = time.monotonic_ns()
-    try:
-        probes = Probes(
-            formats,
-            ringbuf_pages=opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
-            capture_values=opts.capture_values,
-            counts_mode=opts.mode == "counts",
+    def attach(self) -> None:
+        from .probe import DEFAULT_RINGBUF_PAGES, Probes
+
+        self.probes = Probes(
+            self.formats,
+            ringbuf_pages=self.opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
+            capture_values=self.opts.capture_values,
+            counts_mode=self.opts.mode == "counts",
         )
-        if opts.dry_run:
-            say(f"dry run: built and attached {len(probes.probes)} probes "
-                f"({', '.join(probes.probes)}); detaching")
-            stop_reason = "dry run"
-            return RecordResult(None, 0, 0, stop_reason, 0.0)
+
+    def trace(self, guest: GuestProcess) -> None:
+        """Start matching ``guest``'s events in the kernel."""
+        index = len(self.guests)
+        self.guests.append(guest)
         for vcpu, tid in guest.vcpu_threads.items():
             if vcpu in guest.kvm_run:
-                probes.add_kvm_run(tid, guest.kvm_run[vcpu])
-        probes.add_target(guest.pid, 0)
-        start_ns = time.monotonic_ns()
-        start_wall = dt.datetime.now(dt.timezone.utc)
-        writer_meta_start = {"start_time_ns": start_ns, "start_wall": start_wall.isoformat()}
-        say(f"recording {guest.name} (QEMU pid {guest.pid}, vCPU threads "
-            f"{','.join(str(t) for t in guest.vcpu_threads.values())}) with "
-            f"{len(probes.probes)} probes to {writer.path}; Ctrl-C stops")
-        if on_attached:
-            on_attached(guest)
-        stop_reason = _stream(probes, writer, guest, opts, writer_meta_start, say, counts_delta)
-    finally:
-        end_ns = time.monotonic_ns()
-        counters = None
+                self.probes.add_kvm_run(tid, guest.kvm_run[vcpu])
+        self.probes.add_target(guest.pid, index)
+
+    def mark_start(self) -> None:
+        self.start_ns = time.monotonic_ns()
+        self.start_wall = dt.datetime.now(dt.timezone.utc)
+
+    def _meta(self) -> dict:
+        lost = self.probes.counters().lost_total
+        return {"start_time_ns": self.start_ns, "start_wall": self.start_wall.isoformat(),
+                "t_ns": time.monotonic_ns(), "lost_events": lost}
+
+    def _keep(self, events: np.ndarray) -> np.ndarray:
+        """Events of the traced guests only (a launch also sees other VMMs' ioctls)."""
+        pids = np.array([g.pid for g in self.guests], dtype=np.uint32)
+        return events if np.isin(events["pid"], pids).all() else events[np.isin(events["pid"], pids)]
+
+    def flush(self) -> None:
+        """Move what the kernel has to the file."""
+        meta = self._meta()
+        while True:
+            events = self.probes.take(FLUSH_EVENTS)
+            if not len(events):
+                break
+            events = self._keep(events)
+            if len(events):
+                self.writer.write(events, meta)
+        if self.probes.counts_mode:
+            keys, totals = self.probes.read_counts()
+            rows = self._keep(self._delta.rows(keys, totals, time.monotonic_ns()))
+            if len(rows):
+                self.writer.write(rows, meta)
+
+    def stream(self, watch_all: bool = True) -> str:
+        """Move events to the file until a stop condition; return its name."""
+        opts = self.opts
+        watches = [_Watch(g.pid) for g in self.guests]
+        start = time.monotonic()
+        deadline = start + opts.duration if opts.duration else None
+        interval = opts.counts_interval if self.probes.counts_mode else FLUSH_SECONDS
+        last_flush = last_progress = start
+        last_count = 0
+        try:
+            with _StopFlag() as stop:
+                while True:
+                    if self.probes.counts_mode:
+                        time.sleep(POLL_MS / 1000)
+                    else:
+                        self.probes.poll(POLL_MS)
+                    now = time.monotonic()
+                    if now - last_flush >= interval or (
+                            not self.probes.counts_mode and self.probes.pending >= FLUSH_EVENTS):
+                        self.flush()
+                        last_flush = now
+                    if opts.progress_interval and now - last_progress >= opts.progress_interval:
+                        counters = self.probes.counters()
+                        total = sum(counters.matched.values())
+                        rate = (total - last_count) / (now - last_progress)
+                        self.say(f"{now - start:6.1f} s  {total:,} events  {rate:,.0f}/s  "
+                                 f"lost {counters.lost_total:,}")
+                        last_progress, last_count = now, total
+                    if stop.reason:
+                        return stop.reason
+                    if deadline is not None and now >= deadline:
+                        return "duration"
+                    gone = [w.gone() for w in watches]
+                    if gone and (all(gone) if watch_all else any(gone)):
+                        return "domain stopped" if len(gone) == 1 else "domains stopped"
+        finally:
+            for w in watches:
+                w.close()
+
+    def finish(self) -> RecordResult:
+        """Stop matching, drain, detach, write the trailer. Safe after any failure."""
+        self.end_ns = time.monotonic_ns()
+        probes, writer = self.probes, self.writer
         if probes is not None and probes.bpf is not None:
             try:
                 if writer is not None and not writer.closed:
                     # Stop matching new events, then drain: what the kernel
                     # matched is then exactly what was written plus what was lost.
                     probes.bpf["targets"].clear()
-                    _flush(probes, writer, {})
-                    if probes.counts_mode:
-                        _flush_counts(probes, writer, counts_delta, {})
-                counters = probes.counters()
+                    probes.disarm()
+                    self.flush()
+                self.counters = probes.counters()
             finally:
                 probes.close()
+        c = self.counters
         if writer is not None and not writer.closed:
-            trailer = {
-                "start_time_ns": start_ns,
-                "end_time_ns": end_ns,
+            writer.close({
+                "start_time_ns": self.start_ns,
+                "end_time_ns": self.end_ns,
                 "end_wall": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "stop_reason": stop_reason,
-                "lost_events": counters.lost_total if counters else None,
-                "lost_by_kind": counters.lost if counters else None,
-                "matched_by_kind": counters.matched if counters else None,
-            }
-            writer.close(trailer)
-    lost = counters.lost_total if counters else 0
-    duration = (end_ns - start_ns) / 1e9
-    what = "aggregate rows" if opts.mode == "counts" else "events"
-    say(f"stopped ({stop_reason}) after {duration:.1f} s: {writer.events_written:,} {what}, "
-        f"{lost:,} lost; trace in {writer.path}")
-    return RecordResult(writer.path, writer.events_written, lost, stop_reason, duration)
+                "stop_reason": self.stop_reason,
+                "lost_events": c.lost_total if c else None,
+                "lost_by_kind": c.lost if c else None,
+                "matched_by_kind": c.matched if c else None,
+                **self.extra_trailer,
+            })
+        lost = c.lost_total if c else 0
+        duration = (self.end_ns - self.start_ns) / 1e9
+        written = writer.events_written if writer else 0
+        if writer is not None:
+            what = "aggregate rows" if self.opts.mode == "counts" else "events"
+            self.say(f"stopped ({self.stop_reason}) after {duration:.1f} s: {written:,} {what}, "
+                     f"{lost:,} lost; trace in {writer.path}")
+        return RecordResult(writer.path if writer else None, written, lost, self.stop_reason, duration)
 
 
-def _flush(probes, writer: TraceWriter, meta: dict) -> None:
-    """Move everything in the ring buffer to the file, a batch at a time."""
-    while True:
-        events = probes.take(FLUSH_EVENTS)
-        if not len(events):
-            return
-        writer.write(events, meta)
-
-
-def _flush_counts(probes, writer: TraceWriter, delta, meta: dict) -> int:
-    """Counts mode: write what the kernel counted since the last call."""
-    keys, totals = probes.read_counts()
-    rows = delta.rows(keys, totals, time.monotonic_ns())
-    if len(rows):
-        writer.write(rows, meta)
-    return len(rows)
-
-
-def _stream(probes, writer: TraceWriter, guest: GuestProcess, opts: RecordOptions,
-            meta_start: dict, say, counts_delta) -> str:
-    """Move events to the file until a stop condition; return its name."""
-    pidfd = _pidfd(guest.pid)
-    start = time.monotonic()
-    deadline = start + opts.duration if opts.duration else None
-    last_flush = last_progress = start
-    last_count = 0
+def record(opts: RecordOptions, log: TextIO = sys.stderr,
+           on_attached: Callable[[list[GuestProcess]], None] | None = None) -> RecordResult:
+    """Run one recording as ``opts`` says. Raises KvmtraceError subclasses."""
+    s = Session(opts, log)
+    s.preflight()
+    guests: list[GuestProcess] = []
+    if opts.domain is not None or opts.all_domains:
+        conn = connect(opts.uri)
+        guests = running_domains(conn) if opts.all_domains else [resolve(conn, opts.domain)]
+        if not guests:
+            raise KvmtraceError(f"no running domain on {opts.uri} to record", "start one, or name it with --domain")
+    elif not opts.dry_run:
+        raise ValueError("a domain is needed unless dry_run")
+    if not opts.dry_run:
+        name = guests[0].name if len(guests) == 1 else "all"
+        s.guests = guests  # for the header; traced for real once attached
+        # Opened before attaching: an unwritable path fails with nothing attached.
+        s.open_output(opts.output or default_output(name))
+        s.guests = []
     try:
-        with _StopFlag() as stop:
-            while True:
-                if probes.counts_mode:
-                    time.sleep(POLL_MS / 1000)
-                else:
-                    probes.poll(POLL_MS)
-                now = time.monotonic()
-                if probes.counts_mode:
-                    if now - last_flush >= opts.counts_interval:
-                        counters = probes.counters()
-                        _flush_counts(probes, writer, counts_delta,
-                                      {**meta_start, "t_ns": time.monotonic_ns(), "lost_events": counters.lost_total})
-                        last_flush = now
-                elif probes.pending >= FLUSH_EVENTS or now - last_flush >= FLUSH_SECONDS:
-                    counters = probes.counters()
-                    _flush(probes, writer, {**meta_start, "t_ns": time.monotonic_ns(),
-                                            "lost_events": counters.lost_total})
-                    last_flush = now
-                if opts.progress_interval and now - last_progress >= opts.progress_interval:
-                    counters = probes.counters()
-                    total = sum(counters.matched.values())
-                    rate = (total - last_count) / (now - last_progress)
-                    say(f"{now - start:6.1f} s  {total:,} events  {rate:,.0f}/s  "
-                        f"lost {counters.lost_total:,}")
-                    last_progress, last_count = now, total
-                if stop.reason:
-                    return stop.reason
-                if deadline is not None and now >= deadline:
-                    return "duration"
-                if _process_gone(pidfd, guest.pid):
-                    return "domain stopped"
+        s.attach()
+        if opts.dry_run:
+            s.say(f"dry run: built and attached {len(s.probes.probes)} probes "
+                  f"({', '.join(s.probes.probes)}); detaching")
+            s.stop_reason = "dry run"
+            return RecordResult(None, 0, 0, s.stop_reason, 0.0)
+        for g in guests:
+            s.trace(g)
+        s.mark_start()
+        names = ", ".join(f"{g.name} (QEMU pid {g.pid}, vCPU threads "
+                          f"{','.join(str(t) for t in g.vcpu_threads.values())})" for g in guests)
+        s.say(f"recording {names} with {len(s.probes.probes)} probes to {s.writer.path}; Ctrl-C stops")
+        if on_attached:
+            on_attached(guests)
+        s.stop_reason = s.stream()
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
+        result = s.finish()
+    return result

@@ -123,6 +123,9 @@ static __always_inline void kt_submit(struct kt_event *e)
 		if (e->err >= 0)
 			uexit_at.update(&tid, &now);
 		break;
+	case KT_KIND_IOCTL:
+		k.reason = e->reason;
+		break;
 	case KT_KIND_RUN:
 		k.tid = tid;
 		p = uexit_at.lookup(&tid);
@@ -341,18 +344,177 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 #endif
 
 /*
- * The VMM re-entering the guest: ioctl(vcpu_fd, KVM_RUN). Paired with the
- * previous kvm_userspace_exit of the same thread it gives the VMM's service
- * time, on hosts where kvm_entry does not fire too.
+ * The VMM's KVM ioctls. ioctl(vcpu_fd, KVM_RUN) is the VMM re-entering the
+ * guest: paired with the thread's previous kvm_userspace_exit it gives the
+ * VMM's service time, also on hosts where kvm_entry does not fire. Every
+ * other KVM ioctl (type KVMIO) is kept from its entry to its return and
+ * emitted there with its result and duration: KVM_CREATE_VM, the memory
+ * slots, KVM_CREATE_VCPU, ... the guest's creation timeline. While `armed`
+ * (kvmtrace launch, before the new VMM's pid is known) KVM ioctls of any
+ * process are taken; user space keeps those of the VMM it launched.
  */
+struct kt_ioctl {
+	u64 ts;
+	u64 arg;
+	u64 gpa;
+	u64 memory_size;
+	u64 userspace_addr;
+	u32 cmd;
+	u32 fd;
+	u32 slot;
+	u32 flags;
+};
+
+struct kt_mem_region {		/* the head of kvm_userspace_memory_region{,2} */
+	u32 slot;
+	u32 flags;
+	u64 guest_phys_addr;
+	u64 memory_size;
+	u64 userspace_addr;
+};
+
+BPF_HASH(ioctl_open, u32, struct kt_ioctl, KT_MAX_VCPUS);	/* tid -> ioctl in progress */
+BPF_HASH(kvm_fds, u64, u32, 4096);	/* pid << 32 | fd -> KVM fd of a traced VMM */
+BPF_ARRAY(armed, u32, 1);		/* [0]: take KVM ioctls of any process */
+
+static __always_inline int kt_traced_or_armed(u32 tgid)
+{
+	u32 zero = 0, *a;
+
+	if (targets.lookup(&tgid))
+		return 1;
+	a = armed.lookup(&zero);
+	return a && *a;
+}
+
 #ifdef KT_PROBE_SYS_ENTER_IOCTL
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
+	u32 cmd = (u32)args->cmd;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id;
+	struct kt_ioctl io = {};
+	struct kt_mem_region r = {};
 	struct kt_event *e;
 
-	if ((u32)args->cmd != KT_KVM_RUN)
+	if (cmd == KT_KVM_RUN) {
+		e = kt_reserve(KT_KIND_RUN);
+		if (e)
+			kt_submit(e);
 		return 0;
-	e = kt_reserve(KT_KIND_RUN);
+	}
+	if (((cmd >> 8) & 0xff) != KT_KVMIO || !kt_traced_or_armed(id >> 32))
+		return 0;
+	io.ts = bpf_ktime_get_ns();
+	io.cmd = cmd;
+	io.fd = args->fd;
+	io.arg = args->arg;
+	if (cmd == KT_KVM_SET_USER_MEMORY_REGION || cmd == KT_KVM_SET_USER_MEMORY_REGION2) {
+		if (bpf_probe_read_user(&r, sizeof(r), (void *)args->arg) == 0) {
+			io.slot = r.slot;
+			io.flags = r.flags;
+			io.gpa = r.guest_phys_addr;
+			io.memory_size = r.memory_size;
+			io.userspace_addr = r.userspace_addr;
+		}
+	}
+	ioctl_open.update(&tid, &io);
+	return 0;
+}
+#endif
+
+#ifdef KT_PROBE_SYS_EXIT_IOCTL
+TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tid = (u32)id, tgid = id >> 32, kind = KT_KIND_IOCTL, one = 1;
+	struct kt_ioctl *io = ioctl_open.lookup(&tid);
+	struct kt_event *e;
+	u64 key, *n;
+
+	if (!io)
+		return 0;
+	if (args->ret >= 0 && (io->cmd == KT_KVM_CREATE_VM || io->cmd == KT_KVM_CREATE_VCPU)) {
+		key = (u64)tgid << 32 | (u32)args->ret;	/* the new VM or vCPU fd */
+		kvm_fds.update(&key, &one);
+		key = (u64)tgid << 32 | io->fd;		/* the fd it was made on */
+		kvm_fds.update(&key, &one);
+	}
+	n = matched.lookup(&kind);
+	if (n)
+		(*n)++;
+#ifdef KT_MODE_COUNTS
+	u32 zero = 0;
+	e = scratch.lookup(&zero);
+#else
+	e = events.ringbuf_reserve(sizeof(struct kt_event));
+#endif
+	if (!e) {
+		n = lost.lookup(&kind);
+		if (n)
+			(*n)++;
+		ioctl_open.delete(&tid);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = io->ts;
+	e->info2 = bpf_ktime_get_ns() - io->ts;	/* duration */
+	e->tid = tid;
+	e->pid = tgid;
+	e->cpu = bpf_get_smp_processor_id();
+	e->vcpu = KT_NO_VCPU;
+	e->kind = KT_KIND_IOCTL;
+	e->reason = io->cmd;
+	e->port = io->fd;
+	e->err = args->ret;
+	if (io->cmd == KT_KVM_SET_USER_MEMORY_REGION || io->cmd == KT_KVM_SET_USER_MEMORY_REGION2)
+		e->gpa = io->gpa;	/* the slot's guest physical address */
+	else
+		e->gpa = io->arg;	/* e.g. KVM_CREATE_VCPU's vCPU id */
+	e->info1 = io->memory_size;
+	e->rip = io->userspace_addr;
+	e->size = io->slot;
+	e->count = io->flags;
+	ioctl_open.delete(&tid);
+	kt_submit(e);
+	return 0;
+}
+#endif
+
+#ifdef KT_PROBE_SYS_ENTER_CLOSE
+/* A traced VMM closing one of its KVM fds (/dev/kvm, the VM or a vCPU). */
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u64 key = (id >> 32) << 32 | (u32)args->fd;
+	struct kt_event *e;
+
+	if (!kvm_fds.lookup(&key))
+		return 0;
+	kvm_fds.delete(&key);
+	e = kt_reserve(KT_KIND_CLOSE);
+	if (!e)
+		return 0;
+	e->port = args->fd;
+	kt_submit(e);
+	return 0;
+}
+#endif
+
+#ifdef KT_PROBE_SCHED_PROCESS_EXIT
+/* A traced VMM ending: its last thread exiting (the kernel closes its fds). */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	struct kt_event *e;
+
+#ifdef KT_HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
+	if (!args->group_dead)
+		return 0;
+#else
+	if ((u32)bpf_get_current_pid_tgid() != bpf_get_current_pid_tgid() >> 32)
+		return 0;
+#endif
+	e = kt_reserve(KT_KIND_PROC_EXIT);
 	if (!e)
 		return 0;
 	kt_submit(e);

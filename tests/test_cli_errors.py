@@ -104,5 +104,5 @@ def test_unwritable_output_fails_before_attaching(kernel, domain_name, tmp_path)
 def test_dry_run_attaches_and_detaches(kernel):
     r = run("record", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "built and attached 6 probes" in r.stderr
+    assert "built and attached 9 probes" in r.stderr
     assert kvmtrace_progs() == []

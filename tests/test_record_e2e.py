@@ -5,6 +5,7 @@ the ROM's programmed exits and against bpftrace on the same run."""
 from __future__ import annotations
 
 import json
+import uuid
 import subprocess
 from collections import Counter
 
@@ -27,7 +28,7 @@ WORKLOAD = Workload(port_writes=23, rtc_reads=29, pit_writes=31, pit_reads=37,
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, kernel):
     """One finite run of the demo guest, recorded by kvmtrace and bpftrace."""
-    name = "kvmtrace-test-e2e"
+    name = f"kvmtrace-test-e2e-{uuid.uuid4().hex[:8]}"
     out = tmp_path_factory.mktemp("e2e") / "run.kvmtrace"
     conn, dom = start_demo(WORKLOAD, URI, name=name, paused=True, replace=True)
     try:
@@ -54,7 +55,7 @@ def test_record_stops_by_itself_when_the_guest_ends(recorded):
     assert "stopped (domain stopped)" in recorded["stderr"]
     rep = recorded["report"]
     assert rep["complete"] is True and rep["lost_events"] == 0
-    assert rep["domain"] == "kvmtrace-test-e2e"
+    assert rep["domain"].startswith("kvmtrace-test-e2e-")
 
 
 def test_port_io_equals_the_rom_exactly(recorded):
@@ -116,7 +117,7 @@ def test_text_report_shows_every_row(recorded):
 
 def test_counts_mode_gives_the_same_numbers(kernel, tmp_path):
     """In-kernel aggregation: the same exact counts, MMIO grouped by 4 KiB page."""
-    name = "kvmtrace-test-e2e-counts"
+    name = f"kvmtrace-test-counts-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "counts.kvmtrace"
     conn, dom = start_demo(WORKLOAD, URI, name=name, paused=True, replace=True)
     try:
