@@ -44,8 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events: every event to the file (default); counts: aggregate in the kernel, "
                         "written each second (cheapest; no per-event timeline)")
     r.add_argument("--values", action="store_true", help="also store the data of port and MMIO accesses (guest data: off by default)")
+    r.add_argument("--start", action="store_true",
+                   help="start the defined, inactive --domain paused and record it from its first instruction")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+
+    la = sub.add_parser("launch", help="create a domain from XML (as virsh create) and trace it from the start",
+                        description="Create a domain from its XML through libvirt (virDomainCreateXML), "
+                                    "paused, with the probes attached; record its creation (the VMM's KVM "
+                                    "ioctls) and its run from the first instruction until it stops.",
+                        epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    la.add_argument("xml", metavar="DOM.xml")
+    la.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI")
+    la.add_argument("--duration", type=_positive, metavar="S")
+    la.add_argument("-o", "--output", metavar="FILE")
+    la.add_argument("--values", action="store_true")
+    la.add_argument("--quiet", "-q", action="store_true")
 
     rep = sub.add_parser("report", help="summarize a trace file",
                          description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
@@ -69,9 +83,28 @@ def _cmd_record(args, argv) -> int:
 
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise KvmtraceError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
-    record(RecordOptions(domain=args.domain, all_domains=args.all_domains, uri=args.connect, duration=args.duration, output=args.output,
+    opts = RecordOptions(domain=args.domain, all_domains=args.all_domains, uri=args.connect,
+                         duration=args.duration, output=args.output,
                          capture_values=args.values, dry_run=args.dry_run, mode=args.mode,
-                         progress_interval=0 if args.quiet else 1.0, argv=argv))
+                         progress_interval=0 if args.quiet else 1.0, argv=argv)
+    if args.start:
+        from .launch import start_defined
+
+        if args.domain is None:
+            raise KvmtraceError("--start needs --domain NAME|UUID|ID")
+        start_defined(opts)
+    else:
+        record(opts)
+    return 0
+
+
+def _cmd_launch(args, argv) -> int:
+    from .launch import launch_xml
+    from .record import RecordOptions
+
+    launch_xml(args.xml, RecordOptions(uri=args.connect, duration=args.duration, output=args.output,
+                                       capture_values=args.values,
+                                       progress_interval=0 if args.quiet else 1.0, argv=argv))
     return 0
 
 
@@ -93,7 +126,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_demo(args, argv) -> int:
-    from .demo import start_demo, stop_demo
+    from .demo import resume, start_demo, stop_demo
     from .guest import Workload
     from .host import check_privileges
     from .record import RecordOptions, record
@@ -107,7 +140,7 @@ def _cmd_demo(args, argv) -> int:
     try:
         opts = RecordOptions(domain=dom.UUIDString(), uri=args.connect, output=args.output,
                              duration=None if args.finite else args.duration, argv=argv)
-        record(opts, on_attached=lambda _guest: dom.resume())
+        record(opts, on_attached=lambda _guests: resume(dom))
     finally:
         stop_demo(dom)
     sys.stdout.write(render_text(load(args.output)))
@@ -122,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "record":
             return _cmd_record(args, ["kvmtrace", *argv])
+        if args.command == "launch":
+            return _cmd_launch(args, ["kvmtrace", *argv])
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "demo":

@@ -158,7 +158,8 @@ def memory_map(dom) -> str:
     import libvirt_qemu
 
     try:
-        return libvirt_qemu.qemuMonitorCommand(dom, "info mtree -f", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        text = libvirt_qemu.qemuMonitorCommand(dom, "info mtree -f", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        return text.replace("\r\n", "\n")  # HMP answers with CRLF
     except libvirt.libvirtError:
         return ""  # device names then come from the built-in table
 

@@ -53,6 +53,19 @@ def report_dict(trace: Trace) -> dict:
         "mmio": _records(s.mmio),
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
+        **(_launch_dict(trace) if trace.launched else {}),
+    }
+
+
+def _launch_dict(trace: Trace) -> dict:
+    life = trace.df_lifecycle()
+    slots = trace.df_memslots().reset_index()
+    return {
+        "lifecycle": [{"t_ms": round(r["t_ns"] / 1e6, 3), "step": str(r["step"]), "tid": int(r["tid"]),
+                       "detail": str(r["detail"]),
+                       "duration_us": None if r["duration_ns"] < 0 else round(r["duration_ns"] / 1e3, 1)}
+                      for r in life.to_dict("records")],
+        "memory_slots": _records(slots),
     }
 
 
@@ -72,6 +85,19 @@ def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) ->
 
 def _rate(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.1f}"
+
+
+def _launch_text(con: Console, d: dict) -> None:
+    rows = [[f"{r['t_ms']:,.3f}", r["step"], r["detail"],
+             "" if r["duration_us"] is None else f"{r['duration_us']:,.1f}"] for r in d["lifecycle"]]
+    con.print(_table("Launch timeline (ms since virDomainCreateXML)",
+                     [("t ms", "right"), ("step", "left"), ("detail", "left"), ("took µs", "right")], rows))
+    total = sum(r["size"] for r in d["memory_slots"])
+    rows = [[str(r["slot"]), f"{r['gpa']:#x}", f"{r['size']:#x}", f"{r['size'] / 1024:,.0f}", f"{r['flags']:#x}"]
+            for r in d["memory_slots"]]
+    rows.append(["total", "", "", f"{total / 1024:,.0f}", ""])
+    con.print(_table("KVM memory slots", [("slot", "right"), ("gpa", "left"), ("size", "left"),
+                                          ("KiB", "right"), ("flags", "left")], rows))
 
 
 def render_text(trace: Trace, width: int = 80) -> str:
@@ -114,6 +140,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
         probes = trace.header.get("probes", [])
         why = "did not fire on this host" if "kvm_exit" in probes else "was not recorded"
         con.print(f"Hardware exits: none (kvm:kvm_exit {why})\n")
+
+    if trace.launched:
+        _launch_text(con, d)
 
     dur = d["duration_s"]
     rows = [[f"{r['port']:#06x}", r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",

@@ -67,6 +67,23 @@ class Trace:
             return (pd.Series(ts).max() - pd.Series(ts).min()) / 1e9
         return 0.0
 
+    def df_lifecycle(self) -> pd.DataFrame:
+        """The VMM's creation and end of the guest (see analysis.lifecycle.lifecycle)."""
+        from .analysis.lifecycle import lifecycle
+
+        return lifecycle(self.events, self.header, self.data.trailer)
+
+    def df_memslots(self) -> pd.DataFrame:
+        """The guest's KVM memory slots (see analysis.lifecycle.memory_slots)."""
+        from .analysis.lifecycle import memory_slots
+
+        return memory_slots(self.events)
+
+    @property
+    def launched(self) -> bool:
+        """Recorded from before KVM_CREATE_VM (kvmtrace launch / record --start)."""
+        return "launch" in self.header
+
     @cached_property
     def summary(self) -> Summary:
         return summarize(self.events, self.names, self.duration_s)

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from kvmtrace.demo import start_demo, stop_demo
+from kvmtrace.demo import resume, start_demo, stop_demo
 from kvmtrace.domain import resolve
 from kvmtrace.guest import Workload, expected
 
@@ -38,7 +38,7 @@ def recorded(tmp_path_factory, kernel):
                                stderr=subprocess.PIPE)
         lines: list[str] = []
         wait_for_line(rec.stderr, "recording", 60, lines)
-        dom.resume()
+        resume(dom)
         rest = rec.stderr.read().decode()
         rc = rec.wait(timeout=120)
         independent = bpf.stop()
@@ -124,7 +124,7 @@ def test_counts_mode_gives_the_same_numbers(kernel, tmp_path):
         rec = subprocess.Popen(kvmtrace_cmd("record", "--mode", "counts", "--domain", name, "-o", str(out)),
                                stderr=subprocess.PIPE)
         wait_for_line(rec.stderr, "recording", 60)
-        dom.resume()
+        resume(dom)
         rest = rec.stderr.read().decode()
         assert rec.wait(timeout=120) == 0, rest
     finally:
