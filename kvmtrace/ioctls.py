@@ -39,3 +39,11 @@ class KvmIoctl(enum.IntEnum):
     SET_USER_MEMORY_REGION = _iow(0x46, 32)  # struct kvm_userspace_memory_region
     SET_USER_MEMORY_REGION2 = _iow(0x49, 160)  # struct kvm_userspace_memory_region2
     RUN = _io(0x80)
+
+
+def ioctl_name(cmd: int) -> str:
+    """The KVM_* name of an ioctl number (a fuller table comes with KVM_IOCTLS)."""
+    for c in KvmIoctl:
+        if c.value == cmd:
+            return f"KVM_{c.name}"
+    return f"ioctl({cmd:#010x})"
