@@ -172,8 +172,8 @@ class Probes:
                 "check the kernel headers (/lib/modules/$(uname -r)/build) and "
                 "that the kernel supports BPF ring buffers (Linux >= 5.8)",
             ) from e
-        self._targets = self.bpf["targets"]
-        self.ring = RingReader(self.bpf["events"].map_fd, (1 if counts_mode else ringbuf_pages) * mmap.PAGESIZE,
+        self._targets = self.bpf[b"targets"]
+        self.ring = RingReader(self.bpf[b"events"].map_fd, (1 if counts_mode else ringbuf_pages) * mmap.PAGESIZE,
                                EVENT_DTYPE)
 
     def add_target(self, tgid: int, index: int = 0) -> None:
@@ -182,14 +182,14 @@ class Probes:
 
     def arm(self) -> None:
         """Take KVM ioctls of every process (a launch, before the VMM's pid is known)."""
-        self.bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
 
     def disarm(self) -> None:
-        self.bpf["armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+        self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
 
     def add_kvm_run(self, tid: int, address: int) -> None:
         """Where vCPU thread ``tid``'s struct kvm_run is mapped in its VMM."""
-        self.bpf["kvm_run_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
+        self.bpf[b"kvm_run_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for events to arrive."""
@@ -206,7 +206,7 @@ class Probes:
 
     def read_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Counts mode: every aggregate key so far and its cumulative count."""
-        items = list(self.bpf["counts"].items())
+        items = list(self.bpf[b"counts"].items())
         keys = np.zeros(len(items), dtype=KEY_DTYPE)
         totals = np.zeros(len(items), dtype=np.uint64)
         for i, (k, v) in enumerate(items):
@@ -216,7 +216,7 @@ class Probes:
 
     def counters(self) -> Counters:
         def read(name: str) -> dict[str, int]:
-            table = self.bpf[name]
+            table = self.bpf[name.encode()]
             return {k.name: int(sum(table[ctypes.c_int(k.value)])) for k in EventKind}
 
         return Counters(matched=read("matched"), lost=read("lost"))

@@ -251,7 +251,7 @@ class Session:
                 if writer is not None and not writer.closed:
                     # Stop matching new events, then drain: what the kernel
                     # matched is then exactly what was written plus what was lost.
-                    probes.bpf["targets"].clear()
+                    probes.bpf[b"targets"].clear()
                     probes.disarm()
                     self.flush()
                 self.counters = probes.counters()
