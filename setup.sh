@@ -19,7 +19,7 @@ fi
 #    ROM, and the independent tracers the tests check kvmtrace against.
 PACKAGES=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86
           libvirt-daemon-system libvirt-clients python3-libvirt
-          linux-headers-amd64 nasm bpftrace trace-cmd bpftool)
+          linux-headers-amd64 nasm bpftrace trace-cmd bpftool tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -61,6 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--values", action="store_true")
     la.add_argument("--quiet", "-q", action="store_true")
 
+    t = sub.add_parser("top", help="live exit rates per reason, device and vCPU",
+                       description="Live exit rates, counted in the kernel, refreshed every interval.",
+                       epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tw = t.add_mutually_exclusive_group(required=True)
+    tw.add_argument("--domain", "-d")
+    tw.add_argument("--all", action="store_true", dest="all_domains", help="every running domain")
+    t.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI")
+    t.add_argument("--interval", "-i", type=_positive, default=1.0, metavar="S", help="refresh every S seconds (default 1)")
+    t.add_argument("--batch", "-b", action="store_true", help="print one snapshot after one interval and exit")
+    t.add_argument("--iterations", "-n", type=int, metavar="N", help="stop after N refreshes")
+    t.add_argument("--log", "-l", metavar="FILE", help="append every interval to FILE (for a service)")
+    t.add_argument("--csv", action="store_true", help="with --log: CSV rows (time_s,domain,dimension,key,rate,total)")
+
+    sv = sub.add_parser("serve", help="expose per-domain metrics for Prometheus",
+                        description="Serve per-domain exit, I/O and latency metrics at /metrics, counted in the "
+                                    "kernel; every scrape reads exact cumulative counts.",
+                        epilog=REQUIREMENTS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw = sv.add_mutually_exclusive_group(required=True)
+    sw.add_argument("--domain", "-d")
+    sw.add_argument("--all", action="store_true", dest="all_domains", help="every running domain (rescanned)")
+    sv.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI")
+    sv.add_argument("--port", "-p", type=int, default=9464, help="TCP port (default 9464)")
+    sv.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for a remote Prometheus)")
+
     rep = sub.add_parser("report", help="summarize a trace file",
                          description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
     rep.add_argument("trace", metavar="FILE")
@@ -155,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "record":
             return _cmd_record(args, ["kvmtrace", *argv])
+        if args.command == "top":
+            from .top import run_top
+
+            return run_top(args.domain, args.connect, args.all_domains, args.interval, args.batch,
+                           args.iterations, args.log, args.csv)
+        if args.command == "serve":
+            from .serve import run_serve
+
+            return run_serve(args.domain, args.connect, args.all_domains, args.port, args.listen)
         if args.command == "launch":
             return _cmd_launch(args, ["kvmtrace", *argv])
         if args.command == "report":

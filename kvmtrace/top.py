@@ -1,0 +1,145 @@
+"""`kvmtrace top`: live exit rates per reason, device and vCPU (kvm_stat's habits).
+
+Refreshes every interval on a terminal; ``--batch`` prints one snapshot and
+exits; ``--log FILE [--csv]`` appends every interval to a file, for running
+as a service. Counting happens in the kernel (counts mode).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from typing import TextIO
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
+from .events import EventKind
+from .exits import ExitNames
+from .live import LiveCounter, Snapshot
+
+NAMES = ExitNames.builtin()
+COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
+DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu"]
+
+
+def _device_names(live: LiveCounter):
+    from .devices import DeviceMap
+
+    return {g.pid: DeviceMap.from_mtree(g.memory_map_text) if g.memory_map_text else DeviceMap.builtin()
+            for g in live.guests}
+
+
+def _long(frame: pd.DataFrame, dimension: str, keyfn, domain: str) -> list[dict]:
+    return [{"domain": domain, "dimension": dimension, "key": keyfn(r), "count": int(r["count"])}
+            for r in frame.to_dict("records")]
+
+
+def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], devmaps) -> pd.DataFrame:
+    """Long form counts: domain, dimension, key, count."""
+    out: list[dict] = []
+    rows = weighted(rows)
+    for pid, name in domains.items():
+        r = rows[rows["pid"] == pid]
+        devmap = devmaps.get(pid)
+        out += _long(userspace_exits(r, NAMES, 1.0), "userspace exit", lambda x: x["reason"], name)
+        out += _long(hardware_exits(r, NAMES, 1.0), "exit", lambda x: f"{x['isa']} {x['reason']}", name)
+
+        def where(x, place):
+            return "QEMU" if x["userspace"] else "kernel"
+
+        def port_key(x):
+            dev = devmap.port(int(x["port"])) if devmap else None
+            return f"{x['port']:#06x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+
+        def mmio_key(x):
+            dev = devmap.mmio(int(x["gpa"])) if devmap else None
+            return f"{x['gpa']:#x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+
+        out += _long(port_io(r), "port", port_key, name)
+        out += _long(mmio(r), "mmio", mmio_key, name)
+        u = r[(r["k"] == EventKind.USERSPACE_EXIT) & (r["err"] >= 0)]
+        for tid, n in u.groupby("tid")["w"].sum().items():
+            out.append({"domain": name, "dimension": "vcpu", "key": f"vcpu {vcpus.get(int(tid), '?')} (tid {tid})",
+                        "count": int(n)})
+    return pd.DataFrame(out, columns=["domain", "dimension", "key", "count"])
+
+
+def snapshot_frame(snap: Snapshot, devmaps) -> pd.DataFrame:
+    """One interval as rows: time_s, domain, dimension, key, rate (/s), total."""
+    total = _table(snap.total, snap.domains, snap.vcpus, devmaps)
+    delta = _table(snap.delta, snap.domains, snap.vcpus, devmaps)
+    keys = ["domain", "dimension", "key"]
+    df = total.merge(delta, on=keys, how="left", suffixes=("_total", "_delta")).fillna({"count_delta": 0})
+    df["rate"] = df["count_delta"] / snap.interval_s if snap.interval_s > 0 else np.nan
+    df["total"] = df["count_total"].astype("int64")
+    df["time_s"] = round(snap.t, 3)
+    df["dimension"] = pd.Categorical(df["dimension"], categories=DIMENSIONS, ordered=True)
+    return df[COLUMNS].sort_values(["domain", "dimension", "rate"], ascending=[True, True, False], ignore_index=True)
+
+
+def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, no_color=True, highlight=False)
+    n_exits = df.loc[df["dimension"] == "userspace exit", "rate"].sum()
+    con.print(f"kvmtrace top - {time.strftime('%H:%M:%S')}, every {snap.interval_s:.1f} s, "
+              f"userspace exits {n_exits:,.0f}/s")
+    con.print(f"domains: {', '.join(sorted(snap.domains.values())) or 'none running'}")
+    for (domain, dimension), part in df.groupby(["domain", "dimension"], sort=False, observed=True):
+        t = Table(title=f"{domain}: {dimension}", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        t.add_column(dimension, overflow="fold")
+        t.add_column("/s", justify="right", no_wrap=True)
+        t.add_column("total", justify="right", no_wrap=True)
+        for r in part.head(12).to_dict("records"):
+            t.add_row(str(r["key"]), f"{r['rate']:,.0f}", f"{r['total']:,}")
+        con.print(t)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, batch: bool,
+            iterations: int | None, log_path: str | None, as_csv: bool, out: TextIO = sys.stdout) -> int:
+    from .record import _StopFlag
+
+    with LiveCounter(domain, uri, all_domains) as live:
+        devmaps = _device_names(live)
+        logf = open(log_path, "a", newline="") if log_path else None
+        writer = csv.writer(logf) if logf and as_csv else None
+        if writer and logf.tell() == 0:
+            writer.writerow(COLUMNS)
+        n = 0
+        try:
+            with _StopFlag() as stop:
+                live.sample()
+                while not stop.reason:
+                    deadline = time.monotonic() + interval
+                    while time.monotonic() < deadline and not stop.reason:
+                        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                    snap = live.sample()
+                    if len(snap.domains) != len(devmaps):
+                        devmaps = _device_names(live)
+                    df = snapshot_frame(snap, devmaps)
+                    n += 1
+                    if logf:
+                        if writer:
+                            writer.writerows(df.itertuples(index=False))
+                        else:
+                            logf.write(render(df, snap))
+                        logf.flush()
+                    if batch or not logf:
+                        text = render(df, snap)
+                        if not batch and out.isatty():
+                            out.write("\x1b[H\x1b[2J")  # clear, as top does
+                        out.write(text)
+                        out.flush()
+                    if batch or (iterations is not None and n >= iterations):
+                        break
+        finally:
+            if logf:
+                logf.close()
+    return 0
