@@ -31,6 +31,7 @@ def recorded(tmp_path_factory, kernel):
     name = f"kvmtrace-test-e2e-{uuid.uuid4().hex[:8]}"
     out = tmp_path_factory.mktemp("e2e") / "run.kvmtrace"
     conn, dom = start_demo(WORKLOAD, URI, name=name, paused=True, replace=True)
+    bpf = rec = None
     try:
         pid = resolve(conn, name).pid
         bpf = Bpftrace(pid)
@@ -43,6 +44,9 @@ def recorded(tmp_path_factory, kernel):
         rc = rec.wait(timeout=120)
         independent = bpf.stop()
     finally:
+        for p in (rec, bpf and bpf.proc):
+            if p is not None and p.poll() is None:
+                p.kill()
         stop_demo(dom)
     report = subprocess.run(kvmtrace_cmd("report", "--format", "json", str(out)),
                             capture_output=True, check=True)
