@@ -1,0 +1,409 @@
+"""Statistics behind `kvmtrace compare BASE NEW`: which exit rates changed.
+
+Input: one "rate table" per run (:class:`RunRates`): counts by
+``dimension`` ("userspace_exit", "exit", "port", "mmio", "device", "vcpu")
+and ``key`` ("IO", "0x0080 write", "hpet", "0", ...), the guest run time
+recorded (``duration_s``) and the total number of exits (``exits``,
+userspace + hardware, the denominator of the "per exit" shares).
+
+Each (dimension, key) row is tested on its own, then the family of tests is
+corrected for multiplicity; a row is a *regression* when its rate went up
+significantly AND by more than ``threshold_pct`` percent. Statistical
+significance answers "is this more than noise?", the threshold answers "is it
+big enough to care?": with tens of thousands of events per second a 0.5 %
+change is already significant, and not worth a red line.
+
+Tests (``method``)
+------------------
+``"poisson"`` (default): the exact conditional test for two Poisson rates.
+  With counts k1 ~ Poisson(r1 t1) and k2 ~ Poisson(r2 t2) over exposures
+  t1, t2 (the runs' ``duration_s``), given n = k1 + k2 the new count is
+  k2 ~ Binomial(n, t2 / (t1 + t2)) when r1 == r2. The p-value is the
+  two-sided exact binomial test of that (``scipy.stats.binomtest``). It is
+  exact at any count, zeros included, needs nothing but the totals, and is
+  right when events are independent, i.e. their count variance equals their
+  mean.
+
+``"bootstrap"``: needs ``windows`` (counts per time window of equal length
+  ``window_s``) in both runs. Real exit counts are *overdispersed*: timer
+  ticks, device polling loops and guest I/O come in bursts, so counts vary
+  between windows far more than Poisson allows, and the Poisson test then
+  calls noise significant. The bootstrap measures the variability each run
+  actually had: windows are resampled with replacement (the same windows
+  for every key of a run, ``resamples`` = 2000 times, fixed ``seed``,
+  each run on its own) and give the bootstrap distribution of the log rate
+  ratio log(new rate / base rate), each rate with 0.5 added to its count so
+  a key absent from one run keeps a finite ratio. Its variance is the sum
+  of the two runs' bootstrap variances, each times W/(W-1) for W windows
+  (the bootstrap's known shrinkage). The p-value is two-sided from
+  z = observed log ratio / bootstrap standard error (normal reference).
+  Why not the percentile p-value (twice the share of resampled ratios on
+  the far side of 1)? With 2000 resamples it cannot go below about 1/1000,
+  and Holm over more than ten rows at alpha = 0.01 needs smaller: it could
+  never flag anything. The standard error is floored at the Poisson one,
+  sqrt(1/(k1+0.5) + 1/(k2+0.5)), so the bootstrap is never more confident
+  than the Poisson test: a bootstrap over a few tens of windows can
+  underestimate the spread, and a perfectly periodic source (the same count
+  in every window) would otherwise give a zero error.
+
+Which to use: "poisson" for short runs, few events, or traces without
+windows; its answers are exact but too confident for bursty sources.
+"bootstrap" when the runs were recorded with windows and are long enough
+for at least :data:`MIN_WINDOWS` (better 30+) windows: its p-values hold
+for overdispersed counts. Neither sees run-to-run variation (boot order,
+host load, another guest): for that, compare against several baseline runs
+with `kvmtrace trend`.
+
+Multiplicity: ``significant`` is p < alpha after the Holm-Bonferroni
+step-down correction across all tested rows of the comparison (``p_adjusted``).
+Holm controls the family-wise error rate (the chance of even one false
+flag) at alpha under any dependence between rows, which matters because
+rows overlap (a port's exits are also "IO" userspace exits); it is uniformly
+more powerful than plain Bonferroni. Rows with no events in either run are
+not tests (they cannot be significant) and do not count in the family.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import KvmtraceError
+
+#: Dimensions of a rate table, in the order reports show them.
+DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
+METHODS = ("poisson", "bootstrap")
+#: Fewest complete windows per run the bootstrap accepts.
+MIN_WINDOWS = 10
+RESAMPLES = 2000
+SEED = 20240607
+
+COLUMNS = ["dimension", "key", "base_count", "new_count", "base_rate", "new_rate",
+           "base_share", "new_share", "change_pct", "p_value", "p_adjusted", "significant", "regression"]
+
+
+class RateTableError(KvmtraceError):
+    """A rate table handed to compare/trend is malformed or unusable.
+
+    Belongs with the other errors in kvmtrace.errors; kept here because this
+    change only touches the analysis modules.
+    """
+
+
+@dataclass
+class RunRates:
+    """One run's counts, as compare and trend consume them.
+
+    ``counts``: columns dimension, key, count (int64, >= 0); a key missing from
+    a run counts 0. ``duration_s``: guest run time recorded (s, > 0).
+    ``exits``: total userspace + hardware exits of the run (denominator of
+    the shares). ``windows``: optional counts per time window, columns window
+    (int, 0-based), dimension, key, count; windows 0 .. W-1 with
+    W = floor(duration_s / window_s) are the complete ones, a window missing
+    from the table had no events, later (partial) windows are ignored.
+    """
+
+    label: str
+    counts: pd.DataFrame
+    duration_s: float
+    exits: int
+    windows: pd.DataFrame | None = None
+    window_s: float | None = None
+
+
+def _dimension_dtype(values) -> pd.CategoricalDtype:
+    extra = sorted({str(v) for v in values} - set(DIMENSIONS))
+    return pd.CategoricalDtype(DIMENSIONS + extra, ordered=True)
+
+
+def _need_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise RateTableError(f"{what} lacks the columns {', '.join(missing)}",
+                             f"give it the columns {', '.join(cols)}")
+
+
+def run_counts(run: RunRates) -> pd.Series:
+    """The run's counts as an int64 Series indexed by (dimension, key) strings.
+
+    Checks the table: columns present, counts whole and >= 0, duration > 0.
+    Duplicate (dimension, key) rows are summed.
+    """
+    what = f"the rate table of run {run.label!r}"
+    if not (isinstance(run.duration_s, (int, float)) and math.isfinite(run.duration_s) and run.duration_s > 0):
+        raise RateTableError(f"{what} has duration_s={run.duration_s!r}",
+                             "give the guest run time recorded, in seconds (> 0)")
+    if run.exits is None or int(run.exits) < 0:
+        raise RateTableError(f"{what} has exits={run.exits!r}", "give the total number of exits (>= 0)")
+    c = run.counts
+    _need_columns(c, ["dimension", "key", "count"], what)
+    counts = pd.to_numeric(c["count"], errors="coerce")
+    if counts.isna().any() or (counts < 0).any() or (counts != np.floor(counts)).any():
+        raise RateTableError(f"{what} has counts that are not whole numbers >= 0",
+                             "count events per (dimension, key) as int64")
+    s = pd.Series(counts.to_numpy(dtype=np.int64),
+                  index=pd.MultiIndex.from_arrays([c["dimension"].astype(str).to_numpy(),
+                                                   c["key"].astype(str).to_numpy()], names=["dimension", "key"]))
+    return s.groupby(level=["dimension", "key"], sort=False).sum()
+
+
+def _run_windows(run: RunRates, keys: pd.MultiIndex) -> tuple[np.ndarray, float]:
+    """(W x K count matrix over the complete windows, their total time in s)."""
+    what = f"run {run.label!r}"
+    if run.windows is None or run.window_s is None:
+        raise RateTableError(f"method='bootstrap' needs per-window counts, and {what} has none",
+                             "load the runs with their time windows, or use method='poisson'")
+    if not (run.window_s > 0):
+        raise RateTableError(f"{what} has window_s={run.window_s!r}", "give the window length in seconds (> 0)")
+    n_win = int(math.floor(run.duration_s / run.window_s + 1e-9))
+    if n_win < MIN_WINDOWS:
+        raise RateTableError(
+            f"{what} has {n_win} complete windows of {run.window_s} s in {run.duration_s} s; "
+            f"the bootstrap needs at least {MIN_WINDOWS}",
+            "use shorter windows or longer runs, or method='poisson'")
+    w = run.windows
+    _need_columns(w, ["window", "dimension", "key", "count"], f"the windows table of {what}")
+    win = pd.to_numeric(w["window"]).to_numpy(dtype=np.int64)
+    keep = (win >= 0) & (win < n_win)
+    idx = pd.MultiIndex.from_arrays([w["dimension"].astype(str).to_numpy()[keep],
+                                     w["key"].astype(str).to_numpy()[keep]])
+    col = keys.get_indexer(idx)
+    ok = col >= 0
+    mat = np.zeros((n_win, len(keys)), dtype=np.float64)
+    np.add.at(mat, (win[keep][ok], col[ok]), pd.to_numeric(w["count"]).to_numpy(dtype=np.float64)[keep][ok])
+    return mat, n_win * run.window_s
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, family = all of ``p``).
+
+    Sorted ascending p_(1) <= ... <= p_(m): adjusted p_(i) =
+    max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where adjusted
+    < alpha is Holm's procedure at level alpha. NaN entries are not tests:
+    they stay NaN and do not count in m.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    m = len(tested)
+    if m == 0:
+        return out
+    order = tested[np.argsort(p[tested], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def poisson_rate_test(k1: int, t1: float, k2: int, t2: float) -> float:
+    """Two-sided p-value of H0 "equal rates" for Poisson counts k1 over t1, k2 over t2.
+
+    Conditional exact test: given n = k1 + k2, k2 ~ Binomial(n, t2/(t1+t2)).
+    NaN when n == 0 (nothing to test).
+    """
+    from scipy.stats import binomtest
+
+    n = int(k1) + int(k2)
+    if n == 0:
+        return float("nan")
+    return float(binomtest(int(k2), n, t2 / (t1 + t2), alternative="two-sided").pvalue)
+
+
+def _bootstrap_p(base: RunRates, new: RunRates, keys: pd.MultiIndex, resamples: int, seed: int) -> np.ndarray:
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    observed, variance, sums = [], [], []
+    for run in (base, new):
+        mat, t = _run_windows(run, keys)
+        n_win = mat.shape[0]
+        # Resampling W windows with replacement = multinomial weights on the
+        # windows; weights @ counts gives every key's resampled total at once.
+        weights = rng.multinomial(n_win, np.full(n_win, 1.0 / n_win), size=resamples).astype(np.float64)
+        total = mat.sum(axis=0)
+        sums.append(total)
+        observed.append(np.log((total + 0.5) / t))
+        # The runs are resampled independently, so the variance of the log
+        # ratio is the sum of theirs. W/(W-1) undoes the bootstrap's known
+        # shrinkage of a sum's variance over W windows.
+        variance.append(np.log((weights @ mat + 0.5) / t).var(axis=0, ddof=1) * n_win / (n_win - 1))
+    obs = observed[1] - observed[0]
+    se_boot = np.sqrt(variance[0] + variance[1])
+    se_pois = np.sqrt(1.0 / (sums[0] + 0.5) + 1.0 / (sums[1] + 0.5))
+    se = np.maximum(se_boot, se_pois)
+    p = 2.0 * norm.sf(np.abs(obs) / se)
+    p[(sums[0] + sums[1]) == 0] = np.nan
+    return p
+
+
+def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: float = 0.01,
+            method: str = "poisson", *, resamples: int = RESAMPLES, seed: int = SEED) -> pd.DataFrame:
+    """Per (dimension, key): rates of both runs, the change, and whether it is a regression.
+
+    Columns:
+      dimension (category), key (category),
+      base_count, new_count (int64 events),
+      base_rate, new_rate (float64, events per second of guest run time),
+      base_share, new_share (float64, events per exit of the run; NaN if the
+      run had no exits),
+      change_pct (float64, 100 (new_rate - base_rate) / base_rate; +inf
+      when base is 0 and new > 0; 0 when both are 0),
+      p_value (float64, the test's two-sided p; NaN when neither run has
+      the key's events: not a test),
+      p_adjusted (float64, Holm-Bonferroni over the tested rows),
+      significant (bool, p_adjusted < alpha),
+      regression (bool, significant and change_pct > threshold_pct).
+    Sorted: regressions, other significant rows, then the rest; each group by
+    largest |change_pct| first. Index: "row" (0..n-1). ``attrs`` hold
+    base_label, new_label, method, alpha, threshold_pct.
+    """
+    if method not in METHODS:
+        raise RateTableError(f"unknown comparison method {method!r}", f"use one of {', '.join(METHODS)}")
+    if not (0 < alpha < 1):
+        raise RateTableError(f"alpha={alpha!r} is not a probability", "give alpha between 0 and 1, e.g. 0.01")
+    b, n = run_counts(base), run_counts(new)
+    keys = b.index.union(n.index, sort=False)
+    keys = keys.sort_values() if len(keys) else keys
+    bc = b.reindex(keys, fill_value=0).to_numpy(dtype=np.int64)
+    nc = n.reindex(keys, fill_value=0).to_numpy(dtype=np.int64)
+    t1, t2 = float(base.duration_s), float(new.duration_s)
+    br, nr = bc / t1, nc / t2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.where(br > 0, 100.0 * (nr - br) / np.where(br > 0, br, 1.0),
+                          np.where(nr > 0, np.inf, 0.0))
+    share = [c / float(r.exits) if r.exits else np.full(len(c), np.nan) for c, r in ((bc, base), (nc, new))]
+
+    if method == "poisson":
+        p = np.array([poisson_rate_test(k1, t1, k2, t2) for k1, k2 in zip(bc, nc)], dtype=np.float64)
+    else:
+        p = _bootstrap_p(base, new, keys, resamples, seed)
+    p_adj = holm(p)
+    significant = np.nan_to_num(p_adj, nan=1.0) < alpha
+    regression = significant & (change > threshold_pct)
+
+    dims = keys.get_level_values("dimension") if len(keys) else pd.Index([], dtype=str)
+    knames = keys.get_level_values("key") if len(keys) else pd.Index([], dtype=str)
+    df = pd.DataFrame({
+        "dimension": pd.Categorical(dims, dtype=_dimension_dtype(dims)),
+        "key": pd.Categorical(knames, categories=pd.Index(sorted(set(knames), key=natural_key), dtype="str")),
+        "base_count": bc, "new_count": nc,
+        "base_rate": br.astype(np.float64), "new_rate": nr.astype(np.float64),
+        "base_share": share[0].astype(np.float64), "new_share": share[1].astype(np.float64),
+        "change_pct": change.astype(np.float64),
+        "p_value": p, "p_adjusted": p_adj,
+        "significant": significant.astype(bool), "regression": regression.astype(bool),
+    }, columns=COLUMNS)
+    df["_abs"] = np.abs(df["change_pct"])
+    df = df.sort_values(["regression", "significant", "_abs", "dimension", "key"],
+                        ascending=[False, False, False, True, True], kind="stable", ignore_index=True)
+    df = df.drop(columns="_abs")
+    df.index.name = "row"
+    df.attrs.update(base_label=str(base.label), new_label=str(new.label), method=method,
+                    alpha=float(alpha), threshold_pct=float(threshold_pct))
+    return df
+
+
+def has_regression(df: pd.DataFrame) -> bool:
+    """True when any row of a :func:`compare` frame is a regression."""
+    return bool(df["regression"].any())
+
+
+def natural_key(s: str) -> tuple:
+    """Sort key putting "run2" before "run10" (digit runs compare as numbers)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", str(s)))
+
+
+def _fmt_rate(x: float) -> str:
+    if not math.isfinite(x):
+        return "-"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 1:
+        return f"{x:.1f}"
+    return "0" if x == 0 else f"{x:.2g}"
+
+
+def _fmt_change(row) -> str:
+    c = row["change_pct"]
+    if math.isinf(c):
+        return "new"
+    if row["base_count"] == 0 and row["new_count"] == 0:
+        return "-"
+    return f"{c:+.1f}%"
+
+
+def _fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "-"
+    if p < 1e-4:
+        return "<1e-4"
+    return f"{p:.4f}"
+
+
+def _verdict(row) -> str:
+    if row["regression"]:
+        return "REGRESSION"
+    if row["significant"]:
+        return "up" if row["change_pct"] > 0 else "down"
+    return ""
+
+
+def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) -> str:
+    """A :func:`compare` frame as a text table that fits ``width`` columns.
+
+    Shows dimension, key, both rates (/s), the change, the Holm-adjusted p
+    and a verdict: REGRESSION, "up" (significant, below the threshold),
+    "down" (significant decrease) or blank. ``max_rows`` cuts the table
+    (the frame is sorted with regressions first) and says how many it left out.
+    """
+    a = df.attrs
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False)
+    n_reg, n_sig = int(df["regression"].sum()), int(df["significant"].sum())
+    if a:
+        con.print(f"compare: {a.get('base_label', 'BASE')} (base) -> {a.get('new_label', 'NEW')} (new)")
+        con.print(f"{a.get('method', '?')} test, Holm-corrected alpha {a.get('alpha', float('nan')):g}; "
+                  f"regression = significant rise above {a.get('threshold_pct', float('nan')):g}%")
+    con.print(f"{n_reg} regression(s), {n_sig} significant change(s) in {len(df)} rows")
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name, justify in [("dimension", "left"), ("key", "left"), ("base/s", "right"), ("new/s", "right"),
+                          ("change", "right"), ("p (Holm)", "right"), ("verdict", "left")]:
+        t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
+    shown = df if max_rows is None else df.head(max_rows)
+    for _, r in shown.iterrows():
+        t.add_row(str(r["dimension"]), str(r["key"]), _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"]),
+                  _fmt_change(r), _fmt_p(r["p_adjusted"]), _verdict(r))
+    con.print(t)
+    if len(shown) < len(df):
+        rest = df.iloc[len(shown):]
+        con.print(f"... {len(rest)} more rows not shown ({int(rest['significant'].sum())} significant)")
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).rstrip("\n") + "\n"
+
+
+def to_json(df: pd.DataFrame) -> list[dict]:
+    """A :func:`compare` frame as a list of dicts of plain Python types.
+
+    Strict-JSON safe: non-finite floats become None (change_pct is None for a
+    key new in NEW, i.e. base_count 0 and new_count > 0; p_value and
+    p_adjusted are None for rows with no events in either run).
+    """
+    out = []
+    for row in df.to_dict("records"):
+        clean = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+            elif not isinstance(v, (bool, int, float)) and v is not None:
+                v = str(v)
+            clean[k] = v
+        out.append(clean)
+    return out
