@@ -51,6 +51,7 @@ def report_dict(trace: Trace) -> dict:
         "exits": _records(s.exits),
         "pio": _records(s.pio),
         "mmio": _records(s.mmio),
+        "unpaired_userspace_io": s.unpaired_userspace_io,
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
@@ -127,6 +128,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
     if s.interrupted_runs or s.failed_runs:
         con.print(f"KVM_RUN interrupted by signals (-EINTR, not exits): {s.interrupted_runs:,}; "
                   f"failed: {s.failed_runs:,}")
+    if s.unpaired_userspace_io:
+        con.print(f"note: {s.unpaired_userspace_io:,} IO/MMIO exit(s) at the recording's edges have their access "
+                  "outside it (not in the rows below)")
     if not s.userspace_fields_known:
         con.print("note: the kvm_run members were not read in this trace; "
                   "I/O rows cannot be split into kernel and userspace")

@@ -86,3 +86,34 @@ def test_empty_trace_gives_empty_tables():
     s = summarize(Ev().frame(), NAMES, 0.0)
     assert s.pio.empty and s.mmio.empty and s.userspace_exits.empty and s.exits.empty
     assert isinstance(s.pio, pd.DataFrame)
+
+
+def test_pairing_at_the_edges():
+    """A read the VMM answers whose completion falls after the end: its exit is counted
+    apart, and the rows count exactly the kvm_pio events."""
+    e = Ev()
+    e.pio(0x80, True).uexit_io(0x80, True).run()
+    e.uexit_io(0x71, False)  # the recording stops before KVM_RUN completes the read
+    ev = e.frame()
+    got = rows(port_io(ev), ["port", "direction", "size", "userspace"])
+    assert got == {(0x80, "write", 1, True): 1}
+    s = summarize(ev, NAMES, 1.0)
+    assert s.unpaired_userspace_io == 1
+
+
+def test_pairing_needs_the_same_port():
+    """An exit whose kvm_run names another port does not claim a neighbouring access."""
+    e = Ev()
+    e.pio(0x43, True)  # in-kernel PIT write
+    e.uexit_io(0x80, True).run()  # an exit for a port whose kvm_pio is not in the trace
+    got = rows(port_io(e.frame()), ["port", "direction", "size", "userspace"])
+    assert got == {(0x43, "write", 1, False): 1}
+
+
+def test_threads_are_paired_apart():
+    e = Ev()
+    e.pio(0x80, True, tid=1)
+    e.pio(0x43, True, tid=2)  # another vCPU, interleaved
+    e.uexit_io(0x80, True, tid=1).run(tid=1)
+    got = rows(port_io(e.frame()), ["port", "direction", "size", "userspace"])
+    assert got == {(0x80, "write", 1, True): 1, (0x43, "write", 1, False): 1}

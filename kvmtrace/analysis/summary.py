@@ -68,6 +68,7 @@ class Summary:
     interrupted_runs: int  # KVM_RUN returning -EINTR ("restart"): not exits
     failed_runs: int  # KVM_RUN returning another error
     userspace_fields_known: bool  # kvm_run members were read (record) or not (import)
+    unpaired_userspace_io: int = 0  # IO/MMIO exits whose access lies outside the recording
 
 
 def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.DataFrame:
@@ -127,17 +128,76 @@ def hardware_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.
 
 
 def _split_user(total: pd.Series, user: pd.Series, keys: list[str]) -> pd.DataFrame:
-    """Rows (keys..., userspace, count) from total and userspace counts."""
+    """Rows (keys..., userspace, count) from total and userspace counts (counts mode)."""
     user = user.reindex(total.index, fill_value=0)
     kernel = (total - user).clip(lower=0)
+    return _rows(user, kernel, keys)
+
+
+def _rows(user: pd.Series, kernel: pd.Series, keys: list[str]) -> pd.DataFrame:
     parts = []
     for flag, series in ((True, user), (False, kernel)):
         df = series[series > 0].rename("count").reset_index()
         df["userspace"] = flag
         parts.append(df)
     out = pd.concat(parts, ignore_index=True)
-    out = out[keys + ["userspace", "count"]]
+    out = out[keys + ["userspace", "count"]].astype({"count": "int64"})
     return out.sort_values(keys + ["userspace"], ascending=[True] * len(keys) + [False], ignore_index=True)
+
+
+@dataclass
+class Pairing:
+    """Which port/MMIO events went to the VMM, paired with their userspace exits."""
+
+    to_vmm: np.ndarray  # bool per row of the events frame
+    unpaired_exits: int  # userspace IO/MMIO exits with no access event (at the recording's edges)
+
+
+def pair_userspace(ev: pd.DataFrame) -> Pairing:
+    """Pair each KVM_EXIT_IO / KVM_EXIT_MMIO (with its kvm_run fields) with the access it carried.
+
+    On one vCPU thread, among its port, MMIO and userspace-exit events:
+    a port write traces before its exit, so the exit's access is the event
+    just before it; a port read the VMM answers traces only on completion,
+    after KVM_RUN re-enters, so it is the event just after; an MMIO access
+    (a write, or a read's "unsatisfied-read") traces before its exit. The
+    access must also match the exit's kvm_run port or address and direction.
+    An exit left unpaired is at an edge of the recording (its access happened
+    before the start or completes after the end).
+    """
+    to_vmm = np.zeros(len(ev), dtype=bool)
+    k = ev["kind"].to_numpy()
+    err = ev["err"].to_numpy()
+    uexit = (k == EventKind.USERSPACE_EXIT) & (err >= 0) & np.isin(ev["reason"].to_numpy(), [KvmExit.IO, KvmExit.MMIO])
+    uexit &= (ev["flags"].to_numpy() & int(EventFlag.RUN_FIELDS)) != 0
+    sel = np.flatnonzero(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~mmio_completions(ev)))
+    if not uexit.any():
+        return Pairing(to_vmm, 0)
+    sub = ev.iloc[sel]
+    order = np.lexsort((sub["ts_ns"].to_numpy(), sub["tid"].to_numpy()))
+    rows = sel[order]
+    kk, tid = k[rows], ev["tid"].to_numpy()[rows]
+    port, op, gpa = ev["port"].to_numpy()[rows], ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows]
+    reason = ev["reason"].to_numpy()[rows]
+    is_exit = kk == EventKind.USERSPACE_EXIT
+    n = len(rows)
+    prev_i, next_i = np.arange(n) - 1, np.arange(n) + 1
+    prev_ok = (prev_i >= 0) & (tid[np.maximum(prev_i, 0)] == tid)
+    next_ok = (next_i < n) & (tid[np.minimum(next_i, n - 1)] == tid)
+    pv, nx = np.maximum(prev_i, 0), np.minimum(next_i, n - 1)
+    io = is_exit & (reason == KvmExit.IO)
+    # kvm_run.io.direction is 1 for out (write), as kvm_pio's rw.
+    io_w = io & (op == 1) & prev_ok & (kk[pv] == EventKind.PIO) & (op[pv] == PioOp.WRITE) & (port[pv] == port)
+    io_r = io & (op == 0) & next_ok & (kk[nx] == EventKind.PIO) & (op[nx] == PioOp.READ) & (port[nx] == port)
+    mm = is_exit & (reason == KvmExit.MMIO) & prev_ok & (kk[pv] == EventKind.MMIO) & (gpa[pv] == gpa)
+    mm &= np.where(op == MmioOp.WRITE, op[pv] == MmioOp.WRITE, op[pv] == MmioOp.UNSATISFIED_READ)
+    to_vmm[rows[pv[io_w | mm]]] = True
+    to_vmm[rows[nx[io_r]]] = True
+    return Pairing(to_vmm, int(is_exit.sum() - (io_w | io_r | mm).sum()))
+
+
+def _is_aggregate(ev: pd.DataFrame) -> bool:
+    return bool(((ev["kind"].to_numpy() & AGGREGATE) != 0).any())
 
 
 def port_io(ev: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +211,14 @@ def port_io(ev: pd.DataFrame) -> pd.DataFrame:
     """
     keys = ["port", "direction", "size"]
     ev = weighted(ev)
+    if not _is_aggregate(ev):
+        pio = ev["k"].to_numpy() == EventKind.PIO
+        p = ev[pio]
+        p = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read"),
+                     vmm=pair_userspace(ev).to_vmm[pio])
+        if p.empty:
+            return pd.DataFrame(columns=keys + ["userspace", "count"])
+        return _rows(p[p["vmm"]].groupby(keys)["w"].sum(), p[~p["vmm"]].groupby(keys)["w"].sum(), keys)
     p = ev[ev["k"] == EventKind.PIO]
     total = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read")).groupby(keys)["w"].sum()
     u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.IO) & (ev["err"] >= 0)
@@ -173,6 +241,14 @@ def mmio(ev: pd.DataFrame) -> pd.DataFrame:
     keys = ["gpa", "direction", "len"]
     ev = weighted(ev)
     comp = mmio_completions(ev)
+    if not _is_aggregate(ev):
+        sel = (ev["k"].to_numpy() == EventKind.MMIO) & ~comp
+        m = ev[sel]
+        m = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"), len=m["size"],
+                     vmm=pair_userspace(ev).to_vmm[sel])
+        if m.empty:
+            return pd.DataFrame(columns=keys + ["userspace", "count"])
+        return _rows(m[m["vmm"]].groupby(keys)["w"].sum(), m[~m["vmm"]].groupby(keys)["w"].sum(), keys)
     m = ev[(ev["k"] == EventKind.MMIO) & ~comp]
     total = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"),
                      len=m["size"]).groupby(keys)["w"].sum()
@@ -198,4 +274,5 @@ def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
         interrupted_runs=int(u.loc[u["err"] == -EINTR, "w"].sum()),
         failed_runs=int(u.loc[(u["err"] < 0) & (u["err"] != -EINTR), "w"].sum()),
         userspace_fields_known=known,
+        unpaired_userspace_io=0 if _is_aggregate(ev) else pair_userspace(ev).unpaired_exits,
     )
