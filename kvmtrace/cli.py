@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the defined, inactive --domain paused and record it from its first instruction")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    r.add_argument("--label", metavar="TEXT", help="name this run (compare/trend show it; default: the file name)")
 
     la = sub.add_parser("launch", help="create a domain from XML (as virsh create) and trace it from the start",
                         description="Create a domain from its XML through libvirt (virDomainCreateXML), "
@@ -86,6 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for a remote Prometheus)")
 
+    cmp_ = sub.add_parser("compare", help="compare exit rates of two traces; exit 1 on a regression",
+                          description="Side by side per exit reason, port, MMIO address, device and vCPU: rates "
+                                      "per second of guest run time and per exit, the change, and whether it is "
+                                      "significant (exact Poisson rate test, Holm-corrected; or a bootstrap over "
+                                      "time windows). Exits 1 when a significant increase above the threshold "
+                                      "exists, so CI can gate on it.")
+    cmp_.add_argument("base", metavar="BASE")
+    cmp_.add_argument("new", metavar="NEW")
+    cmp_.add_argument("--threshold", type=float, default=10.0, metavar="PCT",
+                      help="flag increases above PCT percent (default 10)")
+    cmp_.add_argument("--alpha", type=float, default=0.01, help="significance level after Holm (default 0.01)")
+    cmp_.add_argument("--method", choices=["poisson", "bootstrap"], default="poisson")
+    cmp_.add_argument("--window", type=_positive, default=0.25, metavar="S",
+                      help="window length for --method bootstrap (default 0.25 s)")
+    cmp_.add_argument("--format", "-f", choices=["text", "json"], default="text")
+
+    tr = sub.add_parser("trend", help="graph I/O exit rates across many runs, flag the outliers",
+                        description="One line per device or port across runs (ordered by label or recording "
+                                    "time), the baseline runs' band, and the runs above it marked.")
+    tr.add_argument("traces", metavar="TRACE", nargs="+")
+    tr.add_argument("-o", "--output", metavar="FILE", help="graph: .png, .svg or .html (default: table only)")
+    tr.add_argument("--dimension", default="device",
+                    choices=["userspace_exit", "exit", "port", "mmio", "device", "vcpu"])
+    tr.add_argument("--order", choices=["label", "time"], default="label")
+    tr.add_argument("--baseline", type=int, default=3, metavar="N", help="the first N runs are the baseline (3)")
+    tr.add_argument("--log", action="store_true", help="logarithmic rate axis")
+    tr.add_argument("--format", "-f", choices=["text", "json"], default="text")
+
     rep = sub.add_parser("report", help="summarize a trace file",
                          description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
     rep.add_argument("trace", metavar="FILE")
@@ -111,7 +140,7 @@ def _cmd_record(args, argv) -> int:
     opts = RecordOptions(domain=args.domain, all_domains=args.all_domains, uri=args.connect,
                          duration=args.duration, output=args.output,
                          capture_values=args.values, dry_run=args.dry_run, mode=args.mode,
-                         progress_interval=0 if args.quiet else 1.0, argv=argv)
+                         progress_interval=0 if args.quiet else 1.0, argv=argv, label=args.label)
     if args.start:
         from .launch import start_defined
 
@@ -147,6 +176,53 @@ def _cmd_report(args) -> int:
 
     trace = load(args.trace)
     _emit(render_json(trace) if args.format == "json" else render_text(trace), args.output)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import json
+
+    from .analysis.compare import compare, format_text, has_regression, to_json
+    from .trace import load
+
+    window = args.window if args.method == "bootstrap" else None
+    base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
+    df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
+    regression = has_regression(df)
+    if args.format == "json":
+        print(json.dumps({"base": base.label, "new": new.label, "method": args.method, "alpha": args.alpha,
+                          "threshold_pct": args.threshold, "regression": regression, "rows": to_json(df)},
+                         indent=2, allow_nan=False))
+    else:
+        sys.stdout.write(format_text(df))
+    return 1 if regression else 0
+
+
+def _cmd_trend(args) -> int:
+    import json
+
+    from .analysis.trend import save_trend, trend_frame
+    from .trace import load
+
+    traces = [load(p) for p in args.traces]
+    times = [(t.data.trailer or t.data.progress).get("start_wall", "") for t in traces]
+    frame = trend_frame([t.run_rates() for t in traces], order_by=args.order, times=times,
+                        baseline=min(args.baseline, len(traces)))
+    if args.output:
+        save_trend(frame, args.output, dimension=args.dimension, log=args.log)
+        print(f"kvmtrace: trend graph of {len(traces)} runs in {args.output}", file=sys.stderr)
+    flagged = frame[frame["flagged"]]
+    if args.format == "json":
+        cols = ["run", "dimension", "key", "rate", "band_lo", "band_hi", "flagged"]
+        print(json.dumps({"runs": [str(r) for r in frame["run"].cat.categories],
+                          "flagged": [{c: (v.item() if hasattr(v, "item") else str(v)) for c, v in r.items()}
+                                      for r in flagged[cols].to_dict("records")]}, indent=2))
+    else:
+        if len(flagged) == 0:
+            print(f"no run above its baseline band ({len(traces)} runs)")
+        for r in flagged.to_dict("records"):
+            print(f"{r['run']}: {r['dimension']} {r['key']} at {r['rate']:,.1f}/s, above the baseline band "
+                  f"{r['band_lo']:,.1f}..{r['band_hi']:,.1f}/s")
     return 0
 
 
@@ -191,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args.domain, args.connect, args.all_domains, args.port, args.listen)
         if args.command == "launch":
             return _cmd_launch(args, ["kvmtrace", *argv])
+        if args.command == "compare":
+            return _cmd_compare(args)
+        if args.command == "trend":
+            return _cmd_trend(args)
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "demo":

@@ -10,7 +10,7 @@ from __future__ import annotations
 class KvmtraceError(Exception):
     """Base class. ``fix`` is the action that resolves the problem."""
 
-    exit_code = 1
+    exit_code = 2
 
     def __init__(self, problem: str, fix: str | None = None):
         super().__init__(problem)
@@ -69,6 +69,12 @@ class OutputError(KvmtraceError):
 
 class TraceFileError(KvmtraceError):
     """A file is not a kvmtrace trace, or is damaged beyond reading."""
+
+    exit_code = 5
+
+
+class RateTableError(KvmtraceError):
+    """Rate tables that compare/trend cannot work with (bad columns, too few windows)."""
 
     exit_code = 5
 

@@ -48,6 +48,7 @@ class RecordOptions:
     progress_interval: float = 1.0
     dry_run: bool = False
     argv: list[str] = field(default_factory=list)
+    label: str | None = None
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Session:
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
             "clock": "CLOCK_MONOTONIC",
+            "label": self.opts.label,
             **(extra or {}),
         }
 
@@ -261,6 +263,7 @@ class Session:
         if writer is not None and not writer.closed:
             writer.close({
                 "start_time_ns": self.start_ns,
+                "start_wall": self.start_wall.isoformat(),
                 "end_time_ns": self.end_ns,
                 "end_wall": dt.datetime.now(dt.timezone.utc).isoformat(),
                 "stop_reason": self.stop_reason,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 
 import pandas as pd
 
@@ -83,6 +84,72 @@ class Trace:
     def launched(self) -> bool:
         """Recorded from before KVM_CREATE_VM (kvmtrace launch / record --start)."""
         return "launch" in self.header
+
+    @cached_property
+    def device_map(self):
+        """Device names for this trace's guest (its recorded QEMU memory map, else built in)."""
+        from .devices import DeviceMap
+
+        return DeviceMap.from_header(self.header)
+
+    @cached_property
+    def vcpu_by_tid(self) -> dict[int, int]:
+        """vCPU thread id -> vCPU index, from the recorded domains."""
+        return {int(tid): int(v) for d in self.domains for v, tid in d.get("vcpu_threads", {}).items()}
+
+    @property
+    def label(self) -> str:
+        """The run's label: given at record time (--label), else the file name."""
+        return str(self.header.get("label") or Path(self.path).stem)
+
+    @property
+    def start_ns(self) -> int:
+        src = self.data.trailer or self.data.progress
+        if "start_time_ns" in src:
+            return int(src["start_time_ns"])
+        ts = self.data.table.column("ts_ns")
+        return int(pd.Series(ts).min()) if len(ts) else 0
+
+    @cached_property
+    def keyed(self) -> pd.DataFrame:
+        """Every exit keyed by dimension (see analysis.rates.keyed)."""
+        from .analysis.rates import keyed
+
+        return keyed(self.events, self.names, self.device_map, self.vcpu_by_tid)
+
+    def run_rates(self, window_s: float | None = None):
+        """This run as compare/trend consume it (analysis.compare.RunRates)."""
+        from .analysis.compare import RunRates
+        from .analysis.rates import counts, windows
+
+        s = self.summary
+        exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
+        return RunRates(label=self.label, counts=counts(self.keyed), duration_s=self.duration_s, exits=exits,
+                        windows=windows(self.keyed, self.start_ns, window_s) if window_s else None,
+                        window_s=window_s)
+
+    def df_rates(self, freq: str | float = "1s", by: str = "device") -> pd.DataFrame:
+        """Exits per second over time, one column per key of ``by``.
+
+        ``by``: "userspace_exit", "exit", "port", "mmio", "device" or "vcpu";
+        ``freq``: window length ("1s", "250ms", or seconds). Index "t_s"
+        (float64, window start in seconds since the recording started);
+        values float64 events/s; a key absent in a window is 0.
+        """
+        from .analysis.rates import DIMENSIONS, windows
+
+        if by not in DIMENSIONS:
+            raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, not {by!r}")
+        window_s = pd.Timedelta(freq).total_seconds() if isinstance(freq, str) else float(freq)
+        k = self.keyed[self.keyed["dimension"] == by]
+        w = windows(k, self.start_ns, window_s)
+        table = w.pivot_table(index="window", columns="key", values="count", aggfunc="sum", fill_value=0,
+                              observed=True)
+        n = int(max(self.duration_s // window_s, (table.index.max() + 1) if len(table) else 0))
+        table = table.reindex(range(n), fill_value=0) / window_s
+        table.index = pd.Index(table.index.to_numpy() * window_s, name="t_s", dtype="float64")
+        table.columns = pd.CategoricalIndex(table.columns.astype(str), name=by)
+        return table.astype("float64")
 
     @cached_property
     def summary(self) -> Summary:

@@ -76,7 +76,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import KvmtraceError
+from ..errors import RateTableError
 
 #: Dimensions of a rate table, in the order reports show them.
 DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
@@ -88,14 +88,6 @@ SEED = 20240607
 
 COLUMNS = ["dimension", "key", "base_count", "new_count", "base_rate", "new_rate",
            "base_share", "new_share", "change_pct", "p_value", "p_adjusted", "significant", "regression"]
-
-
-class RateTableError(KvmtraceError):
-    """A rate table handed to compare/trend is malformed or unusable.
-
-    Belongs with the other errors in kvmtrace.errors; kept here because this
-    change only touches the analysis modules.
-    """
 
 
 @dataclass
