@@ -35,6 +35,10 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return out
 
 
+def _name(region) -> str:
+    return region.name if region is not None else "unknown"
+
+
 def report_dict(trace: Trace) -> dict:
     s = trace.summary
     domains = trace.domains
@@ -49,13 +53,42 @@ def report_dict(trace: Trace) -> dict:
         "mode": trace.header.get("mode", "events"),
         "userspace_exits": _records(s.userspace_exits),
         "exits": _records(s.exits),
-        "pio": _records(s.pio),
-        "mmio": _records(s.mmio),
+        "pio": [{**r, "device": _name(trace.device_map.port(r["port"]))} for r in _records(s.pio)],
+        "mmio": [{**r, "device": _name(trace.device_map.mmio(r["gpa"]))} for r in _records(s.mmio)],
         "unpaired_userspace_io": s.unpaired_userspace_io,
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
+        **_latency_dict(trace),
     }
+
+
+def _us(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x) / 1e3, 3)
+
+
+def _latency_rows(df: pd.DataFrame, keys: list[str]) -> list[dict]:
+    rows = []
+    for r in df.to_dict("records"):
+        row = {k: (r[k].item() if hasattr(r[k], "item") else (str(r[k]) if not isinstance(r[k], (int, float)) else r[k]))
+               for k in keys}
+        row.update(count=int(r["count"]), unpaired=int(r["unpaired"]),
+                   **{f"{q}_us": _us(r[q]) for q in ("p50", "p90", "p99", "max")})
+        rows.append(row)
+    return rows
+
+
+def _latency_dict(trace: Trace) -> dict:
+    """VMM service time per reason and per device; exit handling where kvm_exit fired."""
+    if trace.header.get("mode") == "counts":
+        return {}
+    out = {"vmm_service": _latency_rows(trace.df_latency("vmm_service", ("reason",)), ["reason"]),
+           "vmm_service_by_device": _latency_rows(
+               trace.df_latency("vmm_service", ("reason", "device", "direction")), ["reason", "device", "direction"]),
+           "unpaired": trace.unpaired()}
+    if len(trace.summary.exits):
+        out["exit_handling"] = _latency_rows(trace.df_latency("exit_handling", ("isa", "reason")), ["isa", "reason"])
+    return out
 
 
 def _launch_dict(trace: Trace) -> dict:
@@ -86,6 +119,27 @@ def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) ->
 
 def _rate(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.1f}"
+
+
+def _latency_text(con: Console, d: dict) -> None:
+    def fmt(x):
+        return "-" if x is None else f"{x:,.1f}"
+
+    rows = [[r["reason"], r["device"] or "-", r["direction"] or "-", f"{r['count']:,}", fmt(r["p50_us"]),
+             fmt(r["p90_us"]), fmt(r["p99_us"]), fmt(r["max_us"])] for r in d["vmm_service_by_device"]
+            if r["count"]]
+    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)",
+                     [("exit", "left"), ("device", "left"), ("dir", "left"), ("count", "right"), ("p50", "right"),
+                      ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
+    if d.get("exit_handling"):
+        rows = [[r["isa"], r["reason"], f"{r['count']:,}", fmt(r["p50_us"]), fmt(r["p90_us"]), fmt(r["p99_us"]),
+                 fmt(r["max_us"])] for r in d["exit_handling"] if r["count"]]
+        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
+                         [("isa", "left"), ("reason", "left"), ("count", "right"), ("p50", "right"),
+                          ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
+    edges = {k: v for k, v in d["unpaired"].items() if v}
+    if edges:
+        con.print("unpaired at the edges: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in edges.items()))
 
 
 def _launch_text(con: Console, d: dict) -> None:
@@ -147,15 +201,18 @@ def render_text(trace: Trace, width: int = 80) -> str:
 
     if trace.launched:
         _launch_text(con, d)
+    if "vmm_service" in d:
+        _latency_text(con, d)
 
     dur = d["duration_s"]
-    rows = [[f"{r['port']:#06x}", r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",
+    rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["pio"]]
-    con.print(_table("Port I/O (kvm_pio)", [("port", "left"), ("dir", "left"), ("size", "right"),
-                                            ("handled by", "left"), ("count", "right"), ("/s", "right")], rows))
-    rows = [[f"{r['gpa']:#x}", r["direction"], str(r["len"]), "QEMU" if r["userspace"] else "kernel",
+    con.print(_table("Port I/O (kvm_pio)", [("port", "left"), ("device", "left"), ("dir", "left"),
+                                            ("size", "right"), ("handled by", "left"), ("count", "right"),
+                                            ("/s", "right")], rows))
+    rows = [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), "QEMU" if r["userspace"] else "kernel",
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["mmio"]]
     con.print(_table("MMIO (kvm_mmio; a read the VMM answers counts once)",
-                     [("gpa", "left"), ("dir", "left"), ("len", "right"), ("handled by", "left"),
-                      ("count", "right"), ("/s", "right")], rows))
+                     [("gpa", "left"), ("device", "left"), ("dir", "left"), ("len", "right"),
+                      ("handled by", "left"), ("count", "right"), ("/s", "right")], rows))
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"

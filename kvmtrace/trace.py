@@ -6,6 +6,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .analysis.summary import Summary, summarize
@@ -150,6 +151,74 @@ class Trace:
         table.index = pd.Index(table.index.to_numpy() * window_s, name="t_s", dtype="float64")
         table.columns = pd.CategoricalIndex(table.columns.astype(str), name=by)
         return table.astype("float64")
+
+    def _need_events(self, analysis: str) -> None:
+        from .errors import MissingTraceEventError
+
+        if self.header.get("mode") == "counts":
+            raise MissingTraceEventError(["per-event records (record --mode events)"], analysis)
+
+    @cached_property
+    def _userspace_runs(self) -> pd.DataFrame:
+        from .analysis.runloop import userspace_runs
+        from .exits import KvmExit
+
+        runs = userspace_runs(self.events, domains=self.domains)
+        dev = np.full(len(runs), "", dtype=object)
+        io = (runs["code"] == KvmExit.IO).to_numpy()
+        mm = (runs["code"] == KvmExit.MMIO).to_numpy()
+        if io.any():
+            dev[io] = np.asarray(self.device_map.name_ports(runs.loc[io, "port"].to_numpy()))
+        if mm.any():
+            dev[mm] = np.asarray(self.device_map.name_gpas(runs.loc[mm, "gpa"].to_numpy()))
+        runs["device"] = pd.Categorical(dev)
+        runs["reason"] = pd.Categorical([self.names.kvm_exit(int(c)) for c in runs["code"].to_numpy()])
+        return runs
+
+    def df_userspace_exits(self) -> pd.DataFrame:
+        """One row per real userspace exit with its kvm_run fields, device and VMM service time.
+
+        Columns as analysis.runloop.userspace_runs (ts_ns, pid, tid, vcpu,
+        code, fields_known, port, size, count, direction, gpa, len, run_ts_ns,
+        service_ns in ns, -1 when unpaired) plus reason and device (category).
+        Index "run". Needs kvm_userspace_exit events.
+        """
+        self._need_events("df_userspace_exits")
+        return self._userspace_runs.copy()
+
+    def df_exits(self) -> pd.DataFrame:
+        """One row per hardware exit (kvm_exit), correlated through the run loop.
+
+        See analysis.runloop.correlate for the columns. Raises
+        MissingTraceEventError on traces without kvm_exit (nested PVM hosts).
+        """
+        from .analysis.runloop import correlate
+
+        self._need_events("df_exits")
+        return correlate(self.events)
+
+    def df_latency(self, which: str = "vmm_service", by: tuple[str, ...] = ("reason",)) -> pd.DataFrame:
+        """Latency statistics (count, unpaired, min, mean, p50, p90, p99, max in ns).
+
+        ``which``: "vmm_service" (userspace exit -> next KVM_RUN; ``by`` any
+        of reason, device, port, direction, gpa, vcpu) or "exit_handling"
+        (kvm_exit -> kvm_entry; ``by`` isa, reason, vcpu).
+        """
+        from .analysis.latency import exit_handling, latency_stats
+
+        self._need_events("df_latency")
+        if which == "vmm_service":
+            return latency_stats(self._userspace_runs, "service_ns", list(by))
+        if which == "exit_handling":
+            return exit_handling(self.events, self.names, by=by)
+        raise ValueError(f"which must be 'vmm_service' or 'exit_handling', not {which!r}")
+
+    def unpaired(self) -> dict[str, int]:
+        """Events at the recording's edges that have no partner (see analysis.runloop.unpaired)."""
+        from .analysis.runloop import unpaired
+
+        self._need_events("unpaired")
+        return unpaired(self.events)
 
     @cached_property
     def summary(self) -> Summary:
