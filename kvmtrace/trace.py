@@ -69,6 +69,97 @@ class Trace:
             return (pd.Series(ts).max() - pd.Series(ts).min()) / 1e9
         return 0.0
 
+    def df_events(self) -> pd.DataFrame:
+        """Every event, typed: kind as a category of names (EXIT, PIO, ...), ts_ns int64.
+
+        Columns: ts_ns (int64 ns, CLOCK_MONOTONIC), kind (category), pid, tid,
+        cpu, vcpu (uint32; 4294967295 = unknown), reason, isa (uint32), err
+        (int32), port, size, count (uint32), op, flags (uint8), gpa, rip,
+        info1, info2, value (uint64). Meaning per kind: kvmtrace.events.
+        Index "event".
+        """
+        from .events import AGGREGATE, EventKind
+
+        ev = self.events.copy()
+        kinds = {int(k): k.name for k in EventKind}
+        kinds.update({int(k) | AGGREGATE: f"{k.name}_COUNT" for k in EventKind})
+        ev["kind"] = pd.Categorical.from_codes(
+            pd.Index(sorted(kinds)).get_indexer(ev["kind"].to_numpy()), categories=[kinds[k] for k in sorted(kinds)])
+        ev["ts_ns"] = ev["ts_ns"].astype("int64")
+        return ev
+
+    def _vcpu(self, ev: pd.DataFrame) -> np.ndarray:
+        from .analysis.rates import vcpu_of
+
+        v = vcpu_of(ev, self.vcpu_by_tid)
+        return np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
+
+    def df_pio(self) -> pd.DataFrame:
+        """Every port access (kvm_pio), with its device and whether it went to the VMM.
+
+        Columns: ts_ns (int64), pid, tid, vcpu (uint32), port (uint32),
+        direction (category read/write), size (uint8, bytes), count (uint32,
+        rep count), device (category), userspace (bool: returned to the VMM as
+        KVM_EXIT_IO, paired by its kvm_run fields), value (uint64; 0 unless
+        recorded with --values). Index "access".
+        """
+        from .analysis.summary import pair_userspace
+        from .events import EventKind, PioOp
+
+        self._need_events("df_pio")
+        ev = self.events
+        sel = (ev["kind"] == EventKind.PIO).to_numpy()
+        p = ev[sel]
+        df = pd.DataFrame({
+            "ts_ns": p["ts_ns"].to_numpy(np.int64), "pid": p["pid"].to_numpy(np.uint32),
+            "tid": p["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(p), "port": p["port"].to_numpy(np.uint32),
+            "direction": pd.Categorical(np.where(p["op"] == PioOp.WRITE, "write", "read"), categories=["read", "write"]),
+            "size": p["size"].to_numpy(np.uint8), "count": p["count"].to_numpy(np.uint32),
+            "device": self.device_map.name_ports(p["port"].to_numpy()),
+            "userspace": pair_userspace(ev).to_vmm[sel], "value": p["value"].to_numpy(np.uint64),
+        })
+        df.index.name = "access"
+        return df
+
+    def df_mmio(self) -> pd.DataFrame:
+        """Every MMIO access (kvm_mmio; a VMM-answered read once), with device and handler.
+
+        Columns: ts_ns (int64), pid, tid, vcpu (uint32), gpa (uint64),
+        direction (category read/write), len (uint8, bytes), device (category),
+        userspace (bool: returned to the VMM as KVM_EXIT_MMIO), value (uint64;
+        for a VMM-answered read, the answer; 0 unless recorded with --values).
+        Index "access".
+        """
+        from .analysis.summary import mmio_completions, pair_userspace
+        from .events import EventKind, MmioOp
+
+        self._need_events("df_mmio")
+        ev = self.events
+        comp = mmio_completions(ev)
+        sel = (ev["kind"] == EventKind.MMIO).to_numpy() & ~comp
+        m = ev[sel]
+        value = m["value"].to_numpy(np.uint64).copy()
+        if self.values_captured and comp.any():
+            # the answer arrives with the completing "read": carry it back to its access
+            order = ev[(ev["kind"] == EventKind.MMIO)].sort_values(["tid", "ts_ns"], kind="stable")
+            nxt = order["value"].shift(-1)
+            is_comp = pd.Series(comp, index=ev.index).reindex(order.index).shift(-1).fillna(False).astype(bool)
+            answers = nxt[is_comp]
+            value_s = pd.Series(value, index=m.index)
+            common = answers.index.intersection(value_s.index)
+            value_s.loc[common] = answers.loc[common].astype(np.uint64)
+            value = value_s.to_numpy(np.uint64)
+        df = pd.DataFrame({
+            "ts_ns": m["ts_ns"].to_numpy(np.int64), "pid": m["pid"].to_numpy(np.uint32),
+            "tid": m["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(m), "gpa": m["gpa"].to_numpy(np.uint64),
+            "direction": pd.Categorical(np.where(m["op"] == MmioOp.WRITE, "write", "read"),
+                                        categories=["read", "write"]),
+            "len": m["size"].to_numpy(np.uint8), "device": self.device_map.name_gpas(m["gpa"].to_numpy()),
+            "userspace": pair_userspace(ev).to_vmm[sel], "value": value,
+        })
+        df.index.name = "access"
+        return df
+
     def df_lifecycle(self) -> pd.DataFrame:
         """The VMM's creation and end of the guest (see analysis.lifecycle.lifecycle)."""
         from .analysis.lifecycle import lifecycle
