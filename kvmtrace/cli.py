@@ -115,10 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--log", action="store_true", help="logarithmic rate axis")
     tr.add_argument("--format", "-f", choices=["text", "json"], default="text")
 
+    im = sub.add_parser("import", help="convert a text trace (trace-cmd, ftrace, perf script) to a kvmtrace trace",
+                        description="Read kvm_exit, kvm_entry, kvm_pio, kvm_mmio and kvm_userspace_exit lines "
+                                    "from `trace-cmd report`, raw ftrace (trace, trace_pipe) or `perf script` "
+                                    "output of any kernel era, and write a trace every command reads. Lines of "
+                                    "other events are counted, unreadable lines counted and reported.")
+    im.add_argument("file", metavar="FILE")
+    im.add_argument("-o", "--output", metavar="TRACE", help="default: FILE with .kvmtrace")
+    im.add_argument("--format", dest="fmt", choices=["trace-cmd", "ftrace", "perf", "bare"],
+                    help="the input's format (default: detected)")
+    im.add_argument("--isa", choices=["vmx", "svm"], help="the host's ISA (default: from the exit names)")
+
+    ex = sub.add_parser("export", help="export a trace as a Perfetto / chrome://tracing timeline",
+                        description="Write the run loop as Chrome trace-event JSON for ui.perfetto.dev: a "
+                                    "track per vCPU thread, exits as slices named by reason with the kvm_run "
+                                    "fields as arguments, VMM service time nested inside.")
+    ex.add_argument("trace", metavar="FILE")
+    ex.add_argument("--perfetto", metavar="OUT", required=True, help="output .json or .json.gz")
+    ex.add_argument("--start", type=float, metavar="S", help="from S seconds after the recording start")
+    ex.add_argument("--end", type=float, metavar="S", help="up to S seconds after the recording start")
+    ex.add_argument("--max-events", type=int, metavar="N", help="stop after N slices")
+
     rep = sub.add_parser("report", help="summarize a trace file",
                          description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
     rep.add_argument("trace", metavar="FILE")
     rep.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    rep.add_argument("--domain", "-d", help="only this domain of a multi-domain trace (record --all)")
     rep.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
 
     d = sub.add_parser("demo", help="start the demo guest, record it, report",
@@ -175,6 +197,8 @@ def _cmd_report(args) -> int:
     from .trace import load
 
     trace = load(args.trace)
+    if args.domain:
+        trace = trace.for_domain(args.domain)
     _emit(render_json(trace) if args.format == "json" else render_text(trace), args.output)
     return 0
 
@@ -267,6 +291,20 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args.domain, args.connect, args.all_domains, args.port, args.listen)
         if args.command == "launch":
             return _cmd_launch(args, ["kvmtrace", *argv])
+        if args.command == "import":
+            from .importer import default_output, import_text
+
+            result = import_text(args.file, args.output or default_output(args.file), fmt=args.fmt, isa=args.isa)
+            print(result.message(), file=sys.stderr)
+            return 0
+        if args.command == "export":
+            from .export import export_perfetto
+
+            res = export_perfetto(args.trace, args.perfetto, start_s=args.start, end_s=args.end,
+                                  max_events=args.max_events)
+            print(f"kvmtrace: wrote {res.path} ({res.bytes:,} bytes) in {res.seconds:.1f} s; "
+                  "open it at ui.perfetto.dev", file=sys.stderr)
+            return 0
         if args.command == "compare":
             return _cmd_compare(args)
         if args.command == "trend":

@@ -61,11 +61,8 @@ def resume(dom) -> None:
     try:
         dom.resume()
     except libvirt.libvirtError:
-        try:
-            active = dom.isActive()
-        except libvirt.libvirtError:
-            active = False
-        if active:
+        # libvirt may not have noticed QEMU's exit yet: give it a moment.
+        if not wait_stopped(dom, 5.0):
             raise
 
 

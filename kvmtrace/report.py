@@ -44,10 +44,11 @@ def report_dict(trace: Trace) -> dict:
     domains = trace.domains
     return {
         "trace": str(trace.path),
-        "domain": domains[0]["name"] if domains else None,
+        "domain": domains[0]["name"] if len(domains) == 1 else None,
+        "domains": [x["name"] for x in domains],
         "complete": trace.complete,
         "duration_s": round(s.duration_s, 6),
-        "events": trace.data.table.num_rows,
+        "events": len(trace.events),
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
@@ -60,7 +61,15 @@ def report_dict(trace: Trace) -> dict:
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
         **_latency_dict(trace),
+        **({"by_domain": {d["name"]: _domain_counts(trace.for_domain(str(d["pid"]))) for d in domains}}
+           if len(domains) > 1 else {}),
     }
+
+
+def _domain_counts(trace: Trace) -> dict:
+    s = trace.summary
+    return {"pid": trace.domains[0]["pid"], "userspace_exits": _records(s.userspace_exits),
+            "exits": _records(s.exits), "pio": _records(s.pio), "mmio": _records(s.mmio)}
 
 
 def _us(x) -> float | None:
@@ -107,7 +116,9 @@ def render_json(trace: Trace) -> str:
     return json.dumps(report_dict(trace), indent=2) + "\n"
 
 
-def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> Table:
+def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]):
+    if not rows:  # an empty table says nothing: say so in one line
+        return f"{title}: none\n"
     t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for name, justify in columns:
         # Text columns wrap rather than lose their ends; numbers never wrap.
@@ -160,17 +171,24 @@ def render_text(trace: Trace, width: int = 80) -> str:
     d = report_dict(trace)
     buf = io.StringIO()
     con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False)
-    dom = d["domain"] or "?"
+    dom = ", ".join(x["name"] for x in trace.domains) or "?"
     host = trace.header.get("host", {})
     con.print(f"kvmtrace report: {trace.path}")
-    modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
-    con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
-              f"KVM ISA {host.get('isa', '?')} ({modules})")
+    if "import" in trace.header:
+        imp = trace.header["import"]
+        con.print(f"domain {dom}, imported from {imp.get('format', '?')} text {imp.get('path', '?')}, "
+                  f"KVM ISA {host.get('isa', '?')}")
+    else:
+        modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
+        con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
+                  f"KVM ISA {host.get('isa', '?')} ({modules})")
     con.print(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         con.print(f"WARNING: the recording was cut short ({trace.data.note}); "
                   "counts cover what was written before it stopped")
-    con.print("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
+    con.print("guest data values: " + ("captured" + (" (--values)" if "import" not in trace.header else
+                                                     " (in the imported text)")
+                                        if trace.values_captured else "not captured"))
     if trace.header.get("mode") == "counts":
         con.print("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
 

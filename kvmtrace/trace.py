@@ -17,8 +17,10 @@ from .tracefile import TraceData, read_trace
 class Trace:
     """A kvmtrace trace file, read once. ``load(path)`` makes one."""
 
-    def __init__(self, data: TraceData):
+    def __init__(self, data: TraceData, events: pd.DataFrame | None = None):
         self.data = data
+        self._events = events
+        self._domains: list[dict] | None = None
 
     @property
     def header(self) -> dict:
@@ -42,14 +44,28 @@ class Trace:
 
     @property
     def domains(self) -> list[dict]:
-        return self.header.get("domains", [])
+        return self._domains if self._domains is not None else self.header.get("domains", [])
 
     @cached_property
     def events(self) -> pd.DataFrame:
         """Every event, one row each, in file order (see kvmtrace.events)."""
+        if self._events is not None:
+            return self._events
         df = self.data.table.to_pandas()
         df.index.name = "event"
         return df
+
+    def for_domain(self, name: str) -> "Trace":
+        """This trace restricted to one recorded domain (by name, UUID or pid)."""
+        from .errors import KvmtraceError
+
+        for d in self.domains:
+            if name in (d.get("name"), d.get("uuid"), str(d.get("pid"))):
+                sub = Trace(self.data, events=self.events[self.events["pid"] == d["pid"]])
+                sub._domains = [d]
+                return sub
+        known = ", ".join(str(d.get("name")) for d in self.domains) or "none"
+        raise KvmtraceError(f"{self.path} holds no domain {name!r} (it holds: {known})", "name one of those")
 
     @cached_property
     def names(self) -> ExitNames:
