@@ -68,6 +68,7 @@ import bz2
 import gc
 import gzip
 import itertools
+from typing import Iterator
 import lzma
 import os
 import re
@@ -344,6 +345,29 @@ _BINARY_HINTS = (
     (b"ARROW1", "already a kvmtrace trace file", "report it directly: kvmtrace report {p}"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: zstd -d {p}"),
 )
+
+
+#: Longer lines are not trace lines: they are cut here and counted as unknown,
+#: so a file of gigabyte lines imports in bounded memory.
+MAX_LINE = 1 << 16
+OVERLONG = "\0kvmtrace: overlong line\0"
+
+
+def _bounded(f) -> Iterator[str]:
+    """Lines of ``f``, none longer than MAX_LINE: an overlong one becomes OVERLONG."""
+    readline = f.readline
+    while True:
+        line = readline(MAX_LINE)
+        if not line:
+            return
+        if len(line) == MAX_LINE and not line.endswith("\n"):
+            while True:  # skip the rest of the line without holding it
+                rest = readline(MAX_LINE)
+                if not rest or rest.endswith("\n"):
+                    break
+            yield OVERLONG + "\n"
+            continue
+        yield line
 
 
 def _open_text(path: Path):
@@ -894,7 +918,7 @@ def import_text(path: str | os.PathLike, output: str | os.PathLike, *, fmt: str 
         if override == Isa.UNKNOWN:
             raise ValueError(f"unknown ISA {isa!r}; vmx or svm")
     with _open_text(path) as f:  # checks the file (binary, empty) even when fmt is given
-        head = list(itertools.islice(f, DETECT_LINES if fmt is None else 1))
+        head = list(itertools.islice(_bounded(f), DETECT_LINES if fmt is None else 1))
     if fmt is None:
         try:
             detected = detect_format(head)
@@ -915,7 +939,7 @@ def import_text(path: str | os.PathLike, output: str | os.PathLike, *, fmt: str 
         gc.disable()
         try:
             with _open_text(path) as f:
-                lines = _parse(f, detected, st, auto=fmt is None)
+                lines = _parse(_bounded(f), detected, st, auto=fmt is None)
         finally:
             if gc_was_on:
                 gc.enable()

@@ -168,9 +168,23 @@ def _check_header(path: Path, schema: pa.Schema) -> dict:
     return header
 
 
+#: What a damaged file can make pyarrow, zstd or the JSON metadata raise.
+_DAMAGE = (pa.ArrowException, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError)
+
+
 def read_trace(path: str | os.PathLike) -> TraceData:
     """Read a trace file, complete or cut short. Raises TraceFileError."""
     path = Path(path)
+    try:
+        return _read_trace(path)
+    except TraceFileError:
+        raise
+    except _DAMAGE as e:
+        raise TraceFileError(f"{path} is damaged and cannot be read ({type(e).__name__}: {e})",
+                             "record it again, or give another copy") from e
+
+
+def _read_trace(path: Path) -> TraceData:
     try:
         source = pa.memory_map(str(path), "r")
     except FileNotFoundError as e:
@@ -188,26 +202,39 @@ def read_trace(path: str | os.PathLike) -> TraceData:
     source.seek(0)
     try:
         reader = pa.ipc.open_file(source)
-    except pa.ArrowInvalid:
+    except pa.ArrowException:
         return _read_partial(path, source)
     header = _check_header(path, reader.schema)
-    batches, progress, trailer = [], {}, None
-    try:
-        for i in range(reader.num_record_batches):
+    batches, progress, trailer, note = [], {}, None, ""
+    for i in range(reader.num_record_batches):
+        try:
             batch, meta = reader.get_batch_with_custom_metadata(i)
-            batches.append(batch)
+            _check_batch(batch)
             progress = _meta(meta, PROGRESS_KEY) or progress
             trailer = _meta(meta, TRAILER_KEY) or trailer
-    except (pa.ArrowException, ValueError) as e:
-        raise TraceFileError(f"{path} is damaged: {e}", "record it again") from e
+        except _DAMAGE:
+            note = f"damaged from batch {i} on; the batches before it are read"
+            trailer = None
+            break
+        batches.append(batch)
     table = pa.Table.from_batches(batches, schema=reader.schema)
-    return TraceData(path, header, table, trailer, progress, complete=trailer is not None,
-                     note="" if trailer is not None else "no trailer")
+    return TraceData(path, header, table, trailer, progress, complete=trailer is not None and not note,
+                     note=note or ("" if trailer is not None else "no trailer"))
+
+
+def _check_batch(batch: pa.RecordBatch) -> None:
+    """A batch as written has valid buffers and no nulls; a damaged one may not."""
+    batch.validate(full=True)
+    if any(col.null_count for col in batch.columns):
+        raise ValueError("null values in a column that never holds any")
 
 
 def _read_partial(path: Path, source) -> TraceData:
     """Read the batches of a file that lacks its footer (cut short)."""
     buf = source.read_buffer()
+    if buf.size <= 8:
+        raise TraceFileError(f"{path} is cut short before its header was complete",
+                             "nothing was recorded in it; record again")
     stream = pa.BufferReader(buf.slice(8))  # after "ARROW1\0\0"
     try:
         reader = pa.ipc.open_stream(stream)
@@ -221,10 +248,11 @@ def _read_partial(path: Path, source) -> TraceData:
     while True:
         try:
             batch, meta = reader.read_next_batch_with_custom_metadata()
+            _check_batch(batch)
         except StopIteration:
             note = "no footer"
             break
-        except (pa.ArrowException, ValueError, OSError):
+        except _DAMAGE:
             note = "cut short in a batch; the batches before it are read"
             break
         batches.append(batch)
