@@ -8,6 +8,15 @@ as ``KVM_EXIT_IO`` / ``KVM_EXIT_MMIO``), some by the kernel (the PIT and the
 IOAPIC: no userspace exit).  That makes the guest a ground truth for a tracer:
 :func:`expected` says what a finite run must show.
 
+A steady guest (``steady=True``) repeats its pass for ever, by default as
+fast as the host emulates it, so its exit rates follow the host's load.  A
+*paced* steady guest (``tick_hz > 0``, e.g. :data:`PACED`) starts one pass per
+tick of the in-kernel PIT instead and halts in between, so its exit rates are
+set by a clock: ``tick_rate`` passes per second, as long as a pass fits in a
+tick.  :func:`expected_setup` gives its one-time interrupt-controller and
+timer programming, :func:`expected_per_tick` what each tick adds and
+:func:`expected_rates` the resulting events per second.
+
 Typical use::
 
     from kvmtrace.guest import Workload, build_rom, domain_xml, expected
@@ -15,6 +24,9 @@ Typical use::
     rom = build_rom(w)                      # /var/lib/libvirt/images/kvmtrace-demo-<hash>.rom
     xml = domain_xml(rom_path=rom)          # for virsh create / virDomainCreateXML
     truth = expected(w)
+
+    paced = PACED                           # 100 passes a second, for ever
+    rates = expected_rates(paced)           # e.g. port 0x80: 97 * 99.9985 /s
 
 Only the standard library is used, and importing this module does nothing.
 """
@@ -41,12 +53,18 @@ __all__ = [
     "FINITE_EXIT_STATUS",
     "QEMU_XML_NS",
     "GuestBuildError",
+    "MAX_TICK_HZ",
+    "PACED",
+    "PIT_HZ",
     "ROM_SIZE",
     "RESET_VECTOR",
     "Workload",
     "build_rom",
     "domain_xml",
     "expected",
+    "expected_per_tick",
+    "expected_rates",
+    "expected_setup",
     "qemu_argv",
 ]
 
@@ -75,6 +93,20 @@ PORT_PIT0 = 0x40  # in: PIT channel 0, in-kernel PIT
 HPET_CONFIG = 0xFED00010  # 4-byte write, QEMU's HPET
 HPET_CAPS = 0xFED00000  # 4-byte read, QEMU's HPET
 IOAPIC_REGSEL = 0xFEC00000  # 4-byte write, KVM's IOAPIC
+# Paced mode only (tick_hz > 0): set up once, all emulated in the kernel.
+PORT_PIC1 = 0x20  # master 8259 command: ICW1, then one EOI per interrupt
+PORT_PIC1_DATA = 0x21  # master 8259 data: ICW2..ICW4, mask
+PORT_PIC2 = 0xA0  # slave 8259 command: ICW1
+PORT_PIC2_DATA = 0xA1  # slave 8259 data: ICW2..ICW4, mask
+LAPIC_SVR = 0xFEE000F0  # 4-byte write: enable the local APIC
+LAPIC_LVT0 = 0xFEE00350  # 4-byte write: LINT0 = ExtINT (the PIC's way in)
+
+PIT_HZ = 1193182
+"""The PIT's input clock in Hz (KVM's ``KVM_PIT_FREQ``)."""
+
+MAX_TICK_HZ = 10000
+"""Highest ``Workload.tick_hz``.  KVM itself limits a periodic PIT to one tick
+per ``kvm.min_timer_period_us`` (200 us by default, i.e. 5000 Hz)."""
 
 _MAX_COUNT = 2**31
 QEMU_XML_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -93,6 +125,21 @@ class Workload:
     that any two kinds mixed up by a tracer give visibly wrong totals.
     ``steady=False`` runs one pass and then ends QEMU through isa-debug-exit;
     ``steady=True`` repeats the pass for ever (a constant exit load).
+
+    ``tick_hz`` (0, or 1 .. :data:`MAX_TICK_HZ`; non-zero only with
+    ``steady=True``) paces a steady guest: 0 (the default) loops as fast as
+    the host emulates the guest, so the exit rates vary with host load; N
+    starts one pass N times a second, timed by the in-kernel PIT (channel 0,
+    mode 2, divisor :attr:`pit_divisor`), and halts in between.  The rates
+    then follow the clock (:attr:`tick_rate` passes a second), not the
+    host's speed, as long as a pass takes well under a tick.  A pass that
+    takes longer than a tick finds the next tick already pending and starts
+    at once: short overruns are caught up (KVM's PIT delivers late ticks one
+    after another), but if passes are always longer than a tick, the rates
+    are throughput-bound again.  On the development machines (every guest
+    instruction emulated) a pass of the defaults takes about 35-40 ms; one
+    of the :data:`PACED` preset takes about 2 ms (single passes up to 8 ms
+    under heavy load), inside its 10 ms tick.
     """
 
     port_writes: int = 997  # out 0x80, al           -> KVM_EXIT_IO
@@ -103,6 +150,7 @@ class Workload:
     hpet_reads: int = 131  # 4-byte read 0xFED00000  -> KVM_EXIT_MMIO
     ioapic_writes: int = 137  # 4-byte write 0xFEC00000 (in-kernel IOAPIC)
     steady: bool = False
+    tick_hz: int = 0  # passes per second (paced steady mode); 0: unpaced
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -114,15 +162,85 @@ class Workload:
             # bool is an int subclass: Workload(port_writes=True) is a mistake.
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"Workload.{field.name} must be an int, not {value!r}")
+            if field.name == "tick_hz":
+                if not 0 <= value <= MAX_TICK_HZ:
+                    raise ValueError(
+                        f"Workload.tick_hz must be 0 (unpaced) or 1 .. {MAX_TICK_HZ},"
+                        f" not {value}"
+                    )
+                continue
             if not 0 <= value < _MAX_COUNT:
                 raise ValueError(
                     f"Workload.{field.name} must be in 0 .. 2**31-1, not {value}"
                 )
+        if self.tick_hz and not self.steady:
+            raise ValueError(
+                f"Workload.tick_hz={self.tick_hz} needs steady=True: only the endless"
+                " steady loop is paced"
+            )
+
+    @property
+    def irqs_per_tick(self) -> int:
+        """PIT interrupts per pass: the smallest k >= 1 whose divisor fits 16 bits.
+
+        1 for ``tick_hz`` >= 19; the PIT cannot tick slower than about 18.2 Hz, so
+        slower paces count k interrupts per pass (e.g. 19 for 1 Hz).  0 when
+        unpaced.  rom.asm computes the same.
+        """
+        return _pit_setting(self.tick_hz)[1]
+
+    @property
+    def pit_divisor(self) -> int:
+        """PIT channel 0's divisor: round(PIT_HZ / (tick_hz * irqs_per_tick)),
+        halves rounded up; 0 when unpaced."""
+        return _pit_setting(self.tick_hz)[0]
+
+    @property
+    def tick_rate(self) -> float:
+        """Passes per second that the clock sets: PIT_HZ / (pit_divisor *
+        irqs_per_tick), e.g. 99.9985 for ``tick_hz=100`` (divisor 11932); 0.0
+        when unpaced.  Measured rates are this times the per-tick counts."""
+        divisor, k = _pit_setting(self.tick_hz)
+        return PIT_HZ / (divisor * k) if k else 0.0
 
     def defines(self) -> dict[str, int]:
         """The nasm ``-D`` defines that build this workload (see rom.asm)."""
         values = dataclasses.asdict(self)
         return {name.upper(): int(value) for name, value in values.items()}
+
+
+def _pit_setting(tick_hz: int) -> tuple[int, int]:
+    """(divisor, irqs_per_tick) for *tick_hz*, as rom.asm computes them; (0, 0)
+    for 0."""
+    if not tick_hz:
+        return 0, 0
+    k = 1
+    while True:
+        hz = tick_hz * k
+        divisor = (2 * PIT_HZ + hz) // (2 * hz)  # round half up
+        if divisor <= 0xFFFF:
+            return divisor, k
+        k += 1
+
+
+PACED = Workload(
+    port_writes=97,
+    rtc_reads=53,
+    pit_writes=29,
+    pit_reads=31,
+    hpet_writes=13,
+    hpet_reads=11,
+    ioapic_writes=17,
+    steady=True,
+    tick_hz=100,
+)
+"""A paced steady guest for sample series and run-to-run comparisons: 100
+passes a second (PIT divisor 11932: 99.9985 Hz), each of 251 accesses (174 of
+them userspace exits) and one EOI.  A pass takes about 2 ms on the
+development machines (single ones up to 8 ms under heavy load), inside its
+10 ms tick, so the rates are the clock's: port 0x80 9,700 writes/s, the RTC
+5,300 reads/s, and so on (:func:`expected_rates`); measured over 3 s, with
+and without a CPU hog beside the guest, within 0.1 % of that."""
 
 
 def _resource(name: str):
@@ -200,6 +318,18 @@ def build_rom(
     return target
 
 
+def _add(table: dict, key, count: int) -> None:
+    if count:
+        table[key] = table.get(key, 0) + count
+
+
+def _with_exits(pio: dict, mmio: dict) -> dict[str, dict]:
+    exits: dict[str, int] = {}
+    _add(exits, "IO", sum(n for key, n in pio.items() if key[3]))
+    _add(exits, "MMIO", sum(n for key, n in mmio.items() if key[3]))
+    return {"pio": pio, "mmio": mmio, "userspace_exits": exits}
+
+
 def expected(workload: Workload) -> dict[str, dict]:
     """Ground truth for ONE run of *workload*'s ROM, as the kernel sees it.
 
@@ -212,7 +342,9 @@ def expected(workload: Workload) -> dict[str, dict]:
 
     For a finite workload this includes the final write of 0 to port 0xF4
     (isa-debug-exit).  For a steady workload it describes one pass of the
-    endless loop (no 0xF4 write).
+    endless loop (no 0xF4 write).  For a paced workload (``tick_hz > 0``) it
+    is :func:`expected_per_tick`: one pass plus its EOI write(s) to port 0x20;
+    the one-time setup is :func:`expected_setup`.
 
     Each access is one exit and one ``kvm_pio`` or ``kvm_mmio`` event, except an
     MMIO read completed by the VMM (the HPET reads): ``kvm_mmio`` fires twice for
@@ -222,10 +354,7 @@ def expected(workload: Workload) -> dict[str, dict]:
     w = workload
     pio: dict[tuple[int, str, int, bool], int] = {}
     mmio: dict[tuple[int, str, int, bool], int] = {}
-
-    def add(table: dict, key: tuple, count: int) -> None:
-        if count:
-            table[key] = table.get(key, 0) + count
+    add = _add
 
     add(pio, (PORT_DELAY, "write", 1, True), w.port_writes)
     add(pio, (PORT_RTC, "read", 1, True), w.rtc_reads)
@@ -233,14 +362,66 @@ def expected(workload: Workload) -> dict[str, dict]:
     add(pio, (PORT_PIT0, "read", 1, False), w.pit_reads)
     if not w.steady:
         add(pio, (DEBUG_EXIT_PORT, "write", 1, True), 1)
+    # Paced: the timer handler's EOI, once per PIT interrupt (in-kernel PIC).
+    add(pio, (PORT_PIC1, "write", 1, False), w.irqs_per_tick)
     add(mmio, (HPET_CONFIG, "write", 4, True), w.hpet_writes)
     add(mmio, (HPET_CAPS, "read", 4, True), w.hpet_reads)
     add(mmio, (IOAPIC_REGSEL, "write", 4, False), w.ioapic_writes)
+    return _with_exits(pio, mmio)
 
-    exits: dict[str, int] = {}
-    add(exits, "IO", sum(n for key, n in pio.items() if key[3]))
-    add(exits, "MMIO", sum(n for key, n in mmio.items() if key[3]))
-    return {"pio": pio, "mmio": mmio, "userspace_exits": exits}
+
+def expected_setup(workload: Workload) -> dict[str, dict]:
+    """The one-time accesses a paced ROM makes before its first pass.
+
+    Same shape as :func:`expected`; all of them are emulated in the kernel
+    (no userspace exit).  In order: the local APIC enabled (4-byte write of
+    0x12F to 0xFEE000F0) and its LINT0 set to ExtINT (0x700 to 0xFEE00350),
+    so that the PIC's interrupts reach the vCPU; the master PIC (ICW1 to 0x20;
+    ICW2 = vector 0x20, ICW3, ICW4 to 0x21); the slave PIC (ICW1 to 0xA0;
+    ICW2 = vector 0x28, ICW3, ICW4 to 0xA1); the masks (0xFE to 0x21: only
+    IRQ0; 0xFF to 0xA1); PIT channel 0 in mode 2 (0x34 to 0x43, then the
+    divisor's low and high byte to 0x40).  Empty tables for an unpaced
+    workload, which sets nothing up.
+
+    A paced run that has handled T timer interrupts has made exactly these,
+    plus T writes to 0x20 (EOIs), plus its passes: the first pass starts at
+    once and pass n+1 after n * ``irqs_per_tick`` interrupts.
+    """
+    pio: dict[tuple[int, str, int, bool], int] = {}
+    mmio: dict[tuple[int, str, int, bool], int] = {}
+    if workload.tick_hz:
+        _add(mmio, (LAPIC_SVR, "write", 4, False), 1)
+        _add(mmio, (LAPIC_LVT0, "write", 4, False), 1)
+        _add(pio, (PORT_PIC1, "write", 1, False), 1)
+        _add(pio, (PORT_PIC1_DATA, "write", 1, False), 4)
+        _add(pio, (PORT_PIC2, "write", 1, False), 1)
+        _add(pio, (PORT_PIC2_DATA, "write", 1, False), 4)
+        _add(pio, (PORT_PIT_CMD, "write", 1, False), 1)
+        _add(pio, (PORT_PIT0, "write", 1, False), 2)
+    return _with_exits(pio, mmio)
+
+
+def expected_per_tick(workload: Workload) -> dict[str, dict]:
+    """What each tick of a paced workload adds: one pass plus
+    ``irqs_per_tick`` EOI writes to port 0x20 (in-kernel), as :func:`expected`
+    shapes it.  HLT is handled in the kernel: no event and no exit for it.
+    Raises ValueError for an unpaced workload (``tick_hz == 0``)."""
+    if not workload.tick_hz:
+        raise ValueError("expected_per_tick() needs a paced workload (tick_hz > 0)")
+    return expected(workload)
+
+
+def expected_rates(workload: Workload) -> dict[str, dict]:
+    """Events per second of a paced workload in its steady state:
+    :func:`expected_per_tick` times ``workload.tick_rate`` (floats), valid
+    while a pass fits in a tick and the host lets the PIT tick that fast:
+    KVM stretches a periodic PIT to ``kvm.min_timer_period_us`` (200 us by
+    default), so above 5000 Hz the guest gets 5000 ticks a second (measured:
+    tick_hz=10000 gave 5000.0/s).  Raises ValueError when unpaced."""
+    per_tick = expected_per_tick(workload)
+    rate = workload.tick_rate
+    return {table: {key: n * rate for key, n in counts.items()}
+            for table, counts in per_tick.items()}
 
 
 def qemu_argv(

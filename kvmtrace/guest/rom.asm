@@ -24,11 +24,70 @@
 ;           ever.  That final write is one more port write / KVM_EXIT_IO.
 ; STEADY=1: repeat the pass for ever.
 ;
-; No other instruction in here touches I/O ports or MMIO, and nothing executes
-; cpuid, hlt (before the end), rdmsr/wrmsr or the like, so the kvm_pio/kvm_mmio
-; and userspace-exit counts are exactly the ones above.  Interrupts stay
-; disabled from the first instruction on (IF is already 0 after reset; the
-; explicit cli documents it), so nothing is ever delivered to the guest.
+; TICK_HZ=0 (the default): with STEADY=1 the passes follow each other as fast
+; as the host emulates them.  No other instruction in here touches I/O ports
+; or MMIO, and nothing executes cpuid, hlt (before the end), rdmsr/wrmsr or the
+; like, so the kvm_pio/kvm_mmio and userspace-exit counts are exactly the ones
+; above.  Interrupts stay disabled from the first instruction on (IF is
+; already 0 after reset; the explicit cli documents it), so nothing is ever
+; delivered to the guest.  The image is byte for byte the one built before
+; TICK_HZ existed.
+;
+; TICK_HZ=1..10000 (only with STEADY=1): PACED steady mode.  The passes are
+; started by a clock, TICK_HZ times a second, so the exit RATES are set by the
+; host's PIT timer and not by how fast the host emulates the guest.  Once, in
+; protected mode, before the first pass (all of these are in-kernel devices,
+; "kvm-pic" and "kvm-pit": kvm_pio events, no userspace exit), in the order
+; master ICWs, slave ICWs, both masks, PIT:
+;
+;   PIC master   out 0x20: ICW1 0x11                          1 write to 0x20
+;                out 0x21: ICW2 0x20, ICW3 0x04, ICW4 0x01,
+;                          OCW1 0xFE (only IRQ0 unmasked)     4 writes to 0x21
+;   PIC slave    out 0xA0: ICW1 0x11                          1 write to 0xA0
+;                out 0xA1: ICW2 0x28, ICW3 0x02, ICW4 0x01,
+;                          OCW1 0xFF (all masked)             4 writes to 0xA1
+;   PIT ch. 0    out 0x43: 0x34 (ch 0, lo/hi byte, mode 2)    1 write to 0x43
+;                out 0x40: divisor low byte, high byte        2 writes to 0x40
+;
+; Before that, two 4-byte MMIO writes to KVM's in-kernel local APIC (kvm_mmio
+; "write" events, no userspace exit): SVR (0xFEE000F0) = 0x12F to enable it,
+; then LVT0 (0xFEE00350) = 0x700, LINT0 = ExtINT.  The PIC's output reaches the
+; CPU through LINT0, which QEMU leaves masked at reset; without these two
+; writes KVM never delivers a PIC interrupt.
+;
+; The IDT (in ROM) sends vector 0x20 (IRQ0) to timer_isr, which sends a
+; non-specific EOI (out 0x20, al with al = 0x20: one more in-kernel write to
+; 0x20 per interrupt) and counts the interrupt in EBP.  Vectors 0x21..0x2F
+; (the masked PIC lines, a spurious IRQ7, the APIC's spurious vector 0x2F)
+; send no EOI and count nothing.  Vectors 0..0x1F are not present (an
+; exception would triple-fault and reset the machine: the setup writes would
+; then show twice).
+;
+; No handler returns with iret: KVM's instruction emulator, which runs every
+; instruction of a guest that is not PVM-aware on a PVM host, implements IRET
+; in real mode only ("emulation failure", KVM_EXIT_INTERNAL_ERROR, on iretd in
+; protected mode).  An interrupt is only ever taken inside the wait loop's
+; sti; hlt (IF is 0 everywhere else, and an interrupt gate clears it again),
+; so the handlers drop the interrupt frame (reload ESP) and jump back to the
+; wait loop, with IF = 0 as after its cli.  That is ordinary x86 on VMX and
+; SVM hosts too.
+;
+; Then: pass, wait, pass, wait, ... where "wait" is sti; hlt until the timer
+; handler has counted IRQS_PER_TICK more interrupts.  HLT is handled in the
+; kernel (the in-kernel irqchip wakes the vCPU): no kvm_pio, no userspace
+; exit.  The first pass starts at once; pass n+1 starts after n *
+; IRQS_PER_TICK interrupts.  The PIT runs at 1193182 / PIT_DIVISOR Hz, where
+; PIT_DIVISOR = round(1193182 / (TICK_HZ * IRQS_PER_TICK)) (halves up) and
+; IRQS_PER_TICK is the smallest k >= 1 that keeps the divisor within 16 bits:
+; 1 for TICK_HZ >= 19, more below (the PIT cannot go slower than 18.2 Hz).
+;
+; If a pass takes longer than a tick, the interrupt is already pending when
+; the loop reaches sti; hlt and the next pass starts at once (KVM's PIT, in
+; its default "reinject" mode, also delivers ticks it could not deliver in
+; time, one per EOI): the guest catches up after a short overrun, but a pass
+; that is always longer than a tick makes the rates throughput-bound again.
+; KVM also limits a periodic PIT to one tick per kvm.min_timer_period_us
+; (200 us by default: 5000 Hz).
 ;
 ; Every value written is harmless: 0x00 to port 0x43 is a counter-latch command
 ; for PIT channel 0 (the PIT keeps its mode and count); 0 written to the HPET's
@@ -59,6 +118,9 @@
 %ifndef STEADY
   %define STEADY 0
 %endif
+%ifndef TICK_HZ
+  %define TICK_HZ 0
+%endif
 
 ; Counts are used as unsigned 32-bit loop counters; the Python side keeps them
 ; below 2^31.  Reject anything else here too, for hand-made builds.
@@ -77,6 +139,31 @@ check_count IOAPIC_WRITES
 %if STEADY != 0 && STEADY != 1
   %error STEADY must be 0 or 1
 %endif
+%if (TICK_HZ) < 0 || (TICK_HZ) > 10000
+  %error "TICK_HZ must be in 0 .. 10000"
+%endif
+%if (TICK_HZ) != 0 && STEADY == 0
+  %error "TICK_HZ needs STEADY=1 (a paced run never ends)"
+%endif
+
+PIT_HZ      equ 1193182         ; the PIT's input clock (KVM's KVM_PIT_FREQ)
+
+%if TICK_HZ
+  ; IRQS_PER_TICK: the smallest k >= 1 for which the divisor fits 16 bits;
+  ; PIT_DIVISOR = round(PIT_HZ / (TICK_HZ * k)), halves rounded up.  The Python
+  ; side (kvmtrace.guest.Workload) computes the same two numbers.
+  %assign IRQS_PER_TICK 1
+  %rep 100
+    %assign PIT_DIVISOR (2 * PIT_HZ + TICK_HZ * IRQS_PER_TICK) / (2 * TICK_HZ * IRQS_PER_TICK)
+    %if PIT_DIVISOR <= 0xFFFF
+      %exitrep
+    %endif
+    %assign IRQS_PER_TICK IRQS_PER_TICK + 1
+  %endrep
+  %if PIT_DIVISOR > 0xFFFF || PIT_DIVISOR < 1
+    %error "no PIT divisor for this TICK_HZ"
+  %endif
+%endif
 
 ROM_SIZE    equ 0x10000
 ROM_BASE    equ 0xF0000         ; linear address of ROM offset 0 (below 1 MiB)
@@ -87,6 +174,19 @@ PORT_RTC    equ 0x71            ; CMOS/RTC data port
 PORT_PITCMD equ 0x43            ; PIT mode/command register (in-kernel PIT)
 PORT_PIT0   equ 0x40            ; PIT channel 0 data (in-kernel PIT)
 PORT_EXIT   equ 0xF4            ; isa-debug-exit,iobase=0xf4,iosize=1
+PORT_PIC1   equ 0x20            ; master 8259 command (in-kernel PIC)
+PORT_PIC1D  equ 0x21            ; master 8259 data
+PORT_PIC2   equ 0xA0            ; slave 8259 command
+PORT_PIC2D  equ 0xA1            ; slave 8259 data
+
+IRQ_BASE1   equ 0x20            ; vectors of the master's IRQ0..7
+IRQ_BASE2   equ 0x28            ; vectors of the slave's IRQ8..15
+STACK_TOP   equ 0x10000         ; paced mode only: a stack in guest RAM
+
+LAPIC_BASE  equ 0xFEE00000      ; KVM's local APIC: emulated in the kernel
+LAPIC_SVR   equ 0xF0            ; spurious-interrupt vector register
+LAPIC_LVT0  equ 0x350           ; local vector table: LINT0
+SPURIOUS    equ 0x2F            ; the LAPIC's spurious vector (low nibble 0xF)
 
 HPET_BASE   equ 0xFED00000      ; QEMU's HPET: emulated in userspace
 IOAPIC_BASE equ 0xFEC00000      ; KVM's IOAPIC: emulated in the kernel
@@ -152,7 +252,8 @@ gdt_desc:
 
 ; ---------------------------------------------------------------------------
 ; 32-bit protected mode, flat segments, CPL 0 (so in/out need no I/O bitmap).
-; No stack is needed: the code makes no calls and takes no interrupts.
+; No stack is needed unless paced: the code makes no calls and, unpaced, takes
+; no interrupts.
 ; ---------------------------------------------------------------------------
         bits    32
 pm32:
@@ -160,6 +261,55 @@ pm32:
         mov     ds, ax
         mov     es, ax
         mov     ss, ax
+
+%if TICK_HZ
+        ; Paced mode: stack, IDT, PIC, PIT (see the top of this file).  IF
+        ; stays 0 throughout; nothing is delivered before the first sti.
+        mov     esp, STACK_TOP
+        lidt    [ROM_BASE + idt_desc]
+
+        ; The PIC's INTR reaches the CPU through the local APIC's LINT0 pin,
+        ; which QEMU leaves masked at reset (KVM then never takes a PIC
+        ; interrupt), and KVM keeps every LVT entry masked while the APIC is
+        ; software-disabled.  So, as a BIOS does: enable the APIC (SVR bit 8),
+        ; then LINT0 = ExtINT, unmasked.  ExtINT interrupts bypass the APIC's
+        ; IRR/ISR: no APIC EOI is needed.
+        mov     dword [LAPIC_BASE + LAPIC_SVR], 0x100 | SPURIOUS
+        mov     dword [LAPIC_BASE + LAPIC_LVT0], 0x700
+
+        mov     al, 0x11                ; ICW1: edge, cascade, ICW4 follows
+        out     PORT_PIC1, al
+        mov     al, IRQ_BASE1           ; ICW2: vector base
+        out     PORT_PIC1D, al
+        mov     al, 0x04                ; ICW3: a slave on IRQ2
+        out     PORT_PIC1D, al
+        mov     al, 0x01                ; ICW4: 8086 mode, normal EOI
+        out     PORT_PIC1D, al
+
+        mov     al, 0x11                ; ICW1
+        out     PORT_PIC2, al
+        mov     al, IRQ_BASE2           ; ICW2
+        out     PORT_PIC2D, al
+        mov     al, 0x02                ; ICW3: cascade identity 2
+        out     PORT_PIC2D, al
+        mov     al, 0x01                ; ICW4
+        out     PORT_PIC2D, al
+
+        mov     al, 0xFE                ; OCW1: master, only IRQ0 (the PIT)
+        out     PORT_PIC1D, al
+        mov     al, 0xFF                ; OCW1: slave, everything masked
+        out     PORT_PIC2D, al
+
+        mov     al, 0x34                ; channel 0, lo/hi byte, mode 2, binary
+        out     PORT_PITCMD, al
+        mov     al, PIT_DIVISOR & 0xFF
+        out     PORT_PIT0, al
+        mov     al, (PIT_DIVISOR >> 8) & 0xFF
+        out     PORT_PIT0, al
+
+        xor     ebp, ebp                ; interrupts counted by timer_isr
+        xor     edi, edi                ; the count at which the next pass is due
+%endif
 
 pass:
         xor     eax, eax                ; al = 0: the value every out writes
@@ -177,6 +327,23 @@ pass:
         repeat  IOAPIC_WRITES, mov dword [IOAPIC_BASE], 0
 
 %if STEADY
+  %if TICK_HZ
+        ; Wait until timer_isr has counted IRQS_PER_TICK more interrupts.
+        ; Interrupts are taken only inside sti; hlt (sti holds them off for
+        ; one instruction, so none slips in between and hlt cannot miss one);
+        ; the handlers come back to tick_wait, never to the instruction after
+        ; hlt (which only runs should hlt ever end without an interrupt).
+        add     edi, IRQS_PER_TICK
+tick_wait:
+        mov     eax, ebp
+        sub     eax, edi
+        jns     tick_due                ; ebp >= edi (mod 2^32): go
+        sti
+        hlt
+        cli
+        jmp     tick_wait
+tick_due:
+  %endif
         jmp     pass
 %else
         xor     eax, eax
@@ -185,6 +352,43 @@ pass:
         cli
         hlt
         jmp     .halt
+%endif
+
+%if TICK_HZ
+; ---------------------------------------------------------------------------
+; Paced mode: interrupt handlers and the IDT, all in ROM (the CPU only reads
+; the IDT).  Interrupt gates (type 0x8E) clear IF on entry.  The handlers do
+; not iret (see the top of this file): they drop the frame and go back to
+; tick_wait, which recomputes everything it needs (EAX is free there).
+; ---------------------------------------------------------------------------
+timer_isr:                              ; vector IRQ_BASE1 + 0: PIT channel 0
+        mov     al, 0x20                ; OCW2: non-specific EOI
+        out     PORT_PIC1, al
+        inc     ebp                     ; one more interrupt for the wait loop
+spurious_isr:                           ; any other vector 0x21..0x2F: no EOI
+        mov     esp, STACK_TOP          ; drop the frame (EIP, CS, EFLAGS)
+        jmp     tick_wait
+
+; An interrupt gate to the ROM code at label %1 (flat code segment).
+%macro gate 1
+        dw      (ROM_BASE + (%1 - $$)) & 0xFFFF
+        dw      SEL_CODE
+        db      0, 0x8E
+        dw      (ROM_BASE + (%1 - $$)) >> 16
+%endmacro
+
+        align   8
+idt:
+        times   IRQ_BASE1 dq 0          ; exceptions: not present
+        gate    timer_isr
+  %rep 15
+        gate    spurious_isr
+  %endrep
+idt_end:
+
+idt_desc:
+        dw      idt_end - idt - 1       ; limit
+        dd      ROM_BASE + idt          ; linear base
 %endif
 
 ; A readable tag in the image (never executed): which workload this ROM runs.
@@ -197,7 +401,13 @@ tag:
         db      " hpet_writes=", %str(HPET_WRITES)
         db      " hpet_reads=", %str(HPET_READS)
         db      " ioapic_writes=", %str(IOAPIC_WRITES)
-        db      " steady=", %str(STEADY), 0
+        db      " steady=", %str(STEADY)
+%if TICK_HZ
+        db      " tick_hz=", %str(TICK_HZ)
+        db      " pit_divisor=", %str(PIT_DIVISOR)
+        db      " irqs_per_tick=", %str(IRQS_PER_TICK)
+%endif
+        db      0
 
 ; ---------------------------------------------------------------------------
 ; Reset vector at ROM offset 0xFFF0 (linear 0xFFFFFFF0 at reset).
