@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from . import __version__
@@ -213,13 +214,34 @@ def _cmd_compare(args) -> int:
     base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
     regression = has_regression(df)
+    causes = _regression_causes(df)
     if args.format == "json":
         print(json.dumps({"base": base.label, "new": new.label, "method": args.method, "alpha": args.alpha,
-                          "threshold_pct": args.threshold, "regression": regression, "rows": to_json(df)},
-                         indent=2, allow_nan=False))
+                          "threshold_pct": args.threshold, "regression": regression,
+                          "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
+                                      "change_pct": round(float(r["change_pct"]), 3)
+                                      if math.isfinite(r["change_pct"]) else None}
+                                     for r in causes.to_dict("records")],
+                          "rows": to_json(df)}, indent=2, allow_nan=False))
     else:
+        if len(causes):
+            print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
+                                               for r in causes.to_dict("records"))
+                  + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
         sys.stdout.write(format_text(df))
     return 1 if regression else 0
+
+
+def _regression_causes(df):
+    """The finest-grained regressions: port, MMIO and hardware-exit rows.
+
+    A port whose rate rose also raises its device, its KVM_EXIT reason and
+    its vCPU's totals; the cause is the port. Where no fine row rose, the
+    coarser rows are the causes.
+    """
+    reg = df[df["regression"]]
+    fine = reg[reg["dimension"].astype(str).isin(["port", "mmio", "exit"])]
+    return fine if len(fine) else reg
 
 
 def _cmd_trend(args) -> int:
