@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="summarize a trace file",
                          description="Exits by reason, port I/O and MMIO, split into kernel and userspace.")
     rep.add_argument("trace", metavar="FILE")
-    rep.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    rep.add_argument("--format", "-f", choices=["text", "json", "markdown", "csv", "html"], default="text",
+                     help="html: one self-contained file with every table and plot, readable offline")
     rep.add_argument("--domain", "-d", help="only this domain of a multi-domain trace (record --all)")
     rep.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
 
@@ -200,7 +201,13 @@ def _cmd_report(args) -> int:
     trace = load(args.trace)
     if args.domain:
         trace = trace.for_domain(args.domain)
-    _emit(render_json(trace) if args.format == "json" else render_text(trace), args.output)
+    if args.format in ("text", "json"):
+        text = render_json(trace) if args.format == "json" else render_text(trace)
+    else:
+        from .formats import render
+
+        text = render(trace, args.format)
+    _emit(text, args.output)
     return 0
 
 

@@ -83,7 +83,9 @@ def keyed(ev: pd.DataFrame, names: ExitNames, devmap=None, vcpu_threads: dict[in
     if devmap is not None and len(sub):
         part(mm, "device", devmap.name_gpas(sub["gpa"].to_numpy()))
 
-    exits = uexit | hw
+    # A vCPU's exits: the hardware exits where kvm_exit fired (an I/O exit that
+    # reached the VMM is one of them), else the userspace exits.
+    exits = hw if hw.any() else uexit
     if exits.any():
         v = pd.Series(vcpu_of(ev[exits], vcpu_threads or {}), name="v").to_frame()
         part(exits, "vcpu", _labels(v, ["v"], lambda x: f"vcpu {x}" if x >= 0 else "vcpu ?"))
