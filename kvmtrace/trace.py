@@ -51,7 +51,11 @@ class Trace:
         """Every event, one row each, in file order (see kvmtrace.events)."""
         if self._events is not None:
             return self._events
-        df = self.data.table.to_pandas()
+        # The Arrow buffers are freed as each column converts: a large trace is
+        # in memory once, not twice.
+        table, self.data.table = self.data.table, None
+        df = table.to_pandas(split_blocks=True, self_destruct=True)
+        del table
         df.index.name = "event"
         return df
 
@@ -80,9 +84,9 @@ class Trace:
         start, end = src.get("start_time_ns"), src.get("end_time_ns", src.get("t_ns"))
         if start is not None and end is not None and end > start:
             return (end - start) / 1e9
-        ts = self.data.table.column("ts_ns")
+        ts = self.events["ts_ns"]
         if len(ts) > 1:
-            return (pd.Series(ts).max() - pd.Series(ts).min()) / 1e9
+            return (int(ts.max()) - int(ts.min())) / 1e9
         return 0.0
 
     def df_events(self) -> pd.DataFrame:
@@ -215,8 +219,8 @@ class Trace:
         src = self.data.trailer or self.data.progress
         if "start_time_ns" in src:
             return int(src["start_time_ns"])
-        ts = self.data.table.column("ts_ns")
-        return int(pd.Series(ts).min()) if len(ts) else 0
+        ts = self.events["ts_ns"]
+        return int(ts.min()) if len(ts) else 0
 
     @cached_property
     def keyed(self) -> pd.DataFrame:
@@ -332,6 +336,22 @@ class Trace:
         return summarize(self.events, self.names, self.duration_s)
 
 
-def load(path: str | os.PathLike) -> Trace:
-    """Read a trace file written by ``kvmtrace record``."""
-    return Trace(read_trace(path))
+#: The event columns every report table needs (the others, rip, info1/2,
+#: cpu, intr_info and error_code, only name single exits).
+REPORT_COLUMNS = ("ts_ns", "tid", "pid", "vcpu", "kind", "op", "flags", "reason", "err", "isa", "port", "size",
+                  "count", "gpa", "value")
+
+
+def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Trace:
+    """Read a trace file written by ``kvmtrace record`` or ``import``.
+
+    ``columns`` reads only some event columns (much faster on big traces);
+    analyses that need the others then fail with a KeyError.
+    """
+    return Trace(read_trace(path, columns))
+
+
+def load_for_report(path: str | os.PathLike) -> Trace:
+    """The columns `kvmtrace report` needs (all of them for a launch timeline)."""
+    t = load(path, REPORT_COLUMNS)
+    return load(path) if t.launched else t

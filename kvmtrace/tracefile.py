@@ -22,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +57,7 @@ class TraceWriter:
     is attached, so an unwritable path fails early.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "zstd"):
+    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "lz4"):
         self.path = Path(path)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -147,7 +148,7 @@ def _meta(kv, key: bytes) -> dict | None:
     return json.loads(raw) if raw is not None else None
 
 
-def _check_header(path: Path, schema: pa.Schema) -> dict:
+def _check_header(path: Path, schema: pa.Schema, options=None) -> dict:
     header = _meta(schema.metadata, HEADER_KEY)
     if header is None:
         raise TraceFileError(
@@ -160,7 +161,7 @@ def _check_header(path: Path, schema: pa.Schema) -> dict:
             f"{path} has trace format {version!r}; this kvmtrace reads up to {FORMAT_VERSION}",
             "upgrade kvmtrace to read it",
         )
-    if schema.remove_metadata() != SCHEMA:
+    if schema.remove_metadata() != _projected(SCHEMA, options):
         raise TraceFileError(
             f"{path} has unexpected columns for trace format {version}",
             "the file was edited or damaged; record it again",
@@ -172,11 +173,15 @@ def _check_header(path: Path, schema: pa.Schema) -> dict:
 _DAMAGE = (pa.ArrowException, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError)
 
 
-def read_trace(path: str | os.PathLike) -> TraceData:
-    """Read a trace file, complete or cut short. Raises TraceFileError."""
+def read_trace(path: str | os.PathLike, columns: Sequence[str] | None = None) -> TraceData:
+    """Read a trace file, complete or cut short. Raises TraceFileError.
+
+    ``columns`` reads only those event columns: only their buffers are
+    decompressed, which is most of the cost of loading a large trace.
+    """
     path = Path(path)
     try:
-        return _read_trace(path)
+        return _read_trace(path, _options(columns))
     except TraceFileError:
         raise
     except _DAMAGE as e:
@@ -184,7 +189,23 @@ def read_trace(path: str | os.PathLike) -> TraceData:
                              "record it again, or give another copy") from e
 
 
-def _read_trace(path: Path) -> TraceData:
+def _options(columns: Sequence[str] | None) -> pa.ipc.IpcReadOptions | None:
+    if columns is None:
+        return None
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"no event columns {unknown}")
+    return pa.ipc.IpcReadOptions(included_fields=sorted(COLUMNS.index(c) for c in columns))
+
+
+def _projected(schema: pa.Schema, options) -> pa.Schema:
+    if options is None:
+        return schema
+    names = [COLUMNS[i] for i in options.included_fields]
+    return pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
+
+
+def _read_trace(path: Path, options=None) -> TraceData:
     try:
         source = pa.memory_map(str(path), "r")
     except FileNotFoundError as e:
@@ -201,10 +222,10 @@ def _read_trace(path: Path) -> TraceData:
         )
     source.seek(0)
     try:
-        reader = pa.ipc.open_file(source)
+        reader = pa.ipc.open_file(source, options=options)
     except pa.ArrowException:
-        return _read_partial(path, source)
-    header = _check_header(path, reader.schema)
+        return _read_partial(path, source, options)
+    header = _check_header(path, reader.schema, options)
     batches, progress, trailer, note = [], {}, None, ""
     for i in range(reader.num_record_batches):
         try:
@@ -229,7 +250,7 @@ def _check_batch(batch: pa.RecordBatch) -> None:
         raise ValueError("null values in a column that never holds any")
 
 
-def _read_partial(path: Path, source) -> TraceData:
+def _read_partial(path: Path, source, options=None) -> TraceData:
     """Read the batches of a file that lacks its footer (cut short)."""
     buf = source.read_buffer()
     if buf.size <= 8:
@@ -237,13 +258,13 @@ def _read_partial(path: Path, source) -> TraceData:
                              "nothing was recorded in it; record again")
     stream = pa.BufferReader(buf.slice(8))  # after "ARROW1\0\0"
     try:
-        reader = pa.ipc.open_stream(stream)
+        reader = pa.ipc.open_stream(stream, options=options)
     except pa.ArrowException as e:
         raise TraceFileError(
             f"{path} is cut short before its header was complete",
             "nothing was recorded in it; record again",
         ) from e
-    header = _check_header(path, reader.schema)
+    header = _check_header(path, reader.schema, options)
     batches, progress, trailer, note = [], {}, None, "cut short"
     while True:
         try:

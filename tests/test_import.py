@@ -21,6 +21,7 @@ from kvmtrace import importer
 from kvmtrace.errors import OutputError, TraceFileError
 from kvmtrace.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
 from kvmtrace.exits import Isa, SvmExit, VmxExit
+from kvmtrace.tracefile import read_trace
 from kvmtrace.importer import detect_format, import_text
 from kvmtrace.trace import load
 
@@ -470,7 +471,7 @@ def test_header_and_trailer(tmp_path):
     assert h["probes"] == ["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "sys_enter_ioctl"]
     imp = h["import"]
     assert imp["path"] == str(DATA / "ftrace-trace.txt") and imp["format"] == "ftrace"
-    assert imp["lines"] == 31 == res.lines and imp["events"] == 15 == res.events == trace.data.table.num_rows
+    assert imp["lines"] == 31 == res.lines and imp["events"] == 15 == res.events == len(trace.events)
     assert imp["skipped_by_event"] == {"kvm_nested_vmexit": 1, "sched_switch": 1}
     assert imp["unknown_lines"] == 0 and imp["unknown_examples"] == [] and imp["truncated_last_line"] is False
     assert [(d["name"], d["pid"], d["vcpus"]) for d in h["domains"]] == [("CPU 0/KVM", 4242, [0]), ("CPU 1/KVM", 4243, [1])]
@@ -490,12 +491,12 @@ def test_many_batches_and_isa_decided_after_the_first(tmp_path, monkeypatch):
     entry = PFX + "kvm_entry: vcpu 0\n"
     text = (num + entry) * 5 + bad + (hlt + entry) * 5
     res, trace, ev = run(tmp_path, text)
-    assert res.events == 21 and trace.data.table.num_rows == 21
+    assert res.events == 21 and len(trace.events) == 21
     x = kind(ev, EventKind.EXIT)
     assert (x["isa"] == Isa.VMX).all()
     assert list(x["reason"]) == [0x30] * 5 + [12] * 6  # "Hlt" is HLT in the trace's ISA (VMX), not SVM's hlt
     assert exit_counts(trace) == {("VMX", "HLT", 12, ""): 6, ("VMX", "EPT_VIOLATION", 48, ""): 5}
-    assert len(trace.data.table.to_batches()) >= 6
+    assert len(read_trace(trace.path).table.to_batches()) >= 6
 
 
 def test_message_names_what_was_left_out(tmp_path):
