@@ -192,10 +192,14 @@ class Session:
     def flush(self) -> None:
         """Move what the kernel has to the file."""
         meta = self._meta()
-        while True:
-            events = self.probes.take(FLUSH_EVENTS)
+        # What is there now, no more: at a storm's rate a loop "until empty"
+        # could chase new events for ever and never get back to its stop checks.
+        left = self.probes.pending
+        while left > 0:
+            events = self.probes.take(min(FLUSH_EVENTS, left))
             if not len(events):
                 break
+            left -= len(events)
             events = self._keep(events)
             if len(events):
                 self.writer.write(events, meta)
@@ -219,6 +223,11 @@ class Session:
                 while True:
                     if self.probes.counts_mode:
                         time.sleep(POLL_MS / 1000)
+                    elif self.probes.pending:
+                        # Data waits in the ring buffer: the kernel will not wake
+                        # us for more, so sleep until the next flush is due
+                        # instead of spinning on poll().
+                        time.sleep(max(0.0, min(POLL_MS / 1000, last_flush + interval - time.monotonic())))
                     else:
                         self.probes.poll(POLL_MS)
                     now = time.monotonic()

@@ -37,6 +37,14 @@ tracepoint:kvm:kvm_userspace_exit /pid == %(pid)d/ { @uexit[args->reason, args->
 """
 
 
+def attached_tracepoints(pid: int) -> set[str]:
+    """Tracepoints process ``pid`` has BPF programs on (bpftool perf show)."""
+    r = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return set()
+    return {e["tracepoint"] for e in json.loads(r.stdout) if e.get("pid") == pid and e.get("fd_type") == "tracepoint"}
+
+
 class Bpftrace:
     """bpftrace counting kvm_pio, kvm_mmio and kvm_userspace_exit of one process:
     the independent tracer kvmtrace's numbers are checked against."""
@@ -45,6 +53,12 @@ class Bpftrace:
         self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", BPFTRACE_PROG % {"pid": pid}],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_for_line(self.proc.stdout, "attached_probes", 60)
+        # bpftrace 0.17 says attached_probes before it has attached: wait until
+        # the kernel shows its three tracepoint programs.
+        deadline = time.monotonic() + 30
+        while len(attached_tracepoints(self.proc.pid)) < 3:
+            assert time.monotonic() < deadline, "bpftrace did not attach its probes"
+            time.sleep(0.02)
 
     def stop(self) -> dict[str, dict[tuple[int, ...], int]]:
         self.proc.send_signal(signal.SIGINT)
