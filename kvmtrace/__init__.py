@@ -1,3 +1,18 @@
-"""kvmtrace: trace a KVM guest's vCPU run loop with eBPF."""
+"""kvmtrace: trace a KVM guest's vCPU run loop with eBPF.
+
+``kvmtrace.load(path)`` reads a trace file into a :class:`kvmtrace.trace.Trace`.
+Importing the package loads nothing else (pandas and pyarrow come with the
+first ``load``).
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "Trace"]
+
+
+def __getattr__(name: str):
+    if name in ("load", "Trace"):
+        from . import trace
+
+        return getattr(trace, name)
+    raise AttributeError(f"module 'kvmtrace' has no attribute {name!r}")

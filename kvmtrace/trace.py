@@ -283,7 +283,12 @@ class Trace:
         if mm.any():
             dev[mm] = np.asarray(self.device_map.name_gpas(runs.loc[mm, "gpa"].to_numpy()))
         runs["device"] = pd.Categorical(dev)
-        runs["reason"] = pd.Categorical([self.names.kvm_exit(int(c)) for c in runs["code"].to_numpy()])
+        codes, inverse = np.unique(runs["code"].to_numpy(), return_inverse=True)
+        labels = [self.names.kvm_exit(int(c)) for c in codes]
+        cats = list(dict.fromkeys(labels))
+        runs["reason"] = pd.Categorical.from_codes(
+            np.array([cats.index(x) for x in labels], dtype=np.int64)[inverse] if len(codes) else inverse,
+            categories=cats)
         return runs
 
     def df_userspace_exits(self) -> pd.DataFrame:

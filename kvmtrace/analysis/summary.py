@@ -1,8 +1,13 @@
-"""Counts behind `kvmtrace report`: pure pandas on a trace's events.
+"""Counts behind `kvmtrace report`: numpy and pandas on a trace's events.
 
 No bcc, no libvirt, no kernel: everything comes from the events frame and the
 trace header. Frames returned here have fixed columns (documented per
 function) and are what the text and JSON reports print.
+
+Traces run to tens of millions of events, so the work is done on numpy
+arrays of the few columns each table needs (never a filtered copy of the
+whole frame), events are put in thread order once, and each distinct key is
+named once.
 """
 
 from __future__ import annotations
@@ -24,15 +29,38 @@ def weighted(ev: pd.DataFrame) -> pd.DataFrame:
     An event row stands for itself (w = 1). An aggregate row of a counts-mode
     recording (kind | AGGREGATE) stands for ``value`` events of kind
     ``kind & ~AGGREGATE`` that share its key. Every count below sums ``w``,
-    so both kinds of trace give the same tables.
+    so both kinds of trace give the same tables. A frame that has the two
+    columns already is returned as it is.
     """
     if "w" in ev.columns:
         return ev
-    agg = (ev["kind"].to_numpy() & AGGREGATE) != 0
-    return ev.assign(
-        k=ev["kind"].to_numpy() & ~np.uint8(AGGREGATE),
-        w=np.where(agg, ev["value"].to_numpy(), 1).astype(np.int64),
-    )
+    k, w = kinds_and_weights(ev)
+    return ev.assign(k=k, w=w)
+
+
+def kinds_and_weights(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    if "w" in ev.columns:
+        return ev["k"].to_numpy(), ev["w"].to_numpy()
+    kind = ev["kind"].to_numpy()
+    agg = (kind & AGGREGATE) != 0
+    k = kind & ~np.uint8(AGGREGATE)
+    w = np.where(agg, ev["value"].to_numpy(), 1).astype(np.int64) if agg.any() else np.ones(len(kind), np.int64)
+    return k, w
+
+
+def thread_order(tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """A permutation putting rows in (thread, time) order.
+
+    A thread's events reach the ring buffer in the order they happened, so
+    in a recorded file each thread's rows are already in time order and a
+    stable sort by thread is enough (and far cheaper than a two-key sort);
+    an imported or edited file that breaks this gets the full sort.
+    """
+    order = np.argsort(tid, kind="stable")
+    t, s = tid[order], ts[order]
+    if len(order) > 1 and bool(((s[1:] < s[:-1]) & (t[1:] == t[:-1])).any()):
+        order = np.lexsort((ts, tid))
+    return order
 
 
 def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
@@ -43,18 +71,16 @@ def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
     the same access; it follows the first on the same thread with no other
     MMIO event between and names the same address.
     """
-    m = ev[ev["kind"] == EventKind.MMIO].sort_values(["tid", "ts_ns"], kind="stable")
-    prev_op = m["op"].shift(1)
-    prev_gpa = m["gpa"].shift(1)
-    prev_tid = m["tid"].shift(1)
-    comp = (
-        (m["op"] == MmioOp.READ)
-        & (prev_op == MmioOp.UNSATISFIED_READ)
-        & (prev_gpa == m["gpa"])
-        & (prev_tid == m["tid"])
-    )
     mask = np.zeros(len(ev), dtype=bool)
-    mask[ev.index.get_indexer(m.index[comp.to_numpy()])] = True
+    sel = np.flatnonzero(ev["kind"].to_numpy() == EventKind.MMIO)
+    if len(sel) < 2:
+        return mask
+    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
+    op, gpa, tid = ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows], ev["tid"].to_numpy()[rows]
+    comp = np.zeros(len(rows), dtype=bool)
+    comp[1:] = (op[1:] == MmioOp.READ) & (op[:-1] == MmioOp.UNSATISFIED_READ) & (gpa[1:] == gpa[:-1]) \
+        & (tid[1:] == tid[:-1])
+    mask[rows[comp]] = True
     return mask
 
 
@@ -71,6 +97,26 @@ class Summary:
     unpaired_userspace_io: int = 0  # IO/MMIO exits whose access lies outside the recording
 
 
+def _rate(count, duration_s: float):
+    return count / duration_s if duration_s > 0 else float("nan")
+
+
+def _group_sum(keys: list[np.ndarray], w: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Distinct key tuples and the sum of w for each (like groupby().sum(), on arrays)."""
+    if len(w) == 0:
+        return [k[:0] for k in keys], np.zeros(0, np.int64)
+    order = np.lexsort(keys[::-1])
+    sk = [k[order] for k in keys]
+    new = np.ones(len(order), dtype=bool)
+    for k in sk:
+        new[1:] &= k[1:] == k[:-1]
+    new = ~new
+    new[0] = True
+    starts = np.flatnonzero(new)
+    sums = np.add.reduceat(w[order], starts)
+    return [k[starts] for k in sk], sums.astype(np.int64)
+
+
 def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.DataFrame:
     """KVM_RUN returns to the VMM, by KVM_EXIT_* reason.
 
@@ -78,20 +124,14 @@ def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd
     it fills, "" for none), fields (that member's fields, comma-separated),
     count, rate (per second of recording).
     """
-    ev = weighted(ev)
-    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)]
-    counts = u.groupby("reason")["w"].sum()
+    k, w = kinds_and_weights(ev)
+    sel = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
+    (codes,), counts = _group_sum([ev["reason"].to_numpy()[sel]], w[sel])
     rows = []
-    for code, n in counts.items():
-        info = kvm_exit_info(int(code))
-        rows.append({
-            "reason": names.kvm_exit(int(code)),
-            "code": int(code),
-            "member": info.member or "",
-            "fields": ",".join(info.fields),
-            "count": int(n),
-            "rate": n / duration_s if duration_s > 0 else float("nan"),
-        })
+    for code, n in zip(codes.tolist(), counts.tolist()):
+        info = kvm_exit_info(code)
+        rows.append({"reason": names.kvm_exit(code), "code": code, "member": info.member or "",
+                     "fields": ",".join(info.fields), "count": n, "rate": _rate(n, duration_s)})
     cols = ["reason", "code", "member", "fields", "count", "rate"]
     return pd.DataFrame(rows, columns=cols).sort_values(["count", "code"], ascending=[False, True], ignore_index=True)
 
@@ -103,46 +143,24 @@ def hardware_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.
     (basic reason: VMX flag bits masked off), flags (e.g. "FAILED_VMENTRY"),
     count, rate.
     """
-    ev = weighted(ev)
-    x = ev[ev["k"] == EventKind.EXIT]
     cols = ["isa", "reason", "code", "flags", "count", "rate"]
-    if x.empty:
+    k, w = kinds_and_weights(ev)
+    sel = k == EventKind.EXIT
+    if not sel.any():
         return pd.DataFrame(columns=cols)
+    (isas, raws), counts = _group_sum([ev["isa"].to_numpy()[sel], ev["reason"].to_numpy()[sel]], w[sel])
     rows = []
-    for (isa, raw), n in x.groupby(["isa", "reason"])["w"].sum().items():
-        isa_e = Isa.coerce(int(isa))
-        code, flags = int(raw), ()
+    for isa, raw, n in zip(isas.tolist(), raws.tolist(), counts.tolist()):
+        isa_e = Isa.coerce(isa)
+        code, flags = raw, ()
         if isa_e == Isa.VMX:
-            code, flags = names.decode_vmx(int(raw))
-        rows.append({
-            "isa": isa_e.name,
-            "reason": names.hw(int(isa), int(raw)),
-            "code": code,
-            "flags": " ".join(flags),
-            "count": int(n),
-        })
+            code, flags = names.decode_vmx(raw)
+        rows.append({"isa": isa_e.name, "reason": names.hw(isa, raw), "code": code, "flags": " ".join(flags),
+                     "count": n})
     df = pd.DataFrame(rows)
     df = df.groupby(["isa", "reason", "code", "flags"], as_index=False, observed=True)["count"].sum()
     df["rate"] = df["count"] / duration_s if duration_s > 0 else float("nan")
     return df[cols].sort_values(["count", "code"], ascending=[False, True], ignore_index=True)
-
-
-def _split_user(total: pd.Series, user: pd.Series, keys: list[str]) -> pd.DataFrame:
-    """Rows (keys..., userspace, count) from total and userspace counts (counts mode)."""
-    user = user.reindex(total.index, fill_value=0)
-    kernel = (total - user).clip(lower=0)
-    return _rows(user, kernel, keys)
-
-
-def _rows(user: pd.Series, kernel: pd.Series, keys: list[str]) -> pd.DataFrame:
-    parts = []
-    for flag, series in ((True, user), (False, kernel)):
-        df = series[series > 0].rename("count").reset_index()
-        df["userspace"] = flag
-        parts.append(df)
-    out = pd.concat(parts, ignore_index=True)
-    out = out[keys + ["userspace", "count"]].astype({"count": "int64"})
-    return out.sort_values(keys + ["userspace"], ascending=[True] * len(keys) + [False], ignore_index=True)
 
 
 @dataclass
@@ -153,7 +171,7 @@ class Pairing:
     unpaired_exits: int  # userspace IO/MMIO exits with no access event (at the recording's edges)
 
 
-def pair_userspace(ev: pd.DataFrame) -> Pairing:
+def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None) -> Pairing:
     """Pair each KVM_EXIT_IO / KVM_EXIT_MMIO (with its kvm_run fields) with the access it carried.
 
     On one vCPU thread, among its port, MMIO and userspace-exit events:
@@ -167,24 +185,27 @@ def pair_userspace(ev: pd.DataFrame) -> Pairing:
     """
     to_vmm = np.zeros(len(ev), dtype=bool)
     k = ev["kind"].to_numpy()
-    err = ev["err"].to_numpy()
-    uexit = (k == EventKind.USERSPACE_EXIT) & (err >= 0) & np.isin(ev["reason"].to_numpy(), [KvmExit.IO, KvmExit.MMIO])
-    uexit &= (ev["flags"].to_numpy() & int(EventFlag.RUN_FIELDS)) != 0
-    sel = np.flatnonzero(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~mmio_completions(ev)))
+    reason = ev["reason"].to_numpy()
+    uexit = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0) \
+        & ((reason == KvmExit.IO) | (reason == KvmExit.MMIO)) \
+        & ((ev["flags"].to_numpy() & int(EventFlag.RUN_FIELDS)) != 0)
     if not uexit.any():
         return Pairing(to_vmm, 0)
-    sub = ev.iloc[sel]
-    order = np.lexsort((sub["ts_ns"].to_numpy(), sub["tid"].to_numpy()))
-    rows = sel[order]
+    if completions is None:
+        completions = mmio_completions(ev)
+    sel = np.flatnonzero(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~completions))
+    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
     kk, tid = k[rows], ev["tid"].to_numpy()[rows]
     port, op, gpa = ev["port"].to_numpy()[rows], ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows]
-    reason = ev["reason"].to_numpy()[rows]
-    is_exit = kk == EventKind.USERSPACE_EXIT
+    reason = reason[rows]
+    is_exit = uexit[rows]
     n = len(rows)
-    prev_i, next_i = np.arange(n) - 1, np.arange(n) + 1
-    prev_ok = (prev_i >= 0) & (tid[np.maximum(prev_i, 0)] == tid)
-    next_ok = (next_i < n) & (tid[np.minimum(next_i, n - 1)] == tid)
-    pv, nx = np.maximum(prev_i, 0), np.minimum(next_i, n - 1)
+    pv = np.maximum(np.arange(n) - 1, 0)
+    nx = np.minimum(np.arange(n) + 1, n - 1)
+    prev_ok = np.zeros(n, dtype=bool)
+    prev_ok[1:] = tid[1:] == tid[:-1]
+    next_ok = np.zeros(n, dtype=bool)
+    next_ok[:-1] = tid[:-1] == tid[1:]
     io = is_exit & (reason == KvmExit.IO)
     # kvm_run.io.direction is 1 for out (write), as kvm_pio's rw.
     io_w = io & (op == 1) & prev_ok & (kk[pv] == EventKind.PIO) & (op[pv] == PioOp.WRITE) & (port[pv] == port)
@@ -200,37 +221,62 @@ def _is_aggregate(ev: pd.DataFrame) -> bool:
     return bool(((ev["kind"].to_numpy() & AGGREGATE) != 0).any())
 
 
-def port_io(ev: pd.DataFrame) -> pd.DataFrame:
+def _io_rows(keys: list[np.ndarray], names: list[str], user: np.ndarray, w: np.ndarray,
+             directions: np.ndarray) -> pd.DataFrame:
+    """Rows (names..., userspace, count) from per-access arrays; direction 1 = write."""
+    (*vals, d, u), counts = _group_sum([*keys, directions.astype(np.uint8), user.astype(np.uint8)], w)
+    df = pd.DataFrame({n: v for n, v in zip(names, vals)})
+    df.insert(1, "direction", np.where(d == 1, "write", "read"))
+    df["userspace"] = u.astype(bool)
+    df["count"] = counts
+    df = df[df["count"] > 0]
+    keys_out = [names[0], "direction", *names[1:]]
+    return df[keys_out + ["userspace", "count"]].sort_values(
+        keys_out + ["userspace"], ascending=[True] * len(keys_out) + [False], ignore_index=True)
+
+
+def _split_user(k: np.ndarray, w: np.ndarray, ev: pd.DataFrame, kind: int, key_cols: list[str],
+                write_op: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Counts mode: accesses of ``kind`` and userspace exits keyed alike (kernel = total - user)."""
+    reason = KvmExit.IO if kind == EventKind.PIO else KvmExit.MMIO
+    acc = k == kind
+    ux = (k == EventKind.USERSPACE_EXIT) & (ev["reason"].to_numpy() == reason) & (ev["err"].to_numpy() >= 0) \
+        & ((ev["flags"].to_numpy() & int(EventFlag.RUN_FIELDS)) != 0)
+    op = ev["op"].to_numpy()
+    user_write = op == (1 if kind == EventKind.PIO else MmioOp.WRITE)
+    cols = [ev[c].to_numpy() for c in key_cols]
+    keys_a, total = _group_sum([*(c[acc] for c in cols), (op[acc] == write_op).astype(np.uint8)], w[acc])
+    keys_u, user = _group_sum([*(c[ux] for c in cols), user_write[ux].astype(np.uint8)], w[ux])
+    t = pd.Series(total, index=pd.MultiIndex.from_arrays(keys_a))
+    u = pd.Series(user, index=pd.MultiIndex.from_arrays(keys_u)).reindex(t.index, fill_value=0)
+    kernel = (t - u).clip(lower=0)
+    idx = t.index
+    both = [np.concatenate([idx.get_level_values(i).to_numpy()] * 2) for i in range(idx.nlevels)]
+    return both[:-1], both[-1], np.concatenate([np.ones(len(t), bool), np.zeros(len(t), bool)]), \
+        np.concatenate([u.to_numpy(), kernel.to_numpy()]).astype(np.int64)
+
+
+def port_io(ev: pd.DataFrame, pairing: Pairing | None = None) -> pd.DataFrame:
     """Port I/O accesses (kvm:kvm_pio) by port, direction and size.
 
     Each (port, direction, size) gives one row per place it was handled:
     ``userspace`` True for accesses KVM_RUN returned to the VMM as
-    KVM_EXIT_IO (counted from the kvm_run.io of those exits), False for the
-    rest, handled in the kernel. Columns: port, direction ("read"/"write"),
-    size (bytes), userspace, count.
+    KVM_EXIT_IO (paired with the exit through its kvm_run.io fields), False
+    for the rest, handled in the kernel. Columns: port, direction
+    ("read"/"write"), size (bytes), userspace, count.
     """
-    keys = ["port", "direction", "size"]
-    ev = weighted(ev)
-    if not _is_aggregate(ev):
-        pio = ev["k"].to_numpy() == EventKind.PIO
-        p = ev[pio]
-        p = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read"),
-                     vmm=pair_userspace(ev).to_vmm[pio])
-        if p.empty:
-            return pd.DataFrame(columns=keys + ["userspace", "count"])
-        return _rows(p[p["vmm"]].groupby(keys)["w"].sum(), p[~p["vmm"]].groupby(keys)["w"].sum(), keys)
-    p = ev[ev["k"] == EventKind.PIO]
-    total = p.assign(direction=np.where(p["op"] == PioOp.WRITE, "write", "read")).groupby(keys)["w"].sum()
-    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.IO) & (ev["err"] >= 0)
-           & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
-    # kvm_run.io.direction: KVM_EXIT_IO_IN 0, KVM_EXIT_IO_OUT 1, as kvm_pio's rw.
-    user = u.assign(direction=np.where(u["op"] == 1, "write", "read")).groupby(keys)["w"].sum()
-    if total.empty:
-        return pd.DataFrame(columns=keys + ["userspace", "count"])
-    return _split_user(total, user, keys)
+    k, w = kinds_and_weights(ev)
+    if _is_aggregate(ev):
+        keys, d, u, n = _split_user(k, w, ev, EventKind.PIO, ["port", "size"], PioOp.WRITE)
+        return _io_rows(keys, ["port", "size"], u, n, d)
+    if pairing is None:
+        pairing = pair_userspace(ev)
+    sel = k == EventKind.PIO
+    return _io_rows([ev["port"].to_numpy()[sel], ev["size"].to_numpy()[sel]], ["port", "size"],
+                    pairing.to_vmm[sel], w[sel], ev["op"].to_numpy()[sel] == PioOp.WRITE)
 
 
-def mmio(ev: pd.DataFrame) -> pd.DataFrame:
+def mmio(ev: pd.DataFrame, pairing: Pairing | None = None, completions: np.ndarray | None = None) -> pd.DataFrame:
     """MMIO accesses (kvm:kvm_mmio) by guest physical address, direction, length.
 
     A read the VMM answers is one access (its "unsatisfied-read" and the
@@ -238,41 +284,37 @@ def mmio(ev: pd.DataFrame) -> pd.DataFrame:
     I/O, from the kvm_run.mmio of KVM_EXIT_MMIO exits. Columns: gpa,
     direction, len (bytes), userspace, count.
     """
-    keys = ["gpa", "direction", "len"]
-    ev = weighted(ev)
-    comp = mmio_completions(ev)
-    if not _is_aggregate(ev):
-        sel = (ev["k"].to_numpy() == EventKind.MMIO) & ~comp
-        m = ev[sel]
-        m = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"), len=m["size"],
-                     vmm=pair_userspace(ev).to_vmm[sel])
-        if m.empty:
-            return pd.DataFrame(columns=keys + ["userspace", "count"])
-        return _rows(m[m["vmm"]].groupby(keys)["w"].sum(), m[~m["vmm"]].groupby(keys)["w"].sum(), keys)
-    m = ev[(ev["k"] == EventKind.MMIO) & ~comp]
-    total = m.assign(direction=np.where(m["op"] == MmioOp.WRITE, "write", "read"),
-                     len=m["size"]).groupby(keys)["w"].sum()
-    u = ev[(ev["k"] == EventKind.USERSPACE_EXIT) & (ev["reason"] == KvmExit.MMIO) & (ev["err"] >= 0)
-           & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)]
-    user = u.assign(direction=np.where(u["op"] == MmioOp.WRITE, "write", "read"),
-                    len=u["size"]).groupby(keys)["w"].sum()
-    if total.empty:
-        return pd.DataFrame(columns=keys + ["userspace", "count"])
-    return _split_user(total, user, keys)
+    k, w = kinds_and_weights(ev)
+    if _is_aggregate(ev):
+        keys, d, u, n = _split_user(k, w, ev, EventKind.MMIO, ["gpa", "size"], MmioOp.WRITE)
+        return _io_rows(keys, ["gpa", "len"], u, n, d)
+    if completions is None:
+        completions = mmio_completions(ev)
+    if pairing is None:
+        pairing = pair_userspace(ev, completions)
+    sel = (k == EventKind.MMIO) & ~completions
+    return _io_rows([ev["gpa"].to_numpy()[sel], ev["size"].to_numpy()[sel]], ["gpa", "len"],
+                    pairing.to_vmm[sel], w[sel], ev["op"].to_numpy()[sel] == MmioOp.WRITE)
 
 
 def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
-    ev = weighted(ev)
-    u = ev[ev["k"] == EventKind.USERSPACE_EXIT]
-    known = bool(((u["flags"] & int(EventFlag.RUN_FIELDS)) != 0).any()) if len(u) else True
+    k, w = kinds_and_weights(ev)
+    err = ev["err"].to_numpy()
+    u = k == EventKind.USERSPACE_EXIT
+    known = bool(((ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0).any()) if u.any() else True
+    aggregate = _is_aggregate(ev)
+    completions = pairing = None
+    if not aggregate:
+        completions = mmio_completions(ev)
+        pairing = pair_userspace(ev, completions)
     return Summary(
         duration_s=duration_s,
         userspace_exits=userspace_exits(ev, names, duration_s),
         exits=hardware_exits(ev, names, duration_s),
-        pio=port_io(ev),
-        mmio=mmio(ev),
-        interrupted_runs=int(u.loc[u["err"] == -EINTR, "w"].sum()),
-        failed_runs=int(u.loc[(u["err"] < 0) & (u["err"] != -EINTR), "w"].sum()),
+        pio=port_io(ev, pairing),
+        mmio=mmio(ev, pairing, completions),
+        interrupted_runs=int(w[u & (err == -EINTR)].sum()),
+        failed_runs=int(w[u & (err < 0) & (err != -EINTR)].sum()),
         userspace_fields_known=known,
-        unpaired_userspace_io=0 if _is_aggregate(ev) else pair_userspace(ev).unpaired_exits,
+        unpaired_userspace_io=0 if aggregate else pairing.unpaired_exits,
     )

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""How `kvmtrace report` scales, against `trace-cmd report` printing the same events.
+
+Records the demo guest in its unpaced steady mode (a storm of about 200k
+events/s) with `kvmtrace record` and, alongside on the same run, `trace-cmd
+record` of the same tracepoints filtered to the vCPU thread; then times, in
+fresh processes, `kvmtrace report FILE` (start-up, load and every table)
+against `trace-cmd report -i FILE.dat` merely printing the events, both to
+/dev/null, and takes kvmtrace's peak resident memory. Medians of --repeat.
+
+    sudo .venv/bin/python bench/scale.py --events 1e6 10e6 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import TracefsState  # noqa: E402  (what trace-cmd leaves changed in tracefs)
+
+from kvmtrace.demo import start_demo, stop_demo
+from kvmtrace.domain import connect, resolve
+from kvmtrace.guest import Workload
+
+URI = "qemu:///system"
+# What kvmtrace records of a running guest's vCPU thread: its port and MMIO
+# accesses, userspace exits and KVM_RUN ioctls (kvm_exit/kvm_entry do not
+# fire on the nested host this was measured on).
+TRACEPOINTS = ["kvm:kvm_pio", "kvm:kvm_mmio", "kvm:kvm_userspace_exit", "syscalls:sys_enter_ioctl"]
+KVMTRACE = [sys.executable, "-m", "kvmtrace.cli"]
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one run of cmd, output to /dev/null."""
+    t0 = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        p = subprocess.Popen(cmd, stdout=null, stderr=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(p.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[:3]} failed")
+    return time.perf_counter() - t0, usage.ru_maxrss
+
+
+def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
+    name = f"kvmtrace-bench-scale-{uuid.uuid4().hex[:6]}"
+    conn, dom = start_demo(Workload(steady=True), URI, name=name)
+    trace = workdir / f"scale-{int(target_events)}.kvmtrace"
+    dat = workdir / f"scale-{int(target_events)}.dat"
+    try:
+        tid = next(iter(resolve(conn, name).vcpu_threads.values()))
+        # A filter per event, after the event. --no-filter and -d: this kernel
+        # refuses set_ftrace_pid and function tracing (see overhead.py's TraceCmd).
+        state = TracefsState().save()
+        tc = subprocess.Popen(["stdbuf", "-oL", "trace-cmd", "record", "--no-filter", "-d", "-o", str(dat),
+                               *sum((["-e", e, "-f", f"common_pid=={tid}"] for e in TRACEPOINTS), [])],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in tc.stdout:
+            seen.append(line)
+            if "Hit Ctrl^C" in line:
+                break
+        else:
+            raise SystemExit("trace-cmd record did not start: " + "".join(seen[-5:]))
+        duration = target_events / rate_guess
+        subprocess.run([*KVMTRACE, "record", "--domain", name, "--duration", f"{duration:.1f}", "-o", str(trace),
+                        "--quiet"], check=True)
+        tc.send_signal(signal.SIGINT)
+        tc.communicate(timeout=300)  # status 1 after writing its file: its function-filter clean-up
+        state.restore()
+    finally:
+        stop_demo(dom)
+    return {"trace": trace, "dat": dat, "seconds": duration}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=float, nargs="+", default=[1e6, 10e6])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=300_000, help="events/s to expect from the storm guest")
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/kvmtrace-bench"))
+    ap.add_argument("--keep", action="store_true", help="keep the recorded files")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scale.json")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.events:
+        rec = record(n, args.workdir, args.rate)
+        from kvmtrace.trace import load
+
+        events = len(load(rec["trace"]).events)
+        tc_events = int(subprocess.run(["sh", "-c", f"trace-cmd report -i {rec['dat']} 2>/dev/null | wc -l"],
+                                       capture_output=True, text=True).stdout) - 1
+        ours, theirs, rss = [], [], []
+        for _ in range(args.repeat):  # alternate, so both see the same machine
+            t, m = timed([*KVMTRACE, "report", str(rec["trace"])])
+            ours.append(t)
+            rss.append(m)
+            t, _ = timed(["trace-cmd", "report", "-i", str(rec["dat"])])
+            theirs.append(t)
+        row = {"events": events, "trace_cmd_events": tc_events,
+               "kvmtrace_file_mb": rec["trace"].stat().st_size / 1e6, "trace_dat_mb": rec["dat"].stat().st_size / 1e6,
+               "kvmtrace_report_s": statistics.median(ours), "trace_cmd_report_s": statistics.median(theirs),
+               "kvmtrace_peak_rss_mb": max(rss) / 1024, "runs": {"kvmtrace": ours, "trace_cmd": theirs}}
+        row["speedup"] = row["trace_cmd_report_s"] / row["kvmtrace_report_s"]
+        results.append(row)
+        print(f"{events:>11,} events (trace-cmd {tc_events:,}): kvmtrace report {row['kvmtrace_report_s']:.2f} s, "
+              f"peak {row['kvmtrace_peak_rss_mb']:,.0f} MB; trace-cmd report {row['trace_cmd_report_s']:.2f} s; "
+              f"{row['speedup']:.1f}x", flush=True)
+        if not args.keep:
+            for p in (rec["trace"], rec["dat"]):
+                p.unlink()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "repeat": args.repeat,
+                                     "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
