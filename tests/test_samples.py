@@ -85,3 +85,22 @@ def test_trend_flags_run6_on_that_port(tmp_path):
     assert {(f["run"], f["key"]) for f in flagged if f["dimension"] == "port"} == {("run6", "0x0080 write")}
     assert {f["run"] for f in flagged} == {"run6"}
     assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+REAL = ROOT.parent / "shared" / "real-traces"
+
+
+@pytest.mark.skipif(not (REAL / "hip24-vmx-6x-kvm-exit-only.txt").exists(),
+                    reason="../shared/real-traces is not beside this checkout")
+def test_imported_real_trace_json_rows_carry_isa_code_and_the_kernels_name(tmp_path):
+    out = tmp_path / "hip.kvmtrace"
+    subprocess.run(kvmtrace_cmd("import", str(REAL / "hip24-vmx-6x-kvm-exit-only.txt"), "-o", str(out)),
+                   check=True, capture_output=True)
+    rep = json.loads(subprocess.run(kvmtrace_cmd("report", "--format", "json", str(out)), capture_output=True,
+                                    check=True).stdout)
+    from kvmtrace.exits import VMX_EXIT_NAMES
+
+    assert sum(r["count"] for r in rep["exits"]) == 14132
+    for r in rep["exits"]:
+        assert r["isa"] == "VMX" and not r["reason"].startswith("UNKNOWN")
+        assert VMX_EXIT_NAMES[r["code"]] == r["reason"]
