@@ -18,21 +18,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .analysis.records import plain_records
 from .trace import Trace
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
-    out = []
-    for row in df.to_dict("records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and math.isnan(v):
-                v = None
-            clean[k] = v
-        out.append(clean)
-    return out
+    return plain_records(df)
 
 
 def _name(region) -> str:

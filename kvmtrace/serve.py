@@ -20,10 +20,9 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 
 from .analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
-from .events import AGGREGATE, EventKind, Latency
+from .events import EventKind, Latency
 from .exits import ExitNames
 from .live import LiveCounter, RESCAN_SECONDS
 

@@ -77,6 +77,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import RateTableError
+from .records import plain_records
 
 #: Dimensions of a rate table, in the order reports show them.
 DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
@@ -386,16 +387,4 @@ def to_json(df: pd.DataFrame) -> list[dict]:
     key new in NEW, i.e. base_count 0 and new_count > 0; p_value and
     p_adjusted are None for rows with no events in either run).
     """
-    out = []
-    for row in df.to_dict("records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and not math.isfinite(v):
-                v = None
-            elif not isinstance(v, (bool, int, float)) and v is not None:
-                v = str(v)
-            clean[k] = v
-        out.append(clean)
-    return out
+    return plain_records(df)
