@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import TracefsState  # noqa: E402  (what trace-cmd leaves changed in tracefs)
 
 from kvmtrace.demo import start_demo, stop_demo
-from kvmtrace.domain import connect, resolve
+from kvmtrace.domain import resolve
 from kvmtrace.guest import Workload
 
 URI = "qemu:///system"

@@ -4,7 +4,6 @@ count of what was skipped; never a traceback, a hang or unbounded memory."""
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 

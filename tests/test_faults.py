@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvmtrace.demo import resume, start_demo, stop_demo
-from kvmtrace.domain import connect, resolve
-from kvmtrace.events import EventKind
+
 from kvmtrace.guest import Workload, expected
 from kvmtrace.trace import load
 
