@@ -196,8 +196,9 @@ def _emit(text: str, output: str | None) -> None:
 
 def _cmd_report(args) -> int:
     from .report import render_json, render_text
-    from .trace import load, load_for_report
+    from .trace import lean_memory, load, load_for_report
 
+    lean_memory()
     trace = load_for_report(args.trace) if args.format in ("text", "json") else load(args.trace)
     if args.domain:
         trace = trace.for_domain(args.domain)

@@ -51,11 +51,20 @@ class Trace:
         """Every event, one row each, in file order (see kvmtrace.events)."""
         if self._events is not None:
             return self._events
-        # The Arrow buffers are freed as each column converts: a large trace is
-        # in memory once, not twice.
+        # Column by column, dropping each from the Arrow table once copied:
+        # a large trace is then in memory about once, not twice.
         table, self.data.table = self.data.table, None
-        df = table.to_pandas(split_blocks=True, self_destruct=True)
+        cols = {}
+        for name in table.column_names:
+            chunks = [c.to_numpy(zero_copy_only=False) for c in table.column(name).chunks]
+            dtype = table.schema.field(name).type.to_pandas_dtype()
+            cols[name] = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+            del chunks
+            table = table.drop_columns([name])
         del table
+        if _lean:
+            _trim()
+        df = pd.DataFrame(cols, copy=False)
         df.index.name = "event"
         return df
 
@@ -356,7 +365,45 @@ def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Tra
     return Trace(read_trace(path, columns))
 
 
+def lean_memory() -> None:
+    """For a one-shot command on a big trace: hand freed memory back to the system.
+
+    pyarrow's default pool (mimalloc) keeps what the decompressed batches
+    used, and glibc's adaptive mmap threshold moves large buffers onto the
+    heap, where freeing them does not shrink the process. With the system
+    pool and a fixed threshold a trace's Arrow buffers really go once they
+    are copied to numpy. Process-wide: only the CLI calls it, never import.
+    """
+    import ctypes
+
+    import pyarrow as pa
+
+    global _lean
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        _lean = True
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
+_lean = False
+
+
+def _trim() -> None:
+    """Return the heap's free memory to the system (glibc malloc_trim)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def load_for_report(path: str | os.PathLike) -> Trace:
-    """The columns `kvmtrace report` needs (all of them for a launch timeline)."""
-    t = load(path, REPORT_COLUMNS)
-    return load(path) if t.launched else t
+    """The columns `kvmtrace report` needs: for an events trace not even the
+    values (8 bytes an event); all of them for a launch timeline, and the
+    counts of a counts-mode trace (held in ``value``)."""
+    t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value"))
+    if t.launched:
+        return load(path)
+    if t.header.get("mode") == "counts" or t.values_captured:
+        return load(path, REPORT_COLUMNS)
+    return t

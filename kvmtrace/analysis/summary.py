@@ -56,11 +56,17 @@ def thread_order(tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
     stable sort by thread is enough (and far cheaper than a two-key sort);
     an imported or edited file that breaks this gets the full sort.
     """
-    order = np.argsort(tid, kind="stable")
+    order = np.argsort(tid, kind="stable").astype(np.int32 if len(tid) < 2**31 else np.int64)
     t, s = tid[order], ts[order]
     if len(order) > 1 and bool(((s[1:] < s[:-1]) & (t[1:] == t[:-1])).any()):
         order = np.lexsort((ts, tid))
     return order
+
+
+def _idx(mask: np.ndarray) -> np.ndarray:
+    """Row numbers of a mask, as int32 where they fit (half the memory of int64)."""
+    rows = np.flatnonzero(mask)
+    return rows.astype(np.int32) if len(mask) < 2**31 else rows
 
 
 def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
@@ -72,7 +78,7 @@ def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
     MMIO event between and names the same address.
     """
     mask = np.zeros(len(ev), dtype=bool)
-    sel = np.flatnonzero(ev["kind"].to_numpy() == EventKind.MMIO)
+    sel = _idx(ev["kind"].to_numpy() == EventKind.MMIO)
     if len(sel) < 2:
         return mask
     rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
@@ -193,15 +199,17 @@ def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None) -> P
         return Pairing(to_vmm, 0)
     if completions is None:
         completions = mmio_completions(ev)
-    sel = np.flatnonzero(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~completions))
+    sel = _idx(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~completions))
     rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
     kk, tid = k[rows], ev["tid"].to_numpy()[rows]
     port, op, gpa = ev["port"].to_numpy()[rows], ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows]
     reason = reason[rows]
     is_exit = uexit[rows]
     n = len(rows)
-    pv = np.maximum(np.arange(n) - 1, 0)
-    nx = np.minimum(np.arange(n) + 1, n - 1)
+    pos = np.arange(n, dtype=rows.dtype)
+    pv = np.maximum(pos - 1, 0)
+    nx = np.minimum(pos + 1, n - 1)
+    del pos
     prev_ok = np.zeros(n, dtype=bool)
     prev_ok[1:] = tid[1:] == tid[:-1]
     next_ok = np.zeros(n, dtype=bool)
