@@ -202,12 +202,3 @@ def running_domains(conn) -> list[GuestProcess]:
         except (DomainNotRunningError, DomainNotFoundError):
             continue  # stopped meanwhile
     return guests
-
-
-def is_running(conn, uuid: str) -> bool:
-    """Whether the domain still exists and is active (transient ones vanish)."""
-    libvirt = _libvirt()
-    try:
-        return bool(conn.lookupByUUIDString(uuid).isActive())
-    except libvirt.libvirtError:
-        return False

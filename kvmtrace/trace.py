@@ -14,6 +14,28 @@ from .exits import ExitNames
 from .tracefile import TraceData, read_trace
 
 
+def _name_codes(codes: np.ndarray, name) -> pd.Categorical:
+    """A categorical of name(code) per row, naming each distinct code once.
+
+    Codes are KVM_EXIT_* numbers: small integers, so a table indexed by code
+    replaces a sort of millions of rows.
+    """
+    codes = codes.astype(np.int64)
+    if len(codes) == 0:
+        return pd.Categorical([], categories=[])
+    if codes.min() >= 0 and codes.max() < 1 << 16:
+        present = np.flatnonzero(np.bincount(codes))
+        labels = [name(int(c)) for c in present]
+        cats = list(dict.fromkeys(labels))
+        table = np.zeros(int(codes.max()) + 1, dtype=np.int32)
+        table[present] = [cats.index(x) for x in labels]
+        return pd.Categorical.from_codes(table[codes], categories=cats)
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    labels = [name(int(c)) for c in uniq]
+    cats = list(dict.fromkeys(labels))
+    return pd.Categorical.from_codes(np.array([cats.index(x) for x in labels])[inverse], categories=cats)
+
+
 class Trace:
     """A kvmtrace trace file, read once. ``load(path)`` makes one."""
 
@@ -292,12 +314,29 @@ class Trace:
         if mm.any():
             dev[mm] = np.asarray(self.device_map.name_gpas(runs.loc[mm, "gpa"].to_numpy()))
         runs["device"] = pd.Categorical(dev)
-        codes, inverse = np.unique(runs["code"].to_numpy(), return_inverse=True)
-        labels = [self.names.kvm_exit(int(c)) for c in codes]
-        cats = list(dict.fromkeys(labels))
-        runs["reason"] = pd.Categorical.from_codes(
-            np.array([cats.index(x) for x in labels], dtype=np.int64)[inverse] if len(codes) else inverse,
-            categories=cats)
+        runs["reason"] = _name_codes(runs["code"].to_numpy(), self.names.kvm_exit)
+        return runs
+
+    @cached_property
+    def _service_frame(self) -> pd.DataFrame:
+        """Userspace exits with service time, device, reason and vCPU: what the
+        latency tables need, built on numpy (analysis.summary.service_times)."""
+        from .analysis.rates import vcpu_of
+        from .analysis.summary import service_times
+        from .exits import KvmExit
+
+        runs = service_times(self.events)
+        code = runs["code"].to_numpy()
+        dev = np.full(len(runs), "", dtype=object)
+        io, mm = code == KvmExit.IO, code == KvmExit.MMIO
+        if io.any():
+            dev[io] = np.asarray(self.device_map.name_ports(runs["port"].to_numpy()[io]))
+        if mm.any():
+            dev[mm] = np.asarray(self.device_map.name_gpas(runs["gpa"].to_numpy()[mm]))
+        runs["device"] = pd.Categorical(dev)
+        runs["reason"] = _name_codes(code, self.names.kvm_exit)
+        v = vcpu_of(runs.assign(vcpu=np.uint32(0xFFFFFFFF)), self.vcpu_by_tid)
+        runs["vcpu"] = np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
         return runs
 
     def df_userspace_exits(self) -> pd.DataFrame:
@@ -333,7 +372,9 @@ class Trace:
 
         self._need_events("df_latency")
         if which == "vmm_service":
-            return latency_stats(self._userspace_runs, "service_ns", list(by))
+            lean = {"reason", "device", "direction", "port", "gpa", "code", "tid", "vcpu"}
+            frame = self._service_frame if set(by) <= lean else self._userspace_runs
+            return latency_stats(frame, "service_ns", list(by))
         if which == "exit_handling":
             return exit_handling(self.events, self.names, by=by)
         raise ValueError(f"which must be 'vmm_service' or 'exit_handling', not {which!r}")

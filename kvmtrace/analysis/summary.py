@@ -326,3 +326,39 @@ def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
         userspace_fields_known=known,
         unpaired_userspace_io=0 if aggregate else pairing.unpaired_exits,
     )
+
+
+def service_times(ev: pd.DataFrame) -> pd.DataFrame:
+    """Every real userspace exit with the VMM's service time, on numpy arrays.
+
+    Service time: from kvm_userspace_exit to the same thread's next
+    KVM_RUN ioctl; -1 when another userspace exit or the recording's end
+    comes first. The same pairing as analysis.runloop.userspace_runs, with
+    only what the latency tables need. Columns: ts_ns, tid (uint32), code
+    (uint32 KVM_EXIT_*), port (uint32), gpa (uint64), direction (category
+    ""/read/write, from the kvm_run fields), service_ns (int64). Index "run".
+    """
+    k = ev["kind"].to_numpy()
+    uexit = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
+    sel = _idx(uexit | (k == EventKind.RUN))
+    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
+    kk, tid, ts = k[rows], ev["tid"].to_numpy()[rows], ev["ts_ns"].to_numpy()[rows]
+    is_u = kk == EventKind.USERSPACE_EXIT
+    nxt_run = np.zeros(len(rows), dtype=bool)
+    nxt_run[:-1] = (kk[1:] == EventKind.RUN) & (tid[1:] == tid[:-1])
+    service = np.full(len(rows), -1, dtype=np.int64)
+    service[:-1] = np.where(nxt_run[:-1], ts[1:].astype(np.int64) - ts[:-1].astype(np.int64), -1)
+    u = rows[is_u]
+    code = ev["reason"].to_numpy()[u]
+    op = ev["op"].to_numpy()[u]
+    known = (ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0
+    write = np.where(code == KvmExit.IO, op == 1, op == MmioOp.WRITE)
+    direction = np.where(known & ((code == KvmExit.IO) | (code == KvmExit.MMIO)), np.where(write, 2, 1), 0)
+    df = pd.DataFrame({
+        "ts_ns": ts[is_u].astype(np.int64), "tid": tid[is_u].astype(np.uint32), "code": code.astype(np.uint32),
+        "port": ev["port"].to_numpy()[u].astype(np.uint32), "gpa": ev["gpa"].to_numpy()[u].astype(np.uint64),
+        "direction": pd.Categorical.from_codes(direction, categories=["", "read", "write"]),
+        "service_ns": service[is_u],
+    })
+    df.index.name = "run"
+    return df
