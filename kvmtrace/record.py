@@ -137,14 +137,14 @@ class Session:
         check_kernel_headers()
         self.formats = available_tracepoints(str(tracefs))
 
-    def header(self, extra: dict | None = None) -> dict:
+    def header(self, extra: dict | None = None, guests: list[GuestProcess] | None = None) -> dict:
         return {
             "kvmtrace_version": __version__,
             "command": self.opts.argv,
             "host": host_info().as_dict(),
             "tracepoint_formats": self.formats,
             "probes": sorted(self.formats),
-            "domains": [g.as_dict() for g in self.guests],
+            "domains": [g.as_dict() for g in (self.guests if guests is None else guests)],
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
             "clock": "CLOCK_MONOTONIC",
@@ -152,9 +152,13 @@ class Session:
             **(extra or {}),
         }
 
-    def open_output(self, path: str, extra: dict | None = None) -> None:
-        """Create the trace file (before attaching, where the header allows)."""
-        self.writer = TraceWriter(path, self.header(extra))
+    def open_output(self, path: str, extra: dict | None = None, guests: list[GuestProcess] | None = None) -> None:
+        """Create the trace file (before attaching, where the header allows).
+
+        ``guests``: the domains the header describes, when they are not
+        traced yet (the file is opened before the probes exist).
+        """
+        self.writer = TraceWriter(path, self.header(extra, guests))
 
     def attach(self) -> None:
         from .probe import DEFAULT_RINGBUF_PAGES, Probes
@@ -306,10 +310,8 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
         raise ValueError("a domain is needed unless dry_run")
     if not opts.dry_run:
         name = guests[0].name if len(guests) == 1 else "all"
-        s.guests = guests  # for the header; traced for real once attached
         # Opened before attaching: an unwritable path fails with nothing attached.
-        s.open_output(opts.output or default_output(name))
-        s.guests = []
+        s.open_output(opts.output or default_output(name), guests=guests)
     try:
         s.attach()
         if opts.dry_run:

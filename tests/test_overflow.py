@@ -34,9 +34,7 @@ def test_lost_equals_generated_minus_written(kernel, domain_name, tmp_path):
     try:
         s.preflight()
         guest = resolve(conn, domain_name)
-        s.guests = [guest]
-        s.open_output(str(out))
-        s.guests = []
+        s.open_output(str(out), guests=[guest])
         s.attach()
         s.trace(guest)
         s.mark_start()
