@@ -145,18 +145,15 @@ static __always_inline void kt_submit(struct kt_event *e)
 #endif
 
 /*
- * A zeroed event for the current thread, or NULL if the thread is not in a
- * traced guest or the ring buffer is full (counted in `lost`).
+ * A zeroed event for the current thread, or NULL if the ring buffer is full
+ * (counted in `lost`); counted in `matched` either way.
  */
-static __always_inline struct kt_event *kt_reserve(u32 kind)
+static __always_inline struct kt_event *kt_new(u32 kind)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
 	struct kt_event *e;
 	u64 *n;
 
-	if (!targets.lookup(&tgid))
-		return NULL;
 	n = matched.lookup(&kind);
 	if (n)
 		(*n)++;
@@ -175,11 +172,21 @@ static __always_inline struct kt_event *kt_reserve(u32 kind)
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->tid = (u32)id;
-	e->pid = tgid;
+	e->pid = id >> 32;
 	e->cpu = bpf_get_smp_processor_id();
 	e->vcpu = KT_NO_VCPU;
 	e->kind = kind;
 	return e;
+}
+
+/* kt_new() for the current thread only if it is in a traced guest. */
+static __always_inline struct kt_event *kt_reserve(u32 kind)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (!targets.lookup(&tgid))
+		return NULL;
+	return kt_new(kind);
 }
 
 #ifdef KT_PROBE_KVM_EXIT
@@ -427,10 +434,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 {
 	u64 id = bpf_get_current_pid_tgid();
-	u32 tid = (u32)id, tgid = id >> 32, kind = KT_KIND_IOCTL, one = 1;
+	u32 tid = (u32)id, tgid = id >> 32, one = 1;
 	struct kt_ioctl *io = ioctl_open.lookup(&tid);
 	struct kt_event *e;
-	u64 key, *n;
+	u64 key;
 
 	if (!io)
 		return 0;
@@ -440,30 +447,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		key = (u64)tgid << 32 | io->fd;		/* the fd it was made on */
 		kvm_fds.update(&key, &one);
 	}
-	n = matched.lookup(&kind);
-	if (n)
-		(*n)++;
-#ifdef KT_MODE_COUNTS
-	u32 zero = 0;
-	e = scratch.lookup(&zero);
-#else
-	e = events.ringbuf_reserve(sizeof(struct kt_event));
-#endif
+	/* Not kt_reserve(): a launch takes the new VMM's ioctls before its
+	 * pid is a target; sys_enter_ioctl decided whether to keep this one. */
+	e = kt_new(KT_KIND_IOCTL);
 	if (!e) {
-		n = lost.lookup(&kind);
-		if (n)
-			(*n)++;
 		ioctl_open.delete(&tid);
 		return 0;
 	}
-	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = io->ts;
 	e->info2 = bpf_ktime_get_ns() - io->ts;	/* duration */
-	e->tid = tid;
-	e->pid = tgid;
-	e->cpu = bpf_get_smp_processor_id();
-	e->vcpu = KT_NO_VCPU;
-	e->kind = KT_KIND_IOCTL;
 	e->reason = io->cmd;
 	e->port = io->fd;
 	e->err = args->ret;
