@@ -154,7 +154,6 @@ class Trace:
         KVM_EXIT_IO, paired by its kvm_run fields), value (uint64; 0 unless
         recorded with --values). Index "access".
         """
-        from .analysis.summary import pair_userspace
         from .events import EventKind, PioOp
 
         self._need_events("df_pio")
@@ -167,7 +166,7 @@ class Trace:
             "direction": pd.Categorical(np.where(p["op"] == PioOp.WRITE, "write", "read"), categories=["read", "write"]),
             "size": p["size"].to_numpy(np.uint8), "count": p["count"].to_numpy(np.uint32),
             "device": self.device_map.name_ports(p["port"].to_numpy()),
-            "userspace": pair_userspace(ev).to_vmm[sel], "value": p["value"].to_numpy(np.uint64),
+            "userspace": self._pairing.to_vmm[sel], "value": p["value"].to_numpy(np.uint64),
         })
         df.index.name = "access"
         return df
@@ -181,12 +180,11 @@ class Trace:
         for a VMM-answered read, the answer; 0 unless recorded with --values).
         Index "access".
         """
-        from .analysis.summary import mmio_completions, pair_userspace
         from .events import EventKind, MmioOp
 
         self._need_events("df_mmio")
         ev = self.events
-        comp = mmio_completions(ev)
+        comp = self._completions
         sel = (ev["kind"] == EventKind.MMIO).to_numpy() & ~comp
         m = ev[sel]
         value = m["value"].to_numpy(np.uint64).copy()
@@ -206,7 +204,7 @@ class Trace:
             "direction": pd.Categorical(np.where(m["op"] == MmioOp.WRITE, "write", "read"),
                                         categories=["read", "write"]),
             "len": m["size"].to_numpy(np.uint8), "device": self.device_map.name_gpas(m["gpa"].to_numpy()),
-            "userspace": pair_userspace(ev).to_vmm[sel], "value": value,
+            "userspace": self._pairing.to_vmm[sel], "value": value,
         })
         df.index.name = "access"
         return df
@@ -303,29 +301,13 @@ class Trace:
     @cached_property
     def _userspace_runs(self) -> pd.DataFrame:
         from .analysis.runloop import userspace_runs
+
+        return self._label_exits(userspace_runs(self.events, domains=self.domains))
+
+    def _label_exits(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """Add device (the port's or address's device, "" for other exits) and reason names."""
         from .exits import KvmExit
 
-        runs = userspace_runs(self.events, domains=self.domains)
-        dev = np.full(len(runs), "", dtype=object)
-        io = (runs["code"] == KvmExit.IO).to_numpy()
-        mm = (runs["code"] == KvmExit.MMIO).to_numpy()
-        if io.any():
-            dev[io] = np.asarray(self.device_map.name_ports(runs.loc[io, "port"].to_numpy()))
-        if mm.any():
-            dev[mm] = np.asarray(self.device_map.name_gpas(runs.loc[mm, "gpa"].to_numpy()))
-        runs["device"] = pd.Categorical(dev)
-        runs["reason"] = _name_codes(runs["code"].to_numpy(), self.names.kvm_exit)
-        return runs
-
-    @cached_property
-    def _service_frame(self) -> pd.DataFrame:
-        """Userspace exits with service time, device, reason and vCPU: what the
-        latency tables need, built on numpy (analysis.summary.service_times)."""
-        from .analysis.rates import vcpu_of
-        from .analysis.summary import service_times
-        from .exits import KvmExit
-
-        runs = service_times(self.events)
         code = runs["code"].to_numpy()
         dev = np.full(len(runs), "", dtype=object)
         io, mm = code == KvmExit.IO, code == KvmExit.MMIO
@@ -335,6 +317,16 @@ class Trace:
             dev[mm] = np.asarray(self.device_map.name_gpas(runs["gpa"].to_numpy()[mm]))
         runs["device"] = pd.Categorical(dev)
         runs["reason"] = _name_codes(code, self.names.kvm_exit)
+        return runs
+
+    @cached_property
+    def _service_frame(self) -> pd.DataFrame:
+        """Userspace exits with service time, device, reason and vCPU: what the
+        latency tables need, built on numpy (analysis.summary.service_times)."""
+        from .analysis.rates import vcpu_of
+        from .analysis.summary import service_times
+
+        runs = self._label_exits(service_times(self.events))
         v = vcpu_of(runs.assign(vcpu=np.uint32(0xFFFFFFFF)), self.vcpu_by_tid)
         runs["vcpu"] = np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
         return runs
@@ -387,8 +379,22 @@ class Trace:
         return unpaired(self.events)
 
     @cached_property
+    def _completions(self) -> np.ndarray:
+        from .analysis.summary import mmio_completions
+
+        return mmio_completions(self.events)
+
+    @cached_property
+    def _pairing(self):
+        from .analysis.summary import pair_userspace
+
+        return pair_userspace(self.events, self._completions)
+
+    @cached_property
     def summary(self) -> Summary:
-        return summarize(self.events, self.names, self.duration_s)
+        if self.header.get("mode") == "counts":
+            return summarize(self.events, self.names, self.duration_s)
+        return summarize(self.events, self.names, self.duration_s, self._pairing, self._completions)
 
 
 #: The event columns every report table needs (the others, rip, info1/2,

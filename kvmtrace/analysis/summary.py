@@ -305,16 +305,20 @@ def mmio(ev: pd.DataFrame, pairing: Pairing | None = None, completions: np.ndarr
                     pairing.to_vmm[sel], w[sel], ev["op"].to_numpy()[sel] == MmioOp.WRITE)
 
 
-def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> Summary:
+def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float, pairing: Pairing | None = None,
+              completions: np.ndarray | None = None) -> Summary:
+    """Every table of the report. ``pairing`` and ``completions``, when the
+    caller has them already (Trace keeps them), are not computed again."""
     k, w = kinds_and_weights(ev)
     err = ev["err"].to_numpy()
     u = k == EventKind.USERSPACE_EXIT
     known = bool(((ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0).any()) if u.any() else True
     aggregate = _is_aggregate(ev)
-    completions = pairing = None
     if not aggregate:
-        completions = mmio_completions(ev)
-        pairing = pair_userspace(ev, completions)
+        if completions is None:
+            completions = mmio_completions(ev)
+        if pairing is None:
+            pairing = pair_userspace(ev, completions)
     return Summary(
         duration_s=duration_s,
         userspace_exits=userspace_exits(ev, names, duration_s),
