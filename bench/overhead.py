@@ -1138,15 +1138,14 @@ def bench_ring_drain(writes: int, pages: int, workdir: Path, timeout: float) -> 
         probes = Probes(formats, ringbuf_pages=pages)
         OUR_PROGS.update(bpf_attachments(os.getpid()).values())
         for vcpu, tid in g.vcpu_threads.items():
-            if vcpu in g.kvm_run:
-                probes.add_kvm_run(tid, g.kvm_run[vcpu])
+            probes.add_vcpu(g.pid, tid, g.kvm_run.get(vcpu, 0))
         probes.add_target(g.pid, 0)
         t0 = time.perf_counter()
         dom.resume()
         if not select.select([pidfd], [], [], timeout)[0]:
             raise RuntimeError(f"the guest did not end within {timeout} s")
         res["guest_s"] = round(time.perf_counter() - t0, 4)
-        probes.bpf[b"targets"].clear()  # nothing more is matched: the ring holds the whole run
+        probes.stop_matching()  # the ring now holds the whole run
         counters = probes.counters()
         res["matched"] = sum(counters.matched.values())
         res["lost"] = counters.lost_total

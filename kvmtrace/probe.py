@@ -187,9 +187,20 @@ class Probes:
     def disarm(self) -> None:
         self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
 
-    def add_kvm_run(self, tid: int, address: int) -> None:
-        """Where vCPU thread ``tid``'s struct kvm_run is mapped in its VMM."""
-        self.bpf[b"kvm_run_addr"][ctypes.c_uint32(tid)] = ctypes.c_uint64(address)
+    def stop_matching(self) -> None:
+        """Match no new event (of any target, armed or not): what is in the
+        ring buffer and the counters then no longer changes but by draining."""
+        self.bpf[b"stopped"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        self.bpf[b"targets"].clear()
+        self.disarm()
+
+    def add_vcpu(self, pid: int, tid: int, kvm_run: int = 0) -> None:
+        """Enter vCPU thread ``tid`` of VMM ``pid`` (before ``add_target(pid)``),
+        with where its struct kvm_run is mapped in the VMM (0: unknown)."""
+        threads = self.bpf[b"threads"]
+        state = threads.Leaf()
+        state.pid, state.kvm_run = pid, kvm_run
+        threads[threads.Key(tid)] = state
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for events to arrive."""

@@ -174,9 +174,10 @@ class Session:
         """Start matching ``guest``'s events in the kernel."""
         index = len(self.guests)
         self.guests.append(guest)
+        # Threads first: the probes make an entry of their own for a thread
+        # of a target they have not been told of (without its kvm_run).
         for vcpu, tid in guest.vcpu_threads.items():
-            if vcpu in guest.kvm_run:
-                self.probes.add_kvm_run(tid, guest.kvm_run[vcpu])
+            self.probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0))
         self.probes.add_target(guest.pid, index)
 
     def mark_start(self) -> None:
@@ -266,8 +267,7 @@ class Session:
                 if writer is not None and not writer.closed:
                     # Stop matching new events, then drain: what the kernel
                     # matched is then exactly what was written plus what was lost.
-                    probes.bpf[b"targets"].clear()
-                    probes.disarm()
+                    probes.stop_matching()
                     self.flush()
                 self.counters = probes.counters()
             finally:

@@ -15,10 +15,39 @@
 #include "kvmtrace.h"
 
 BPF_HASH(targets, u32, u32, KT_MAX_TARGETS);	/* tgid -> domain index */
+BPF_HASH(threads, u32, struct kt_thread, KT_MAX_VCPUS);	/* vCPU tid -> its state */
 BPF_RINGBUF_OUTPUT(events, KT_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(matched, u64, KT_KIND_COUNT);	/* events for a target, per kind */
 BPF_PERCPU_ARRAY(lost, u64, KT_KIND_COUNT);	/* of those, ring buffer full */
-BPF_HASH(kvm_run_addr, u32, u64, KT_MAX_VCPUS);	/* vCPU tid -> its kvm_run in the VMM */
+BPF_ARRAY(stopped, u32, 1);		/* [0]: user space stopped matching */
+
+/*
+ * The current thread's state if it is a vCPU thread of a traced guest, else
+ * NULL. User space enters the vCPU threads it knows (with their kvm_run)
+ * before it adds their VMM to `targets`; a thread it did not know (a vCPU
+ * added later) gets an entry at its first event. Entries outlive their
+ * target's removal, so stopping is the `stopped` flag.
+ */
+static __always_inline struct kt_thread *kt_vcpu(u64 id)
+{
+	u32 tid = (u32)id, tgid = id >> 32, zero = 0, *stop = stopped.lookup(&zero);
+	struct kt_thread *t, fresh = {};
+
+	if (!stop || *stop)
+		return NULL;
+	t = threads.lookup(&tid);
+	if (t && t->pid == tgid)
+		return t;
+	if (!targets.lookup(&tgid))
+		return NULL;
+	fresh.pid = tgid;
+	threads.update(&tid, &fresh);
+	return threads.lookup(&tid);
+}
+
+/* Does a latency need this kind's timestamp in counts mode? (constant-folded) */
+#define KT_TIMED(kind) ((kind) == KT_KIND_EXIT || (kind) == KT_KIND_ENTRY || \
+			(kind) == KT_KIND_USERSPACE_EXIT || (kind) == KT_KIND_RUN)
 
 #ifdef KT_MODE_COUNTS
 /*
@@ -27,12 +56,10 @@ BPF_HASH(kvm_run_addr, u32, u64, KT_MAX_VCPUS);	/* vCPU tid -> its kvm_run in th
  * `counts`, keyed by what the reports group by (struct kt_key), and into
  * log2 latency histograms. User space reads the cumulative counts at
  * intervals and writes the deltas as aggregate rows of the same trace file.
+ * The run loop's open exits live in the thread's struct kt_thread.
  */
 BPF_PERCPU_ARRAY(scratch, struct kt_event, 1);
 BPF_PERCPU_HASH(counts, struct kt_key, u64, KT_MAX_KEYS);
-BPF_HASH(exit_at, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> open kvm_exit */
-BPF_HASH(uexit_at, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> open userspace exit */
-BPF_HASH(last_mmio, u32, struct kt_pending, KT_MAX_VCPUS);	/* tid -> last kvm_mmio */
 
 static __always_inline void kt_bump(struct kt_key *k, u32 kind)
 {
@@ -62,32 +89,31 @@ static __always_inline void kt_hist(struct kt_event *e, u32 which, u32 reason, u
 	kt_bump(&k, KT_KIND_HIST);
 }
 
-static __always_inline void kt_submit(struct kt_event *e)
+/* ``t``: the thread's state, for the run-loop kinds (NULL for the others). */
+static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 {
 	struct kt_key k = {};
-	struct kt_pending *p, now = {};
-	u32 tid = e->tid;
 
 	k.pid = e->pid;
 	k.kind = e->kind;
 	k.op = e->op;
 	k.flags = e->flags & KT_FLAG_RUN_FIELDS;
-	now.ts = e->ts_ns;
-	now.reason = e->reason;
-	now.isa = e->isa;
 	switch (e->kind) {
 	case KT_KIND_EXIT:
-		k.tid = tid;
+		k.tid = e->tid;
 		k.reason = e->reason;
 		k.isa = e->isa;
-		exit_at.update(&tid, &now);
+		if (t) {
+			t->exit_ts = e->ts_ns;
+			t->exit_reason = e->reason;
+			t->exit_isa = e->isa;
+		}
 		break;
 	case KT_KIND_ENTRY:
-		k.tid = tid;
-		p = exit_at.lookup(&tid);
-		if (p) {
-			kt_hist(e, KT_LAT_EXIT_HANDLING, p->reason, p->isa, p->ts);
-			exit_at.delete(&tid);
+		k.tid = e->tid;
+		if (t && t->exit_ts) {
+			kt_hist(e, KT_LAT_EXIT_HANDLING, t->exit_reason, t->exit_isa, t->exit_ts);
+			t->exit_ts = 0;
 		}
 		break;
 	case KT_KIND_PIO:
@@ -97,19 +123,19 @@ static __always_inline void kt_submit(struct kt_event *e)
 	case KT_KIND_MMIO:
 		/* A "read" completing this thread's last "unsatisfied-read" of the
 		 * same address is the same access: count it once. */
-		p = last_mmio.lookup(&tid);
-		if (e->op == 1 && p && p->isa == 0 && p->ts == e->gpa) {
-			last_mmio.delete(&tid);
+		if (!t)
+			break;
+		if (e->op == 1 && t->mmio_open && t->mmio_gpa == e->gpa) {
+			t->mmio_open = 0;
 			return;
 		}
-		now.ts = e->gpa;
-		now.isa = e->op;
-		last_mmio.update(&tid, &now);
+		t->mmio_gpa = e->gpa;
+		t->mmio_open = e->op == 0;
 		k.gpa = e->gpa & ~0xfffULL;	/* per 4 KiB page */
 		k.size = e->size;
 		break;
 	case KT_KIND_USERSPACE_EXIT:
-		k.tid = tid;
+		k.tid = e->tid;
 		k.reason = e->reason;
 		k.err = e->err;
 		k.port = e->port;
@@ -120,37 +146,38 @@ static __always_inline void kt_submit(struct kt_event *e)
 			k.size = 0;
 			k.gpa = 0;
 		}
-		if (e->err >= 0)
-			uexit_at.update(&tid, &now);
+		if (t && e->err >= 0) {
+			t->uexit_ts = e->ts_ns;
+			t->uexit_reason = e->reason;
+		}
 		break;
 	case KT_KIND_IOCTL:
 		k.reason = e->reason;
 		break;
 	case KT_KIND_RUN:
-		k.tid = tid;
-		p = uexit_at.lookup(&tid);
-		if (p) {
-			kt_hist(e, KT_LAT_VMM_SERVICE, p->reason, 0, p->ts);
-			uexit_at.delete(&tid);
+		k.tid = e->tid;
+		if (t && t->uexit_ts) {
+			kt_hist(e, KT_LAT_VMM_SERVICE, t->uexit_reason, 0, t->uexit_ts);
+			t->uexit_ts = 0;
 		}
 		break;
 	}
 	kt_bump(&k, e->kind);
 }
 #else
-static __always_inline void kt_submit(struct kt_event *e)
+static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 {
 	events.ringbuf_submit(e, 0);
 }
 #endif
 
 /*
- * A zeroed event for the current thread, or NULL if the ring buffer is full
- * (counted in `lost`); counted in `matched` either way.
+ * A zeroed event of thread ``id`` (bpf_get_current_pid_tgid()), or NULL if
+ * the ring buffer is full (counted in `lost`); counted in `matched` either
+ * way. In counts mode only the kinds a latency needs read the clock.
  */
-static __always_inline struct kt_event *kt_new(u32 kind)
+static __always_inline struct kt_event *kt_new(u32 kind, u64 id)
 {
-	u64 id = bpf_get_current_pid_tgid();
 	struct kt_event *e;
 	u64 *n;
 
@@ -170,7 +197,12 @@ static __always_inline struct kt_event *kt_new(u32 kind)
 		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
+#ifdef KT_MODE_COUNTS
+	if (KT_TIMED(kind))
+		e->ts_ns = bpf_ktime_get_ns();
+#else
 	e->ts_ns = bpf_ktime_get_ns();
+#endif
 	e->tid = (u32)id;
 	e->pid = id >> 32;
 	e->cpu = bpf_get_smp_processor_id();
@@ -182,17 +214,34 @@ static __always_inline struct kt_event *kt_new(u32 kind)
 /* kt_new() for the current thread only if it is in a traced guest. */
 static __always_inline struct kt_event *kt_reserve(u32 kind)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
 
 	if (!targets.lookup(&tgid))
 		return NULL;
-	return kt_new(kind);
+	return kt_new(kind, id);
+}
+
+/*
+ * kt_new() on a vCPU thread of a traced guest, with its state in *tp: the
+ * run-loop probes, which fire on vCPU threads only.
+ */
+static __always_inline struct kt_event *kt_reserve_vcpu(u32 kind, struct kt_thread **tp)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct kt_thread *t = kt_vcpu(id);
+
+	*tp = t;
+	if (!t)
+		return NULL;
+	return kt_new(kind, id);
 }
 
 #ifdef KT_PROBE_KVM_EXIT
 TRACEPOINT_PROBE(kvm, kvm_exit)
 {
-	struct kt_event *e = kt_reserve(KT_KIND_EXIT);
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_EXIT, &t);
 
 	if (!e)
 		return 0;
@@ -212,7 +261,7 @@ TRACEPOINT_PROBE(kvm, kvm_exit)
 #ifdef KT_HAVE_KVM_EXIT_VCPU_ID
 	e->vcpu = args->vcpu_id;
 #endif
-	kt_submit(e);
+	kt_submit(e, t);
 	return 0;
 }
 #endif
@@ -220,7 +269,8 @@ TRACEPOINT_PROBE(kvm, kvm_exit)
 #ifdef KT_PROBE_KVM_ENTRY
 TRACEPOINT_PROBE(kvm, kvm_entry)
 {
-	struct kt_event *e = kt_reserve(KT_KIND_ENTRY);
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_ENTRY, &t);
 
 	if (!e)
 		return 0;
@@ -236,7 +286,7 @@ TRACEPOINT_PROBE(kvm, kvm_entry)
 	e->intr_info = args->intr_info;
 	e->error_code = args->error_code;
 #endif
-	kt_submit(e);
+	kt_submit(e, t);
 	return 0;
 }
 #endif
@@ -244,7 +294,8 @@ TRACEPOINT_PROBE(kvm, kvm_entry)
 #ifdef KT_PROBE_KVM_PIO
 TRACEPOINT_PROBE(kvm, kvm_pio)
 {
-	struct kt_event *e = kt_reserve(KT_KIND_PIO);
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_PIO, &t);
 
 	if (!e)
 		return 0;
@@ -256,7 +307,7 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 	e->value = args->val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
-	kt_submit(e);
+	kt_submit(e, t);
 	return 0;
 }
 #endif
@@ -264,7 +315,8 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 #ifdef KT_PROBE_KVM_MMIO
 TRACEPOINT_PROBE(kvm, kvm_mmio)
 {
-	struct kt_event *e = kt_reserve(KT_KIND_MMIO);
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_MMIO, &t);
 
 	if (!e)
 		return 0;
@@ -275,7 +327,7 @@ TRACEPOINT_PROBE(kvm, kvm_mmio)
 	e->value = args->val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
-	kt_submit(e);
+	kt_submit(e, t);
 	return 0;
 }
 #endif
@@ -305,9 +357,8 @@ struct kt_run_mmio {		/* kvm_run.mmio */
 
 TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 {
-	struct kt_event *e = kt_reserve(KT_KIND_USERSPACE_EXIT);
-	u32 tid;
-	u64 *run;
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_USERSPACE_EXIT, &t);
 	union {
 		struct kt_run_io io;
 		struct kt_run_mmio mmio;
@@ -320,10 +371,8 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 #ifdef KT_HAVE_KVM_USERSPACE_EXIT_ERRNO
 	e->err = args->errno;
 #endif
-	tid = e->tid;
-	run = kvm_run_addr.lookup(&tid);
-	if (run && e->err >= 0 &&
-	    bpf_probe_read_user(&u, sizeof(u), (void *)(*run + KT_KVM_RUN_UNION)) == 0) {
+	if (t->kvm_run && e->err >= 0 &&
+	    bpf_probe_read_user(&u, sizeof(u), (void *)(t->kvm_run + KT_KVM_RUN_UNION)) == 0) {
 		e->flags |= KT_FLAG_RUN_FIELDS;
 		if (e->reason == KT_KVM_EXIT_IO) {
 			e->op = u.io.direction;	/* KVM_EXIT_IO_IN 0, _OUT 1 */
@@ -345,7 +394,7 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 			e->gpa = u.raw[2];
 		}
 	}
-	kt_submit(e);
+	kt_submit(e, t);
 	return 0;
 }
 #endif
@@ -405,9 +454,11 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	struct kt_event *e;
 
 	if (cmd == KT_KVM_RUN) {
-		e = kt_reserve(KT_KIND_RUN);
+		struct kt_thread *t;
+
+		e = kt_reserve_vcpu(KT_KIND_RUN, &t);
 		if (e)
-			kt_submit(e);
+			kt_submit(e, t);
 		return 0;
 	}
 	if (((cmd >> 8) & 0xff) != KT_KVMIO || !kt_traced_or_armed(id >> 32))
@@ -449,7 +500,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	}
 	/* Not kt_reserve(): a launch takes the new VMM's ioctls before its
 	 * pid is a target; sys_enter_ioctl decided whether to keep this one. */
-	e = kt_new(KT_KIND_IOCTL);
+	e = kt_new(KT_KIND_IOCTL, id);
 	if (!e) {
 		ioctl_open.delete(&tid);
 		return 0;
@@ -468,7 +519,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	e->size = io->slot;
 	e->count = io->flags;
 	ioctl_open.delete(&tid);
-	kt_submit(e);
+	kt_submit(e, NULL);
 	return 0;
 }
 #endif
@@ -488,16 +539,22 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	if (!e)
 		return 0;
 	e->port = args->fd;
-	kt_submit(e);
+	kt_submit(e, NULL);
 	return 0;
 }
 #endif
 
 #ifdef KT_PROBE_SCHED_PROCESS_EXIT
-/* A traced VMM ending: its last thread exiting (the kernel closes its fds). */
+/*
+ * A thread exiting: its struct kt_thread goes. A traced VMM ending: its last
+ * thread exiting (the kernel closes its fds).
+ */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
+	u32 tid = (u32)bpf_get_current_pid_tgid();
 	struct kt_event *e;
+
+	threads.delete(&tid);
 
 #ifdef KT_HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
 	if (!args->group_dead)
@@ -509,7 +566,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	e = kt_reserve(KT_KIND_PROC_EXIT);
 	if (!e)
 		return 0;
-	kt_submit(e);
+	kt_submit(e, NULL);
 	return 0;
 }
 #endif

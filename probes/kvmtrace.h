@@ -53,11 +53,25 @@ struct kt_key {
 	u8 pad;
 };
 
-/* Counts mode: per-thread state between two events of a run loop. */
-struct kt_pending {
-	u64 ts;
-	u32 reason;
-	u32 isa;
+/*
+ * What the probes keep per traced vCPU thread, in one hash entry keyed by
+ * tid: found with one lookup per event and updated in place (a hash update
+ * or delete costs several lookups: the run-loop state lives here, not in maps
+ * of its own). `pid` is checked against the current tgid, so an entry left by
+ * a thread whose id is reused elsewhere never matches.
+ */
+struct kt_thread {
+	u64 kvm_run;		/* its struct kvm_run in the VMM; 0 while unknown */
+	u64 exit_ts;		/* counts mode: the open kvm_exit (0: none) */
+	u64 uexit_ts;		/* counts mode: the open userspace exit (0: none) */
+	u64 mmio_gpa;		/* counts mode: the last kvm_mmio's address */
+	u32 pid;		/* the thread's tgid (the VMM) */
+	u32 exit_reason;
+	u32 exit_isa;
+	u32 uexit_reason;
+	u8 mmio_op;		/* the last kvm_mmio's type */
+	u8 mmio_open;		/* 1: that was an unsatisfied-read */
+	u8 pad[6];
 };
 
 #endif /* KVMTRACE_H */

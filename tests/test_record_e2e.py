@@ -13,6 +13,8 @@ import pytest
 
 from kvmtrace.demo import resume, start_demo, stop_demo
 from kvmtrace.domain import resolve
+from kvmtrace.events import AGGREGATE, EventKind, Latency
+from kvmtrace.trace import load
 from kvmtrace.guest import Workload, expected
 
 from .conftest import URI, kvmtrace_cmd
@@ -145,6 +147,12 @@ def test_counts_mode_gives_the_same_numbers(kernel, tmp_path):
     assert got == dict(pages)
     assert {r["reason"]: r["count"] for r in rep["userspace_exits"]} == truth["userspace_exits"]
     assert rep["lost_events"] == 0 and rep["complete"]
+    # The in-kernel latency histograms: every real userspace exit but the last
+    # (the write to isa-debug-exit, which ends QEMU) is followed by KVM_RUN.
+    ev = load(out).events
+    hist = ev[ev["kind"] == (EventKind.HIST | AGGREGATE)]
+    by_latency = hist.groupby("op")["value"].sum().to_dict()
+    assert by_latency == {Latency.VMM_SERVICE: sum(truth["userspace_exits"].values()) - 1}
 
 
 def test_vmm_service_time_per_device_agrees_with_the_raw_events(recorded):
@@ -152,8 +160,6 @@ def test_vmm_service_time_per_device_agrees_with_the_raw_events(recorded):
     here by a plain loop over the raw events and compared with the report."""
     import numpy as np
     import pandas as pd
-
-    from kvmtrace.events import EventKind
 
     ev = pd.read_feather(recorded["path"])  # the file as pandas reads it, no kvmtrace code
     ev = ev.sort_values(["tid", "ts_ns"], kind="stable")
