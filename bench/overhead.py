@@ -889,6 +889,19 @@ def check(outcome: Outcome, truth: dict, tracer: Tracer, hw_exits_fire: bool) ->
 # One run
 
 
+def vcpu_cpu_ns(guest: Guest) -> int | None:
+    """CPU time the guest's vCPU threads have used (ns, /proc/PID/task/TID/schedstat),
+    None once one has exited. The BPF programs run on these threads."""
+    total = 0
+    for tid in guest.vcpu_tids:
+        try:
+            with open(f"/proc/{guest.pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return None
+    return total
+
+
 def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, settle: float = 0.0) -> dict:
     from kvmtrace.demo import start_demo, stop_demo
     from kvmtrace.domain import resolve
@@ -906,10 +919,17 @@ def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, set
         time.sleep(settle)  # let the start-up's after-effects (libvirt, tracer set-up) pass
         res["loadavg_1m"] = os.getloadavg()[0]
         cpu0 = tracer.cpu_now() if tracer is not None else None
+        vcpu0 = vcpu_cpu_ns(guest)
         t0 = time.perf_counter()
         dom.resume()
         t1 = time.perf_counter()
-        ready, _, _ = select.select([pidfd], [], [], timeout)
+        # Until QEMU ends, sample the vCPU threads' CPU time every 5 ms: the
+        # last sample before they exit is the guest's CPU time (to 5 ms).
+        ready, vcpu1 = [], vcpu0
+        while time.perf_counter() - t0 < timeout and not ready:
+            ready, _, _ = select.select([pidfd], [], [], 0.005)
+            now = vcpu_cpu_ns(guest)
+            vcpu1 = now if now is not None else vcpu1
         t2 = time.perf_counter()
         cpu1 = tracer.cpu_now() if tracer is not None else None
         if cpu0 is not None and cpu1 is not None:
@@ -917,6 +937,8 @@ def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, set
         if not ready:
             raise RuntimeError(f"the guest did not end within {timeout} s")
         res["guest_s"] = round(t2 - t0, 6)
+        if vcpu0 is not None and vcpu1 is not None:
+            res["vcpu_cpu_s"] = round((vcpu1 - vcpu0) / 1e9, 6)
         res["resume_s"] = round(t1 - t0, 6)
         if tracer is not None:
             res["outcome"] = tracer.finish(guest)
@@ -981,7 +1003,7 @@ def overhead(args, report: dict) -> None:
             tracer = make_tracer(name)
             res = run_once(tracer, workload, workdir, args.timeout, args.settle)
             entry = {"config": name, "round": rnd, "warmup": phase == "warmup", "guest_s": res["guest_s"],
-                     "resume_s": res["resume_s"], "loadavg_1m": res.get("loadavg_1m"),
+                     "vcpu_cpu_s": res.get("vcpu_cpu_s"), "resume_s": res["resume_s"], "loadavg_1m": res.get("loadavg_1m"),
                      "tracer_cpu_during_s": res.get("tracer_cpu_during_s"),
                      "error": res["error"]}
             oc: Outcome | None = res.get("outcome")
@@ -1011,7 +1033,7 @@ def overhead(args, report: dict) -> None:
 
 def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
     rows = []
-    base = None
+    base = vbase = None
     for name in configs:
         mine = [r for r in runs if r["config"] == name and not r["warmup"]]
         timed = [r for r in mine if r["guest_s"] is not None and not r["error"]]
@@ -1023,10 +1045,14 @@ def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
         if valid:
             row.update(median_s=round(statistics.median(valid), 4), min_s=round(min(valid), 4),
                        max_s=round(max(valid), 4))
+        vcpu = [r["vcpu_cpu_s"] for r in timed if r.get("vcpu_cpu_s") is not None and not r.get("mismatches")
+                and (name == "untraced" or r.get("counts"))]
+        if vcpu:
+            row["vcpu_cpu_median_s"] = round(statistics.median(vcpu), 4)
         if timed:
             row["median_all_s"] = round(statistics.median(r["guest_s"] for r in timed), 4)
         if name == "untraced":
-            base = row.get("median_s")
+            base, vbase = row.get("median_s"), row.get("vcpu_cpu_median_s")
         rec = [r for r in mine if r.get("recorded") is not None]
         if rec:
             row["recorded_median"] = int(statistics.median(r["recorded"] for r in rec))
@@ -1046,6 +1072,8 @@ def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
     for row in rows:
         if base and row.get("median_s"):
             row["ratio"] = round(row["median_s"] / base, 3)
+        if vbase and row.get("vcpu_cpu_median_s"):
+            row["vcpu_ratio"] = round(row["vcpu_cpu_median_s"] / vbase, 3)
     return rows
 
 
@@ -1241,7 +1269,7 @@ def print_tables(report: dict) -> None:
         n = report["workload"]["port_writes"]
         lines.append(f"\nGuest run time, storm of {n:,} port writes (dom.resume() -> QEMU exit), "
                      f"{report['args']['rounds']} rounds")
-        hdr = (f"{'config':<17}{'runs':>5}{'median s':>10}{'min':>8}{'max':>8}{'ratio':>7}"
+        hdr = (f"{'config':<17}{'runs':>5}{'median s':>10}{'min':>8}{'max':>8}{'ratio':>7}{'vcpu s':>8}{'ratio':>7}"
                f"{'recorded':>10}{'expected':>10}{'exact':>6}{'lost':>6}{'missing':>8}{'cpu s':>6}{'total':>6}")
         lines += [hdr, "-" * len(hdr)]
         for r in report["summary"]:
@@ -1249,12 +1277,15 @@ def print_tables(report: dict) -> None:
                 return format(r[key], fmt) if r.get(key) is not None else "-"
             exact = f"{r['runs_matching_truth']}/{r['runs']}" if "runs_matching_truth" in r else "-"
             lines.append(f"{r['config']:<17}{r['ok_runs']:>5}{f('median_s', '.3f'):>10}{f('min_s', '.3f'):>8}"
-                         f"{f('max_s', '.3f'):>8}{f('ratio', '.2f'):>7}{f('recorded_median', ','):>10}"
+                         f"{f('max_s', '.3f'):>8}{f('ratio', '.2f'):>7}{f('vcpu_cpu_median_s', '.3f'):>8}"
+                         f"{f('vcpu_ratio', '.2f'):>7}{f('recorded_median', ','):>10}"
                          f"{f('expected_median', ','):>10}{exact:>6}{f('lost_max', ','):>6}{f('missing_max', ','):>8}"
                          f"{f('tracer_cpu_during_s_median', '.2f'):>6}{f('tracer_cpu_s_median', '.2f'):>6}")
         for name, why in report.get("skipped", {}).items():
             lines.append(f"{name:<17}skipped: {why}")
         lines.append("runs: runs timed, those whose counts missed the ground truth left out (JSON: median_all_s).\n"
+                     "vcpu s: CPU time of the guest's vCPU threads (schedstat), where the BPF programs run;\n"
+                     "less affected than wall time by the machine's other load. Ratios to untraced.\n"
                      "recorded/expected: medians of events stored / due (ground truth). exact: runs whose pio,\n"
                      "userspace IO exits (and KVM_RUN) equal the guest's program. lost: most a run's tool reported\n"
                      "lost; missing: most a run lacked without any loss report (silent). cpu s: tracer processes'\n"
