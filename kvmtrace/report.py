@@ -78,10 +78,26 @@ def _latency_rows(df: pd.DataFrame, keys: list[str]) -> list[dict]:
     return rows
 
 
+def _log2_rows(df: pd.DataFrame) -> list[dict]:
+    return [{"isa": r["isa"], "reason": r["reason"], "count": int(r["count"]),
+             **{f"{q}_us": _us(r[q]) for q in ("p50", "p90", "p99", "max")}} for r in df.to_dict("records")]
+
+
 def _latency_dict(trace: Trace) -> dict:
-    """VMM service time per reason and per device; exit handling where kvm_exit fired."""
+    """VMM service time per reason and per device; exit handling where kvm_exit fired.
+
+    A counts-mode trace has the kernel's log2 histograms instead: per
+    reason, quantiles as bucket upper bounds (``latency_resolution``)."""
     if trace.header.get("mode") == "counts":
-        return {}
+        from .analysis.histograms import log2_latency
+        from .events import Latency
+
+        out = {"latency_resolution": "log2 buckets: each quantile is its bucket's upper bound",
+               "vmm_service_log2": _log2_rows(log2_latency(trace.events, trace.names, Latency.VMM_SERVICE))}
+        handling = log2_latency(trace.events, trace.names, Latency.EXIT_HANDLING)
+        if len(handling):
+            out["exit_handling_log2"] = _log2_rows(handling)
+        return out
     out = {"vmm_service": _latency_rows(trace.df_latency("vmm_service", ("reason",)), ["reason"]),
            "vmm_service_by_device": _latency_rows(
                trace.df_latency("vmm_service", ("reason", "device", "direction")), ["reason", "device", "direction"]),
@@ -142,6 +158,22 @@ def _latency_text(con: Console, d: dict) -> None:
     edges = {k: v for k, v in d["unpaired"].items() if v}
     if edges:
         con.print("unpaired at the edges: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in edges.items()))
+
+
+def _log2_latency_text(con: Console, d: dict) -> None:
+    def fmt(x):
+        return "-" if x is None else f"<{x:,.1f}"
+
+    cols = [("count", "right"), ("p50", "right"), ("p90", "right"), ("p99", "right"), ("max", "right")]
+    rows = [[r["reason"], f"{r['count']:,}", *(fmt(r[f"{q}_us"]) for q in ("p50", "p90", "p99", "max"))]
+            for r in d["vmm_service_log2"]]
+    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)", [("exit", "left"), *cols], rows))
+    if d.get("exit_handling_log2"):
+        rows = [[r["isa"], r["reason"], f"{r['count']:,}", *(fmt(r[f"{q}_us"]) for q in ("p50", "p90", "p99", "max"))]
+                for r in d["exit_handling_log2"]]
+        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
+                         [("isa", "left"), ("reason", "left"), *cols], rows))
+    con.print("(in-kernel log2 histograms: each figure is the upper bound of its bucket)\n")
 
 
 def _launch_text(con: Console, d: dict) -> None:
@@ -212,6 +244,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
         _launch_text(con, d)
     if "vmm_service" in d:
         _latency_text(con, d)
+    if "vmm_service_log2" in d:
+        _log2_latency_text(con, d)
 
     dur = d["duration_s"]
     rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",

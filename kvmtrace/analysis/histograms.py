@@ -1,0 +1,52 @@
+"""Latency from a counts-mode recording's in-kernel log2 histograms.
+
+`record --mode counts` keeps no single event: the probes fold each interval
+(userspace exit -> the thread's next KVM_RUN; kvm_exit -> kvm_entry) into a
+log2 histogram in the kernel, written as HIST rows (``op`` the
+:class:`~kvmtrace.events.Latency`, ``reason`` the exit reason, ``isa``,
+``port`` the bucket b for [2^b, 2^(b+1)) ns, ``value`` the count). The
+quantiles here are therefore bucket bounds: the q-quantile is the upper bound
+2^(b+1) ns of the bucket holding it, never more than 2x the true value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..events import AGGREGATE, EventKind, Latency
+from ..exits import ExitNames, Isa
+
+#: Columns of :func:`log2_latency` (ns columns are bucket upper bounds).
+LOG2_LATENCY_COLUMNS = ("isa", "reason", "count", "p50", "p90", "p99", "max")
+
+
+def _quantile_bound(buckets: np.ndarray, counts: np.ndarray, q: float) -> int:
+    """Upper bound (ns) of the bucket holding the q-quantile of a histogram."""
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, q * cum[-1], side="left"))
+    return 2 ** (int(buckets[min(i, len(buckets) - 1)]) + 1)
+
+
+def log2_latency(ev: pd.DataFrame, names: ExitNames, which: Latency) -> pd.DataFrame:
+    """Count and quantile bounds (ns) per exit reason of one in-kernel histogram.
+
+    Columns: isa ("VMX"/"SVM"/"UNKNOWN"; "" for VMM service time), reason
+    (KVM_EXIT_* name for VMM service time, the kernel's exit name for exit
+    handling), count, p50, p90, p99, max (int64 ns, upper bound of the
+    bucket holding that quantile). Sorted by count, largest first.
+    """
+    hist = ev[(ev["kind"].to_numpy() == (EventKind.HIST | AGGREGATE)) & (ev["op"].to_numpy() == which)]
+    rows = []
+    for (isa, reason), part in hist.groupby(["isa", "reason"], sort=True):
+        per = part.groupby("port")["value"].sum().sort_index()
+        b, n = per.index.to_numpy(), per.to_numpy(np.int64)
+        if which == Latency.VMM_SERVICE:
+            isa_name, reason_name = "", names.kvm_exit(int(reason))
+        else:
+            isa_name, reason_name = Isa.coerce(int(isa)).name, names.hw(int(isa), int(reason))
+        rows.append({"isa": isa_name, "reason": reason_name, "count": int(n.sum()),
+                     **{f"p{int(q * 100)}": _quantile_bound(b, n, q) for q in (0.5, 0.9, 0.99)},
+                     "max": 2 ** (int(b[n > 0].max()) + 1)})
+    df = pd.DataFrame(rows, columns=list(LOG2_LATENCY_COLUMNS))
+    return df.sort_values(["count", "reason"], ascending=[False, True], ignore_index=True)
