@@ -4,7 +4,11 @@ The JSON form is a contract: an object with lists ``userspace_exits``
 (reason, code, member, fields, count, rate), ``exits`` (isa, reason, code,
 flags, count, rate), ``pio`` (port, direction, size, count, userspace),
 ``mmio`` (gpa, direction, len, count, userspace), and ``lost_events``,
-``duration_s``, ``complete``, ``values_captured``, ``domain``.
+``duration_s``, ``complete``, ``values_captured``, ``domain``. Latency:
+``vmm_service`` (and ``exit_handling``) rows of count and p50/p90/p99/max
+in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
+for a counts trace, whose quantiles are the upper bounds of the kernel's
+log2 buckets.
 """
 
 from __future__ import annotations
