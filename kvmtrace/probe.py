@@ -142,6 +142,7 @@ class Probes:
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
         capture_values: bool = False,
         counts_mode: bool = False,
+        max_vcpus: int | None = None,
     ):
         try:
             from bcc import BPF
@@ -159,6 +160,7 @@ class Probes:
             ringbuf_pages=1 if counts_mode else ringbuf_pages,
             capture_values=capture_values,
             counts_mode=counts_mode,
+            **({"max_vcpus": max_vcpus} if max_vcpus else {}),
         )
         self.counts_mode = counts_mode
         pdir = probes_dir()

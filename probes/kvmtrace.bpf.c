@@ -20,6 +20,7 @@ BPF_RINGBUF_OUTPUT(events, KT_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(matched, u64, KT_KIND_COUNT);	/* events for a target, per kind */
 BPF_PERCPU_ARRAY(lost, u64, KT_KIND_COUNT);	/* of those, ring buffer full */
 BPF_ARRAY(stopped, u32, 1);		/* [0]: user space stopped matching */
+BPF_PERCPU_ARRAY(spare_thread, struct kt_thread, 1);	/* when `threads` is full */
 
 /*
  * The current thread's state if it is a vCPU thread of a traced guest, else
@@ -41,8 +42,16 @@ static __always_inline struct kt_thread *kt_vcpu(u64 id)
 	if (!targets.lookup(&tgid))
 		return NULL;
 	fresh.pid = tgid;
-	threads.update(&tid, &fresh);
-	return threads.lookup(&tid);
+	if (threads.update(&tid, &fresh) == 0) {
+		t = threads.lookup(&tid);
+		if (t)
+			return t;
+	}
+	/* `threads` is full: the event is still traced, without run-loop state. */
+	t = spare_thread.lookup(&zero);
+	if (t)
+		__builtin_memset(t, 0, sizeof(*t));
+	return t;
 }
 
 /* Does a latency need this kind's timestamp in counts mode? (constant-folded) */
