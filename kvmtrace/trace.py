@@ -73,19 +73,9 @@ class Trace:
         """Every event, one row each, in file order (see kvmtrace.events)."""
         if self._events is not None:
             return self._events
-        # Column by column, dropping each from the Arrow table once copied:
-        # a large trace is then in memory about once, not twice.
-        table, self.data.table = self.data.table, None
-        cols = {}
-        for name in table.column_names:
-            chunks = [c.to_numpy(zero_copy_only=False) for c in table.column(name).chunks]
-            dtype = table.schema.field(name).type.to_pandas_dtype()
-            cols[name] = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
-            del chunks
-            table = table.drop_columns([name])
-        del table
-        if _lean:
-            _trim()
+        # The file was read straight into numpy arrays (read_trace(arrays=True)):
+        # the frame holds them as they are, without a copy.
+        cols, self.data.arrays = self.data.arrays, None
         df = pd.DataFrame(cols, copy=False)
         df.index.name = "event"
         return df
@@ -302,34 +292,47 @@ class Trace:
     def _userspace_runs(self) -> pd.DataFrame:
         from .analysis.runloop import userspace_runs
 
-        return self._label_exits(userspace_runs(self.events, domains=self.domains))
+        return self._label_exits(userspace_runs(self.events, domains=self.domains, order=self._order))
 
     def _label_exits(self, runs: pd.DataFrame) -> pd.DataFrame:
-        """Add device (the port's or address's device, "" for other exits) and reason names."""
+        """Add device (the port's or address's device, "" for other exits) and reason names.
+
+        device is a category of the names present, sorted (as pd.Categorical
+        of the names would give); each distinct port or address is named once.
+        """
+        from .analysis.summary import dense_codes
         from .exits import KvmExit
 
         code = runs["code"].to_numpy()
-        dev = np.full(len(runs), "", dtype=object)
-        io, mm = code == KvmExit.IO, code == KvmExit.MMIO
-        if io.any():
-            dev[io] = np.asarray(self.device_map.name_ports(runs["port"].to_numpy()[io]))
-        if mm.any():
-            dev[mm] = np.asarray(self.device_map.name_gpas(runs["gpa"].to_numpy()[mm]))
-        runs["device"] = pd.Categorical(dev)
+        labels = [""]  # label of each label number; 0 for exits that are neither IO nor MMIO
+        label = np.zeros(len(runs), dtype=np.int64)
+        for kvm_exit, column, name in ((KvmExit.IO, "port", self.device_map.name_ports),
+                                       (KvmExit.MMIO, "gpa", self.device_map.name_gpas)):
+            rows = np.flatnonzero(code == kvm_exit)
+            if len(rows):
+                c, addresses = dense_codes(runs[column].to_numpy()[rows])
+                label[rows] = c + len(labels)
+                labels.extend(np.asarray(name(addresses)).tolist())
+        cats = sorted({labels[i] for i in np.flatnonzero(np.bincount(label, minlength=len(labels)))})
+        at = {x: i for i, x in enumerate(cats)}
+        table = np.array([at.get(x, -1) for x in labels], dtype=np.int32)  # -1: "" when no row has it
+        runs["device"] = pd.Categorical.from_codes(table[label], categories=pd.Index(cats))
         runs["reason"] = _name_codes(code, self.names.kvm_exit)
         return runs
 
     @cached_property
     def _service_frame(self) -> pd.DataFrame:
-        """Userspace exits with service time, device, reason and vCPU: what the
+        """Userspace exits with service time, device and reason: what the
         latency tables need, built on numpy (analysis.summary.service_times)."""
-        from .analysis.rates import vcpu_of
         from .analysis.summary import service_times
 
-        runs = self._label_exits(service_times(self.events))
-        v = vcpu_of(runs.assign(vcpu=np.uint32(0xFFFFFFFF)), self.vcpu_by_tid)
-        runs["vcpu"] = np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
-        return runs
+        return self._label_exits(service_times(self.events, self._order))
+
+    def _with_vcpu(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """``runs`` (of the service frame) with vcpu: the header's vCPU of each exit's thread."""
+        from .events import NO_VCPU
+
+        return runs.assign(vcpu=self._vcpu(pd.DataFrame({"tid": runs["tid"], "vcpu": np.uint32(NO_VCPU)})))
 
     def df_userspace_exits(self) -> pd.DataFrame:
         """One row per real userspace exit with its kvm_run fields, device and VMM service time.
@@ -351,7 +354,7 @@ class Trace:
         from .analysis.runloop import correlate
 
         self._need_events("df_exits")
-        return correlate(self.events)
+        return correlate(self.events, self._order)
 
     def df_latency(self, which: str = "vmm_service", by: tuple[str, ...] = ("reason",)) -> pd.DataFrame:
         """Latency statistics (count, unpaired, min, mean, p50, p90, p99, max in ns).
@@ -365,10 +368,12 @@ class Trace:
         self._need_events("df_latency")
         if which == "vmm_service":
             lean = {"reason", "device", "direction", "port", "gpa", "code", "tid", "vcpu"}
-            frame = self._service_frame if set(by) <= lean else self._userspace_runs
+            if not set(by) <= lean:
+                return latency_stats(self._userspace_runs, "service_ns", list(by))
+            frame = self._with_vcpu(self._service_frame) if "vcpu" in by else self._service_frame
             return latency_stats(frame, "service_ns", list(by))
         if which == "exit_handling":
-            return exit_handling(self.events, self.names, by=by)
+            return exit_handling(self.events, self.names, by=by, order=self._order)
         raise ValueError(f"which must be 'vmm_service' or 'exit_handling', not {which!r}")
 
     def unpaired(self) -> dict[str, int]:
@@ -376,19 +381,26 @@ class Trace:
         from .analysis.runloop import unpaired
 
         self._need_events("unpaired")
-        return unpaired(self.events)
+        return unpaired(self.events, self._order)
+
+    @cached_property
+    def _order(self):
+        """The events' thread order (analysis.summary.ThreadOrder), shared by every pairing."""
+        from .analysis.summary import ThreadOrder
+
+        return ThreadOrder.of(self.events)
 
     @cached_property
     def _completions(self) -> np.ndarray:
         from .analysis.summary import mmio_completions
 
-        return mmio_completions(self.events)
+        return mmio_completions(self.events, self._order)
 
     @cached_property
     def _pairing(self):
         from .analysis.summary import pair_userspace
 
-        return pair_userspace(self.events, self._completions)
+        return pair_userspace(self.events, self._completions, self._order)
 
     @cached_property
     def summary(self) -> Summary:
@@ -401,6 +413,9 @@ class Trace:
 #: cpu, intr_info and error_code, only name single exits).
 REPORT_COLUMNS = ("ts_ns", "tid", "pid", "vcpu", "kind", "op", "flags", "reason", "err", "isa", "port", "size",
                   "count", "gpa", "value")
+#: Of those, the ones only kvm_exit/kvm_entry events use (the hardware exit
+#: table, exit handling times): not read for a trace without such events.
+EXIT_COLUMNS = ("isa", "vcpu", "count")
 
 
 def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Trace:
@@ -409,48 +424,84 @@ def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Tra
     ``columns`` reads only some event columns (much faster on big traces);
     analyses that need the others then fail with a KeyError.
     """
-    return Trace(read_trace(path, columns))
+    return Trace(read_trace(path, columns, arrays=True))
 
 
-def lean_memory() -> None:
-    """For a one-shot command on a big trace: hand freed memory back to the system.
+#: What a report of a recording uses per event, beyond the interpreter: the
+#: event columns it reads (43 bytes) and its analyses' temporaries (725 MB
+#: for 10M events, measured).
+REPORT_BYTES_PER_EVENT = 72
 
-    pyarrow's default pool (mimalloc) keeps what the decompressed batches
-    used, and glibc's adaptive mmap threshold moves large buffers onto the
-    heap, where freeing them does not shrink the process. With the system
-    pool and a fixed threshold a trace's Arrow buffers really go once they
-    are copied to numpy. Process-wide: only the CLI calls it, never import.
+
+def reuse_memory(events: int = 0) -> None:
+    """For a one-shot command on a big trace: memory faulted in once, at once, and used again.
+
+    Memory a process touches for the first time is dear: a page fault per
+    page, and in a VM whose host takes freed pages back (free page
+    reporting, as on the machine this was measured on) one in the host too:
+    800 MB took 0.4-1.2 s to fault in there, 0.03 s to use again. So:
+
+    * one arena (pyarrow's decompression threads' too), no mmap below 1 GiB
+      and no trim: a freed array's pages serve the next one (glibc hands
+      large blocks back when they are freed, and every temporary array of an
+      analysis was new memory again: 40 % of the report's time);
+    * no transparent huge pages for numpy's arrays: faulting in a 2 MiB
+      page the host has taken back costs 4 times as much as 512 small ones;
+    * with ``events``, the heap a report of that many events uses
+      (REPORT_BYTES_PER_EVENT, up to 1 GiB) is faulted in up front by one
+      madvise(MADV_POPULATE_WRITE) (Linux 5.14; older kernels refuse it,
+      harmlessly) rather than page by page as the arrays fill: 0.2 s of 1.6.
+
+    pyarrow allocates with malloc (the system pool), in the same heap.
+    Process-wide: only the CLI calls it, never import.
     """
     import ctypes
+    import mmap
 
     import pyarrow as pa
 
-    global _lean
-    pa.set_memory_pool(pa.system_memory_pool())
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-        _lean = True
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _set_madvise_hugepage
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    _set_madvise_hugepage(False)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
     except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-_lean = False
-
-
-def _trim() -> None:
-    """Return the heap's free memory to the system (glibc malloc_trim)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return  # not glibc: nothing to tune
+    heap_max = 1 << 30  # larger blocks are mmap'ed, and unmapped when freed
+    libc.mallopt(-3, heap_max)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+    size = min(events * REPORT_BYTES_PER_EVENT, heap_max - 1)
+    libc.malloc.restype = ctypes.c_void_p
+    block = libc.malloc(ctypes.c_size_t(size)) if size else None
+    if block:
+        page = -block % mmap.PAGESIZE
+        libc.madvise(ctypes.c_void_p(block + page), ctypes.c_size_t(size - page), 23)  # MADV_POPULATE_WRITE
+        libc.free(ctypes.c_void_p(block))  # back to the heap, which keeps it
 
 
 def load_for_report(path: str | os.PathLike) -> Trace:
     """The columns `kvmtrace report` needs: for an events trace not even the
-    values (8 bytes an event); all of them for a launch timeline, and the
-    counts of a counts-mode trace (held in ``value``)."""
-    t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value"))
+    values (8 bytes an event), nor EXIT_COLUMNS unless it has kvm_exit or
+    kvm_entry events; all of them for a launch timeline, and the counts of a
+    counts-mode trace (held in ``value``)."""
+    from .events import EventKind
+    from .tracefile import COLUMNS
+
+    t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
     if t.launched:
         return load(path)
     if t.header.get("mode") == "counts" or t.values_captured:
         return load(path, REPORT_COLUMNS)
+    kind = t.data.arrays["kind"]
+    if (kind == EventKind.EXIT).any() or (kind == EventKind.ENTRY).any():
+        # A trace file only grows: its first rows, read again, are the same events.
+        more = read_trace(path, EXIT_COLUMNS, arrays=True).arrays
+        have = t.data.arrays
+        t.data.arrays = {c: have[c] if c in have else more[c][:len(kind)] for c in COLUMNS
+                         if c in have or c in more}
     return t

@@ -125,15 +125,20 @@ class TraceWriter:
 
 @dataclass
 class TraceData:
-    """A trace file as read: header, trailer (None if cut short), events."""
+    """A trace file as read: header, trailer (None if cut short), events.
+
+    The events are ``table`` (Arrow), or ``arrays`` (one numpy array per
+    column) when read with ``read_trace(..., arrays=True)``; the other is None.
+    """
 
     path: Path
     header: dict
-    table: pa.Table
+    table: pa.Table | None
     trailer: dict | None = None
     progress: dict = field(default_factory=dict)
     complete: bool = True
     note: str = ""  # why the file is incomplete
+    arrays: dict[str, np.ndarray] | None = None
 
     @property
     def lost_events(self) -> int:
@@ -173,20 +178,32 @@ def _check_header(path: Path, schema: pa.Schema, options=None) -> dict:
 _DAMAGE = (pa.ArrowException, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError)
 
 
-def read_trace(path: str | os.PathLike, columns: Sequence[str] | None = None) -> TraceData:
+def read_trace(path: str | os.PathLike, columns: Sequence[str] | None = None, arrays: bool = False) -> TraceData:
     """Read a trace file, complete or cut short. Raises TraceFileError.
 
     ``columns`` reads only those event columns: only their buffers are
     decompressed, which is most of the cost of loading a large trace.
+    ``arrays`` gives the events as numpy arrays instead of an Arrow table
+    (see :class:`_Batches`).
     """
     path = Path(path)
     try:
-        return _read_trace(path, _options(columns))
+        return _read_trace(path, _options(columns), arrays)
     except TraceFileError:
         raise
     except _DAMAGE as e:
         raise TraceFileError(f"{path} is damaged and cannot be read ({type(e).__name__}: {e})",
                              "record it again, or give another copy") from e
+
+
+def count_events(path: str | os.PathLike) -> int:
+    """How many events a complete trace file holds, from its footer (its
+    batches' metadata: nothing is decompressed); 0 when it has none."""
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            return pa.ipc.open_file(source).count_rows()
+    except _DAMAGE:
+        return 0
 
 
 def _options(columns: Sequence[str] | None) -> pa.ipc.IpcReadOptions | None:
@@ -205,7 +222,49 @@ def _projected(schema: pa.Schema, options) -> pa.Schema:
     return pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
 
 
-def _read_trace(path: Path, options=None) -> TraceData:
+class _Batches:
+    """Where the record batches read go: an Arrow table, or numpy arrays.
+
+    For arrays, with the row count known (a complete file's footer gives
+    it), each batch is copied into one preallocated array per column as it
+    is read, while it is hot in cache, and then dropped: the events are in
+    memory once, never as batches and arrays both. Otherwise (a stream cut
+    short, or a count no array can hold) the batches are kept and
+    concatenated at the end.
+    """
+
+    def __init__(self, schema: pa.Schema, arrays: bool, rows: int | None = None):
+        self.schema = schema
+        self.arrays = arrays
+        self.batches: list[pa.RecordBatch] = []
+        self.rows = 0
+        self.out = None
+        if arrays and rows is not None:
+            try:
+                self.out = {f.name: np.empty(rows, dtype=f.type.to_pandas_dtype()) for f in schema}
+            except (MemoryError, ValueError):
+                pass  # a damaged file can claim any number of rows: read what is there
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.out is None:
+            self.batches.append(batch)
+        else:
+            for a, col in zip(self.out.values(), batch.columns):
+                a[self.rows:self.rows + batch.num_rows] = col.to_numpy()
+        self.rows += batch.num_rows
+
+    def result(self) -> dict:
+        """TraceData's ``table`` and ``arrays``."""
+        if not self.arrays:
+            return {"table": pa.Table.from_batches(self.batches, schema=self.schema)}
+        if self.out is None:
+            self.out = {f.name: np.concatenate([b.column(i).to_numpy() for b in self.batches])
+                        if self.batches else np.zeros(0, dtype=f.type.to_pandas_dtype())
+                        for i, f in enumerate(self.schema)}
+        return {"table": None, "arrays": {name: a[:self.rows] for name, a in self.out.items()}}
+
+
+def _read_trace(path: Path, options=None, arrays: bool = False) -> TraceData:
     try:
         source = pa.memory_map(str(path), "r")
     except FileNotFoundError as e:
@@ -224,9 +283,16 @@ def _read_trace(path: Path, options=None) -> TraceData:
     try:
         reader = pa.ipc.open_file(source, options=options)
     except pa.ArrowException:
-        return _read_partial(path, source, options)
+        return _read_partial(path, source, options, arrays)
     header = _check_header(path, reader.schema, options)
-    batches, progress, trailer, note = [], {}, None, ""
+    rows = None
+    if arrays:
+        try:
+            rows = reader.count_rows()  # from the batches' metadata, not their data
+        except _DAMAGE:
+            pass  # the damaged batch is found below
+    batches = _Batches(reader.schema, arrays, rows)
+    progress, trailer, note = {}, None, ""
     for i in range(reader.num_record_batches):
         try:
             batch, meta = reader.get_batch_with_custom_metadata(i)
@@ -237,10 +303,9 @@ def _read_trace(path: Path, options=None) -> TraceData:
             note = f"damaged from batch {i} on; the batches before it are read"
             trailer = None
             break
-        batches.append(batch)
-    table = pa.Table.from_batches(batches, schema=reader.schema)
-    return TraceData(path, header, table, trailer, progress, complete=trailer is not None and not note,
-                     note=note or ("" if trailer is not None else "no trailer"))
+        batches.add(batch)
+    return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None and not note,
+                     note=note or ("" if trailer is not None else "no trailer"), **batches.result())
 
 
 def _check_batch(batch: pa.RecordBatch) -> None:
@@ -250,7 +315,7 @@ def _check_batch(batch: pa.RecordBatch) -> None:
         raise ValueError("null values in a column that never holds any")
 
 
-def _read_partial(path: Path, source, options=None) -> TraceData:
+def _read_partial(path: Path, source, options=None, arrays: bool = False) -> TraceData:
     """Read the batches of a file that lacks its footer (cut short)."""
     buf = source.read_buffer()
     if buf.size <= 8:
@@ -265,7 +330,8 @@ def _read_partial(path: Path, source, options=None) -> TraceData:
             "nothing was recorded in it; record again",
         ) from e
     header = _check_header(path, reader.schema, options)
-    batches, progress, trailer, note = [], {}, None, "cut short"
+    batches = _Batches(reader.schema, arrays)
+    progress, trailer, note = {}, None, "cut short"
     while True:
         try:
             batch, meta = reader.read_next_batch_with_custom_metadata()
@@ -276,9 +342,9 @@ def _read_partial(path: Path, source, options=None) -> TraceData:
         except _DAMAGE:
             note = "cut short in a batch; the batches before it are read"
             break
-        batches.append(batch)
+        batches.add(batch)
         progress = _meta(meta, PROGRESS_KEY) or progress
         trailer = _meta(meta, TRAILER_KEY) or trailer
-    table = pa.Table.from_batches(batches, schema=reader.schema)
     # The trailer is written after the last event: with it, no event is missing.
-    return TraceData(path, header, table, trailer, progress, complete=trailer is not None, note=note)
+    return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None, note=note,
+                     **batches.result())

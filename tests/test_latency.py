@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from kvmtrace.analysis.latency import (
+    _group_codes,
     exit_handling,
     format_log2_histogram,
     latency_stats,
@@ -199,3 +200,35 @@ def test_vmm_service_by_reason_port_and_gpa():
     assert (by_gpa["gpa"] == 0xFED00000).sum() == 1
     by_vcpu = vmm_service(f, NAMES, by=("vcpu",))
     assert list(by_vcpu["vcpu"]) == [0] and by_vcpu["count"].item() == 3
+
+
+def test_group_codes_on_numpy_match_pandas_groupby():
+    """Category (with unused categories and NaN), unsigned, signed and bool keys: the groups,
+    their order and their keys' dtypes are pandas' own (sort=True, observed=True, dropna=False)."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    df = pd.DataFrame({
+        "reason": pd.Categorical(rng.choice(["IO", "MMIO", None], n), categories=["MMIO", "IO", "HLT"]),
+        "device": pd.Categorical(rng.choice(["", "rtc", "hpet"], n)),
+        "port": rng.choice(np.array([0x80, 0x71, 0x40], dtype=np.uint32), n),
+        "delta": rng.integers(-3, 3, n).astype(np.int16),
+        "known": rng.random(n) < 0.5,
+        "ns": rng.integers(0, 10_000, n),
+    })
+    for by in (["reason"], ["device", "reason"], ["port", "known"], ["reason", "delta", "device", "known"]):
+        codes, keys = _group_codes(df, by)
+        g = df.groupby(by, observed=True, sort=True, dropna=False)
+        assert (codes == g.ngroup().to_numpy()).all(), by
+        expected = g.size().index.to_frame(index=False)
+        for c in by:
+            expected[c] = expected[c].astype(df[c].dtype)
+        pd.testing.assert_frame_equal(keys, expected)
+
+
+def test_percentiles_of_many_groups_equal_numpy():
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"port": rng.integers(0, 700, 20_000).astype(np.uint32), "ns": rng.integers(0, 10**6, 20_000)})
+    got = latency_stats(df, "ns", ["port"]).set_index("port")
+    assert len(got) == 700  # more groups than fit in a byte
+    for port, g in df.groupby("port"):
+        assert list(got.loc[port, ["p50", "p90", "p99"]]) == list(np.percentile(g["ns"], [50, 90, 99]))

@@ -11,10 +11,13 @@ from kvmtrace.analysis.runloop import (
     CORRELATE_COLUMNS,
     UNPAIRED_KEYS,
     USERSPACE_RUNS_COLUMNS,
+    _segments,
+    _Threads,
     correlate,
     unpaired,
     userspace_runs,
 )
+from kvmtrace.analysis.summary import ThreadOrder
 from kvmtrace.errors import MissingTraceEventError
 from kvmtrace.events import AGGREGATE, EVENT_DTYPE, NO_VCPU, EventKind, MmioOp
 
@@ -370,3 +373,18 @@ def test_analyses_import_no_kernel_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_unpaired_without_kvm_exit_equals_the_segment_accounting():
+    """Without kvm_exit events unpaired() skips the per-exit segments; what it counts is what
+    they would count: every kvm_entry unpaired, nothing attached or left out of an exit."""
+    f = demo_recording(seed=3)
+    entries = Ev().entry(tid=4242, pid=4200).entry(tid=4243, pid=4200).frame()
+    f = pd.concat([f, entries], ignore_index=True)
+    got = unpaired(f)
+    full = _segments(_Threads(f)).unpaired
+    assert {k: got[k] for k in full} == full == {"exit_without_entry": 0, "entry_without_exit": 2,
+                                                  "userspace_exit_without_exit": 0, "access_without_exit": 0}
+    order = ThreadOrder.of(f)
+    assert unpaired(f, order) == got
+    pd.testing.assert_frame_equal(userspace_runs(f, order=order), userspace_runs(f))

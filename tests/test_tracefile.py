@@ -116,3 +116,86 @@ def test_newer_format_is_refused(tmp_path):
 def test_unwritable_output(tmp_path):
     with pytest.raises(OutputError, match="cannot write the trace file"):
         TraceWriter(tmp_path / "no" / "such" / "dir" / "t.kvmtrace", {})
+
+
+def _same_events(a, b):
+    """read_trace(arrays=True)'s columns against the Arrow table of read_trace()."""
+    assert a.table is None and b.arrays is None
+    assert list(a.arrays) == b.table.column_names
+    for name, col in a.arrays.items():
+        assert col.dtype == b.table.schema.field(name).type.to_pandas_dtype()
+        assert (col == b.table.column(name).to_numpy()).all()
+    assert (a.complete, a.trailer, a.progress, a.note) == (b.complete, b.trailer, b.progress, b.note)
+
+
+@pytest.mark.parametrize("keep", [None, 0.5, 0.8, 0.97])
+def test_events_read_into_arrays_as_into_a_table(tmp_path, keep):
+    p = tmp_path / "t.kvmtrace"
+    w = _write(p, batches=10, close=keep != 0.97)
+    if keep is not None:  # cut short: read as a stream, the row count unknown
+        p.write_bytes(p.read_bytes()[: int(p.stat().st_size * keep)])
+    _same_events(read_trace(p, ["ts_ns", "kind", "port"], arrays=True), read_trace(p, ["ts_ns", "kind", "port"]))
+    _same_events(read_trace(p, arrays=True), read_trace(p))
+    w.abandon()
+
+
+def test_a_damaged_batch_ends_the_arrays_too(tmp_path):
+    p = tmp_path / "t.kvmtrace"
+    _write(p, batches=10)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    p.write_bytes(bytes(data))
+    table = read_trace(p)
+    assert "damaged" in table.note and 0 < table.table.num_rows < 1010
+    _same_events(read_trace(p, arrays=True), table)
+
+
+def test_a_row_count_no_array_can_hold_is_not_trusted():
+    from kvmtrace.tracefile import _Batches
+
+    b = _Batches(SCHEMA, True, rows=2**62)
+    batch = pa.RecordBatch.from_arrays([pa.array(_events(5)[n]) for n in SCHEMA.names], schema=SCHEMA)
+    b.add(batch)
+    b.add(batch)
+    out = b.result()["arrays"]
+    assert (out["ts_ns"] == np.r_[np.arange(5), np.arange(5)]).all() and len(out["kind"]) == 10
+
+
+@pytest.mark.parametrize("exits", [False, True])
+def test_report_reads_exit_columns_only_for_traces_with_exits(tmp_path, exits):
+    """load_for_report leaves out what no table of the trace uses, and reports the same."""
+    from kvmtrace.report import render_json, render_text
+    from kvmtrace.trace import EXIT_COLUMNS, load, load_for_report
+
+    from .evbuild import Ev
+
+    e = Ev()
+    for i in range(50):
+        if exits:
+            e.exit(30, vcpu=0)
+        e.pio(0x80, True).uexit_io(0x80, True).run()
+        if exits:
+            e.entry(vcpu=0)
+    f = e.frame()
+    a = np.zeros(len(f), EVENT_DTYPE)
+    for name in f.columns:
+        a[name] = f[name].to_numpy()
+    p = tmp_path / "t.kvmtrace"
+    w = TraceWriter(p, {"domains": [{"name": "g", "pid": 100, "vcpu_threads": {"0": 100}}]})
+    w.write(a[:60], {})
+    w.write(a[60:], {})
+    w.close({"start_time_ns": 0, "end_time_ns": 10**9})
+    t = load_for_report(p)
+    assert all((c in t.events.columns) == exits for c in EXIT_COLUMNS)
+    assert render_text(t) == render_text(load(p)) and render_json(t) == render_json(load(p))
+
+
+def test_count_events_reads_only_the_footer(tmp_path):
+    from kvmtrace.tracefile import count_events
+
+    p = tmp_path / "t.kvmtrace"
+    _write(p, batches=4)
+    assert count_events(p) == 404
+    cut = tmp_path / "cut.kvmtrace"
+    cut.write_bytes(p.read_bytes()[:-100])  # no footer: nothing to count from
+    assert count_events(cut) == 0 and count_events(tmp_path / "nope") == 0

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..exits import ExitNames, Isa
 from .runloop import ISAS, correlate, userspace_runs
+from .summary import ThreadOrder, group_codes
 
 __all__ = [
     "PERCENTILES",
@@ -53,15 +54,40 @@ def _check(df: pd.DataFrame, value_col: str, by: Sequence[str]) -> None:
 
 
 def _group_codes(df: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Group number of each row and the groups' keys (one row per group, sorted by key)."""
+    """Group number of each row and the groups' keys (one row per group, sorted by key).
+
+    The groups of ``df.groupby(by, observed=True, sort=True, dropna=False)``.
+    Category, integer and bool keys (every key the reports group by) are
+    numbered on numpy arrays (summary.group_codes on the category codes and
+    values); other keys go through pandas.
+    """
     if not by:
         return np.zeros(len(df), dtype=np.int64), pd.DataFrame(index=pd.RangeIndex(1 if len(df) else 0))
+    cols = [df[c] for c in by]
+    if len(df) and all(isinstance(c.dtype, pd.CategoricalDtype) or c.dtype.kind in "biu" for c in cols):
+        # A category's codes sort as pandas sorts it; read unsigned, NaN's -1
+        # is the largest code, last as with dropna=False.
+        keys = [_unsigned(c.cat.codes.to_numpy()) if isinstance(c.dtype, pd.CategoricalDtype) else c.to_numpy()
+                for c in cols]
+        codes, values = group_codes(keys)
+        out = {}
+        for name, c, v in zip(by, cols, values):
+            if isinstance(c.dtype, pd.CategoricalDtype):
+                out[name] = pd.Categorical.from_codes(v.view(c.cat.codes.dtype), dtype=c.dtype)
+            else:
+                out[name] = v.astype(c.dtype, copy=False)
+        return codes, pd.DataFrame(out)
     g = df.groupby(list(by), observed=True, sort=True, dropna=False)
     codes = g.ngroup().to_numpy(dtype=np.int64)
     keys = g.size().index.to_frame(index=False)
     for c in by:  # keep the source dtypes (category, unsigned ints)
         keys[c] = keys[c].astype(df[c].dtype)
     return codes, keys
+
+
+def _unsigned(a: np.ndarray) -> np.ndarray:
+    """Signed integers read as the unsigned ones of their size (a view: -1 becomes the largest)."""
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -78,12 +104,19 @@ def percentiles_linear(values: np.ndarray, codes: np.ndarray, n_groups: int,
 
     Exactly ``numpy.percentile(values[codes == g], q)`` for each group g
     (method "linear"); NaN for an empty group.  ``values`` must hold no NaN.
+
+    No group is sorted: the values are put group by group (a radix sort of
+    the group numbers), then each group is partitioned at the ranks its
+    percentiles read (``np.partition``, as numpy.percentile does), which
+    puts exactly the sorted values at those ranks.
     """
     values = np.asarray(values)
     if values.dtype.kind in "ui":
-        values = values.astype(np.int64)  # numpy subtracts in the input's integer type
-    order = np.lexsort((values, codes))
-    sv = values[order]
+        values = values.astype(np.int64, copy=False)  # numpy subtracts in the input's integer type
+    codes = np.asarray(codes)
+    if n_groups <= 1 << 16:  # radix-sorted
+        codes = codes.astype(np.uint8 if n_groups <= 1 << 8 else np.uint16)
+    sv = values[np.argsort(codes, kind="stable")]
     n = np.bincount(codes, minlength=n_groups).astype(np.int64)
     start = np.zeros(n_groups, dtype=np.int64)
     np.cumsum(n[:-1], out=start[1:])
@@ -91,11 +124,14 @@ def percentiles_linear(values: np.ndarray, codes: np.ndarray, n_groups: int,
     has = n > 0
     nh = n[has]
     sh = start[has]
+    # Ranks each percentile reads in each group: columns 2j and 2j + 1 for q[j].
+    kth = np.empty((len(nh), 2 * len(q)), dtype=np.int64)
+    gammas = []
     for j, p in enumerate(q):
         quantile = np.true_divide(p, 100)
         virtual = (nh - 1) * quantile
         prev = np.floor(virtual)
-        gamma = virtual - prev
+        gammas.append(virtual - prev)
         prev = prev.astype(np.int64)
         nxt = prev + 1
         top = virtual >= nh - 1
@@ -104,7 +140,11 @@ def percentiles_linear(values: np.ndarray, codes: np.ndarray, n_groups: int,
         low = virtual < 0
         prev[low] = 0
         nxt[low] = 0
-        out[has, j] = _lerp(sv[sh + prev], sv[sh + nxt], gamma)
+        kth[:, 2 * j], kth[:, 2 * j + 1] = prev, nxt
+    for s0, m, ranks in zip(sh.tolist(), nh.tolist(), kth):
+        sv[s0:s0 + m].partition(np.unique(ranks))
+    for j, gamma in enumerate(gammas):
+        out[has, j] = _lerp(sv[sh + kth[:, 2 * j]], sv[sh + kth[:, 2 * j + 1]], gamma)
     return out
 
 
@@ -126,13 +166,13 @@ def latency_stats(df: pd.DataFrame, value_col: str, by: Sequence[str] = (),
     codes, keys = _group_codes(df, by)
     n_groups = len(keys)
     v = df[value_col].to_numpy()
-    ok = v >= 0  # NaN compares False
+    ok = np.flatnonzero(v >= 0)  # NaN compares False
     vc = v[ok]
     cc = codes[ok]
     count = np.bincount(cc, minlength=n_groups).astype(np.int64)
     out = keys.reset_index(drop=True)
     out["count"] = count
-    out["unpaired"] = np.bincount(codes[~ok], minlength=n_groups).astype(np.int64)
+    out["unpaired"] = np.bincount(codes, minlength=n_groups).astype(np.int64) - count
     has = count > 0
     total = np.bincount(cc, weights=vc.astype(np.float64), minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -266,17 +306,18 @@ def _with_kvm_names(runs: pd.DataFrame, names: ExitNames) -> pd.DataFrame:
     return runs.assign(reason=pd.Categorical.from_codes(codes, categories=cats))
 
 
-def exit_handling(events: pd.DataFrame, names: ExitNames,
-                  by: Sequence[str] = ("isa", "reason")) -> pd.DataFrame:
+def exit_handling(events: pd.DataFrame, names: ExitNames, by: Sequence[str] = ("isa", "reason"),
+                  order: ThreadOrder | None = None) -> pd.DataFrame:
     """Hardware exit handling time (kvm_exit -> kvm_entry, ``handling_ns``) per exit reason.
 
     :func:`latency_stats` of :func:`~kvmtrace.analysis.runloop.correlate`'s
     ``handling_ns`` grouped by ``by``: any of its columns plus ``reason``
     (category: the kernel's name of the exit, e.g. "IO_INSTRUCTION", "io").
     Exits without an entry are counted in ``unpaired``.  Needs kvm_exit and
-    kvm_entry events (raises MissingTraceEventError without kvm_exit).
+    kvm_entry events (raises MissingTraceEventError without kvm_exit).  ``order``:
+    the frame's thread order (summary.ThreadOrder), when the caller has it.
     """
-    cor = _with_exit_names(correlate(events), names)
+    cor = _with_exit_names(correlate(events, order), names)
     return latency_stats(cor, "handling_ns", list(by))
 
 

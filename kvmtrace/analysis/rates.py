@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..events import EventKind, MmioOp, PioOp
 from ..exits import ExitNames, Isa
-from .summary import mmio_completions, weighted
+from .summary import dense_codes, mmio_completions, weighted
 
 DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
 DIMENSION_DTYPE = pd.CategoricalDtype(DIMENSIONS)
@@ -31,10 +31,9 @@ def vcpu_of(ev: pd.DataFrame, vcpu_threads: dict[int, int]) -> np.ndarray:
     v = ev["vcpu"].to_numpy().astype(np.int64)
     missing = v == 0xFFFFFFFF
     if missing.any() and vcpu_threads:
-        tids = ev["tid"].to_numpy()
-        mapped = pd.Series(vcpu_threads).reindex(tids).to_numpy()
-        fill = ~pd.isna(mapped)
-        v = np.where(missing & fill, np.nan_to_num(mapped.astype(float), nan=-1).astype(np.int64), v)
+        codes, tids = dense_codes(ev["tid"].to_numpy())  # a few threads: look each up once
+        mapped = np.array([vcpu_threads.get(int(t), -1) for t in tids], dtype=np.int64)[codes]
+        v = np.where(missing & (mapped >= 0), mapped, v)
     return v
 
 

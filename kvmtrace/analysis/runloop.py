@@ -35,6 +35,7 @@ import pandas as pd
 from ..errors import MissingTraceEventError
 from ..events import AGGREGATE, NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
 from ..exits import VMX_BASIC_MASK, Isa, KvmExit, VmxExitFlag
+from .summary import ThreadOrder, mmio_completions
 
 __all__ = [
     "ACCESSES",
@@ -150,31 +151,23 @@ def _check_events_mode(ev: pd.DataFrame, analysis: str) -> None:
 class _Threads:
     """The events of a frame sorted by thread (pid, tid), then time, then file order.
 
-    ``order`` maps sorted positions to frame positions; ``at(name, pos)``
-    gives a column at sorted positions; ``thr`` numbers each sorted event's thread;
-    ``thread_pid`` / ``thread_tid`` give each thread number's ids.
+    ``threads`` is that order (summary.ThreadOrder: the trace's own, when
+    given); ``order`` maps sorted positions to frame positions; ``at(name,
+    pos)`` gives a column at sorted positions; ``thr`` numbers each sorted
+    event's thread; ``thread_pid`` / ``thread_tid`` give each thread
+    number's ids.
     """
 
-    def __init__(self, ev: pd.DataFrame):
+    def __init__(self, ev: pd.DataFrame, threads: ThreadOrder | None = None):
         self.ev = ev
         self._cols: dict[str, np.ndarray] = {}  # frame columns as numpy, frame order
-        n = len(ev)
-        pid = ev["pid"].to_numpy()
-        tid = ev["tid"].to_numpy()
-        ts = ev["ts_ns"].to_numpy()
-        key = (pid.astype(np.uint64) << np.uint64(32)) | tid.astype(np.uint64)
-        codes, uniques = pd.factorize(key, sort=False)
-        uniques = np.asarray(uniques, dtype=np.uint64)
-        self.thread_pid = (uniques >> np.uint64(32)).astype(np.uint32)
-        self.thread_tid = (uniques & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
-        # Time first (stable: ties keep file order; timsort is quick on the
-        # nearly sorted timestamps of a recording), then thread (stable; a
-        # radix sort when thread numbers fit in 16 bits).
-        by_time = np.argsort(ts, kind="stable")
-        ctype = np.uint16 if len(uniques) <= 1 << 16 else np.int64
-        self.order = by_time[np.argsort(codes.astype(ctype)[by_time], kind="stable")]
-        self.thr = codes[self.order].astype(np.int64, copy=False)
-        self.n = n
+        self.threads = threads if threads is not None else ThreadOrder.of(ev)
+        self.n = len(ev)
+        self.order = self.threads.positions()
+        self.thread_pid = self.threads.thread_pid
+        self.thread_tid = self.threads.thread_tid
+        thread = self.threads.thread
+        self.thr = np.zeros(self.n, dtype=np.int64) if thread is None else thread[self.order].astype(np.int64)
 
     def column(self, name: str) -> np.ndarray:
         """Column ``name`` of the frame as numpy, in frame order."""
@@ -225,12 +218,10 @@ class _Threads:
     def uexit_run(self) -> _UexitRun:
         k = self.kind
         ur = np.flatnonzero((k == _UEXIT) | (k == _RUN))
-        kk = k[ur]
         th = self.thr[ur]
-        pair = np.zeros(len(ur), dtype=bool)  # ur[i] is a userspace exit, ur[i + 1] its KVM_RUN
-        if len(ur) > 1:
-            pair[:-1] = (th[1:] == th[:-1]) & (kk[:-1] == _UEXIT) & (kk[1:] == _RUN)
-        return _UexitRun(ur, kk, pair)
+        same = np.zeros(len(ur), dtype=bool)
+        same[:-1] = th[1:] == th[:-1]
+        return _UexitRun.of(ur, k[ur], same)
 
 
 class _Rows:
@@ -260,7 +251,7 @@ class _Rows:
 
 @dataclass
 class _UexitRun:
-    """Userspace exits and KVM_RUN calls (sorted positions ``ur``) and their pairing.
+    """Userspace exits and KVM_RUN calls (positions ``ur``, in thread order) and their pairing.
 
     A KVM_RUN pairs with the userspace exit right before it on its thread; a
     userspace exit followed by another one (or by nothing) has no KVM_RUN.
@@ -269,6 +260,13 @@ class _UexitRun:
     ur: np.ndarray
     kind: np.ndarray
     pair: np.ndarray  # pair[i]: ur[i] is a userspace exit answered by the KVM_RUN ur[i + 1]
+
+    @classmethod
+    def of(cls, ur: np.ndarray, kind: np.ndarray, next_same: np.ndarray) -> _UexitRun:
+        """From the events' kinds and whether the next one is on the same thread."""
+        pair = next_same.copy()
+        pair[:-1] &= (kind[:-1] == _UEXIT) & (kind[1:] == _RUN)
+        return cls(ur, kind, pair)
 
     def run_of(self, pos: np.ndarray) -> np.ndarray:
         """Sorted position of the KVM_RUN answering each userspace exit in ``pos``, -1 if none."""
@@ -342,8 +340,7 @@ def _segments(s: _Threads) -> _Segments:
     userspace_exit_without_exit = int((stray & thread_has_exit[thr[real]]).sum())
 
     # Accesses: kvm_pio, and kvm_mmio without the "read" completing an unsatisfied-read.
-    is_acc = (k == _PIO) | (k == _MMIO)
-    is_acc[_mmio_completions(s)] = False
+    is_acc = ((k == _PIO) | (k == _MMIO)) & ~mmio_completions(s.ev, s.threads)[s.order]
     acc = np.flatnonzero(is_acc)
     m = inside(acc)
     access_pos, first = _first_per_segment(acc[m], seg[acc[m]], n_exit)
@@ -360,29 +357,7 @@ def _segments(s: _Threads) -> _Segments:
     return _Segments(exit_pos, entry_pos, uexit_pos, access_pos, counts)
 
 
-def _mmio_completions(s: _Threads) -> np.ndarray:
-    """Sorted positions of kvm_mmio "read" events completing the "unsatisfied-read" just before.
-
-    Same rule as :func:`kvmtrace.analysis.summary.mmio_completions`: the
-    previous kvm_mmio event of the thread is an unsatisfied read of the same
-    address.
-    """
-    mm = np.flatnonzero(s.kind == _MMIO)
-    if len(mm) < 2:
-        return mm[:0]
-    op = s.at("op", mm)
-    gpa = s.at("gpa", mm)
-    th = s.thr[mm]
-    comp = (
-        (op[1:] == MmioOp.READ)
-        & (op[:-1] == MmioOp.UNSATISFIED_READ)
-        & (gpa[1:] == gpa[:-1])
-        & (th[1:] == th[:-1])
-    )
-    return mm[1:][comp]
-
-
-def correlate(events: pd.DataFrame) -> pd.DataFrame:
+def correlate(events: pd.DataFrame, order: ThreadOrder | None = None) -> pd.DataFrame:
     """One row per hardware exit (``kvm:kvm_exit``), with what handled it and how long it took.
 
     Rows are in time order (``ts_ns``, ties by thread); the index is named
@@ -427,11 +402,12 @@ def correlate(events: pd.DataFrame) -> pd.DataFrame:
     nested hosts, or a recording without that probe): use
     :func:`userspace_runs` there.  Every function here raises it too for a
     counts-mode recording (aggregate and HIST rows), which holds no single
-    events to pair.
+    events to pair.  ``order``: the frame's thread order (summary.ThreadOrder),
+    when the caller has it.
     """
     _check_columns(events, ("reason", "isa", "vcpu", "err", "op", "port", "size", "count", "gpa"), "correlate")
     _check_events_mode(events, "correlate")
-    s = _Threads(events)
+    s = _Threads(events, order)
     if s.n and not (s.kind == _EXIT).any():
         err = MissingTraceEventError(["kvm:kvm_exit"], "correlate (hardware exit handling)")
         err.fix = (
@@ -529,7 +505,8 @@ def _domain_vcpus(domains: Iterable[Mapping] | None) -> dict[tuple[int, int], in
     return found
 
 
-def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = None) -> pd.DataFrame:
+def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = None,
+                   order: ThreadOrder | None = None) -> pd.DataFrame:
     """One row per real return to the VMM (``kvm_userspace_exit`` with errno >= 0).
 
     Needs only kvm_userspace_exit and the KVM_RUN ioctl events, so it works
@@ -556,11 +533,12 @@ def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = Non
     ============ ======== =======================================================
 
     ``domains`` is the trace header's ``domains`` list (``Trace.domains``),
-    used only to name the vCPU of threads without kvm_exit/kvm_entry events.
+    used only to name the vCPU of threads without kvm_exit/kvm_entry events;
+    ``order`` is the frame's thread order, when the caller has it.
     """
     _check_columns(events, ("reason", "vcpu", "err", "op", "port", "size", "count", "gpa", "flags"), "userspace_runs")
     _check_events_mode(events, "userspace_runs")
-    s = _Threads(events)
+    s = _Threads(events, order)
     u = s.real_uexits
     thr = s.thr[u]
     rr = s.rows(u)
@@ -607,7 +585,7 @@ def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = Non
     return _frame(cols, order, "run", USERSPACE_RUNS_COLUMNS, {"direction": DIRECTIONS})
 
 
-def unpaired(events: pd.DataFrame) -> dict[str, int]:
+def unpaired(events: pd.DataFrame, order: ThreadOrder | None = None) -> dict[str, int]:
     """Events that pair with nothing, counted by what is missing (:data:`UNPAIRED_KEYS`).
 
     * ``exit_without_entry``: kvm_exit with no kvm_entry before the thread's
@@ -624,15 +602,25 @@ def unpaired(events: pd.DataFrame) -> dict[str, int]:
       access not attached to an exit by :func:`correlate` (before the first
       exit, after an entry, or a second one inside the same exit).  Threads
       without kvm_exit events (hosts where it does not fire) count 0 here.
+
+    ``order``: the frame's thread order (summary.ThreadOrder), when the
+    caller has it.  Without kvm_exit events only the userspace exits and
+    KVM_RUN calls are looked at, in that order, with no per-event sort.
     """
     _check_columns(events, ("err", "op", "gpa"), "unpaired")
     _check_events_mode(events, "unpaired")
-    s = _Threads(events)
-    ur = s.uexit_run
-    err = s.at("err", ur.ur)
-    is_uexit = ur.kind == _UEXIT
+    if order is None:
+        order = ThreadOrder.of(events)
+    k = events["kind"].to_numpy()
     out = dict.fromkeys(UNPAIRED_KEYS, 0)
-    out.update(_segments(s).unpaired)
+    if (k == _EXIT).any():
+        out.update(_segments(_Threads(events, order)).unpaired)
+    else:  # nothing to attach to: every entry is unpaired, no thread has exits
+        out["entry_without_exit"] = int((k == _ENTRY).sum())
+    rows = order.rows((k == _UEXIT) | (k == _RUN))
+    ur = _UexitRun.of(rows, k[rows], order.next_on_thread(rows))
+    err = events["err"].to_numpy()[rows]
+    is_uexit = ur.kind == _UEXIT
     out["userspace_exit_without_run"] = int((is_uexit & (err >= 0) & ~ur.pair).sum())
     out["restart_without_run"] = int((is_uexit & (err < 0) & ~ur.pair).sum())
     out["run_without_userspace_exit"] = ur.run_without_uexit()

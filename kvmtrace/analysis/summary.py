@@ -30,62 +30,232 @@ def weighted(ev: pd.DataFrame) -> pd.DataFrame:
     recording (kind | AGGREGATE) stands for ``value`` events of kind
     ``kind & ~AGGREGATE`` that share its key. Every count below sums ``w``,
     so both kinds of trace give the same tables. A frame that has the two
-    columns already is returned as it is.
+    columns already is returned as it is; otherwise the new frame holds the
+    same column arrays (``assign`` would copy a large frame's columns).
     """
     if "w" in ev.columns:
         return ev
     k, w = kinds_and_weights(ev)
-    return ev.assign(k=k, w=w)
+    return pd.DataFrame({**{c: ev[c] for c in ev.columns}, "k": k, "w": w}, copy=False)
 
 
 def kinds_and_weights(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's event kind and how many events it stands for (see :func:`weighted`).
+
+    For a recording of single events (no aggregate row) the kinds are the
+    ``kind`` column itself and the weights a read-only array of ones that
+    takes no memory: nothing is copied or allocated per row.
+    """
     if "w" in ev.columns:
         return ev["k"].to_numpy(), ev["w"].to_numpy()
     kind = ev["kind"].to_numpy()
     agg = (kind & AGGREGATE) != 0
-    k = kind & ~np.uint8(AGGREGATE)
-    w = np.where(agg, ev["value"].to_numpy(), 1).astype(np.int64) if agg.any() else np.ones(len(kind), np.int64)
-    return k, w
+    if not agg.any():
+        return kind, np.broadcast_to(np.int64(1), len(kind))
+    return kind & ~np.uint8(AGGREGATE), np.where(agg, ev["value"].to_numpy(), 1).astype(np.int64)
 
 
-def thread_order(tid: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """A permutation putting rows in (thread, time) order.
+def dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's rank among the distinct values (int64), and the distinct values, sorted.
 
-    A thread's events reach the ring buffer in the order they happened, so
-    in a recorded file each thread's rows are already in time order and a
-    stable sort by thread is enough (and far cheaper than a two-key sort);
-    an imported or edited file that breaks this gets the full sort.
+    What ``np.unique(values, return_inverse=True)`` gives, without sorting
+    every row (see :func:`group_codes`). Integer or bool arrays.
     """
-    order = np.argsort(tid, kind="stable").astype(np.int32 if len(tid) < 2**31 else np.int64)
-    t, s = tid[order], ts[order]
-    if len(order) > 1 and bool(((s[1:] < s[:-1]) & (t[1:] == t[:-1])).any()):
-        order = np.lexsort((ts, tid))
-    return order
+    code, (uniq,) = group_codes([np.asarray(values)])
+    return code, uniq
 
 
-def _idx(mask: np.ndarray) -> np.ndarray:
-    """Row numbers of a mask, as int32 where they fit (half the memory of int64)."""
-    rows = np.flatnonzero(mask)
-    return rows.astype(np.int32) if len(mask) < 2**31 else rows
+def group_codes(keys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Group number of each row (int64, 0..g-1) and each key's value per group.
+
+    Groups are the distinct key tuples (integer or bool arrays of one
+    length), numbered in sorted (lexicographic) order of the tuples, as
+    ``groupby(sort=True)`` numbers them; no row is sorted (see
+    :class:`_Combined`).
+    """
+    if not len(keys[0]):
+        return np.zeros(0, dtype=np.int64), [k[:0].copy() for k in keys]
+    c = _Combined(keys)
+    c.renumber()
+    return c.code, c.values
 
 
-def mmio_completions(ev: pd.DataFrame) -> np.ndarray:
+class _Combined:
+    """Several keys as one small non-negative int64 code per row, by mixed radix.
+
+    ``code`` < ``size``, in the lexicographic order of the key tuples; key
+    i's value for a code c is ``values[i][(c // div[i]) % mod[i]]``. A key
+    enters as its offset from its minimum, or when it spans more values
+    than there are rows, as its rank among its distinct values (hashed with
+    pd.factorize, which sorts only those). When the product of the spans
+    outgrows the row count, the codes present are renumbered 0..g-1: the
+    codes stay below the row count (a table over them is no bigger than the
+    data) and never overflow.
+    """
+
+    def __init__(self, keys: list[np.ndarray]):
+        self.limit = max(len(keys[0]), 1 << 16)
+        self.size = 1
+        self.values: list[np.ndarray] = []
+        self.div: list[int] = []
+        self.mod: list[int] = []
+        for i, key in enumerate(keys):
+            off, uniq = self._offsets(np.asarray(key))
+            m = len(uniq)
+            if i == 0:
+                self.code = off.astype(np.int64)
+            elif m > 1:  # a key of one value changes no code
+                if self.size * m > self.limit:
+                    self.renumber()
+                self.code *= m
+                self.code += off
+                self.div = [d * m for d in self.div]
+            self.div.append(1)
+            self.mod.append(m)
+            self.values.append(uniq)
+            self.size *= m
+
+    def _offsets(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The key as small non-negative integers, and the value of each."""
+        if key.dtype == bool:
+            return key.view(np.uint8), np.array([False, True])
+        lo, hi = key.min(), key.max()
+        span = int(hi) - int(lo) + 1
+        if span > self.limit:
+            codes, uniq = pd.factorize(key, sort=True)
+            return codes, np.asarray(uniq, dtype=key.dtype)
+        off = key - lo if lo else key
+        if off.dtype == np.uint64:
+            off = off.astype(np.int64)  # int64 += uint64 is not allowed
+        return off, np.arange(span).astype(key.dtype) + lo
+
+    def present(self) -> np.ndarray:
+        """The codes that occur, sorted."""
+        return np.flatnonzero(np.bincount(self.code, minlength=self.size))
+
+    def decode(self, codes: np.ndarray) -> list[np.ndarray]:
+        """Each key's value for each code."""
+        return [v[(codes // d) % m] for v, d, m in zip(self.values, self.div, self.mod)]
+
+    def renumber(self) -> None:
+        """Number the codes present 0..g-1, in order."""
+        present = self.present()
+        table = np.zeros(self.size, dtype=np.int64)
+        table[present] = np.arange(len(present))
+        self.code = table[self.code]
+        self.values = self.decode(present)
+        self.div = [1] * len(self.values)
+        self.mod = [len(present)] * len(self.values)
+        self.size = len(present)
+
+
+class ThreadOrder:
+    """The events of a frame in thread order: each thread's events together, in time order.
+
+    A thread is a (pid, tid) pair; threads are numbered in order of first
+    appearance; within a thread events are in timestamp order, ties in file
+    order. Every analysis that pairs an event with its neighbours on the
+    same vCPU thread takes them in this order. It is computed once per
+    trace (``Trace`` keeps it) and a subset's order is read off it, which
+    keeps thread order: no sort per table.
+
+    The usual recording, one vCPU thread whose timestamps never go back, is
+    in thread order as written: then nothing is sorted or stored (``perm``
+    is None). Several threads are sorted by thread number (a radix sort of
+    small codes); a thread whose events are out of time order (imported or
+    edited files) gets the full sort by (thread, time).
+
+    ``perm``: frame positions in thread order, or None for file order;
+    ``thread``: thread number of each row in frame order, or None when
+    there is one thread; ``thread_pid``, ``thread_tid``: each thread's ids.
+    """
+
+    def __init__(self, pid: np.ndarray, tid: np.ndarray, ts: np.ndarray):
+        n = len(tid)
+        self.n = n
+        self.perm: np.ndarray | None = None
+        self.thread: np.ndarray | None = None
+        if n == 0 or (bool((tid == tid[0]).all()) and bool((pid == pid[0]).all())):
+            self.thread_pid = pid[:1].astype(np.uint32)
+            self.thread_tid = tid[:1].astype(np.uint32)
+            if n > 1 and not bool((ts[1:] >= ts[:-1]).all()):
+                self.perm = _positions(np.argsort(ts, kind="stable"))
+            return
+        key = (pid.astype(np.uint64) << np.uint64(32)) | tid.astype(np.uint64)
+        codes, uniques = pd.factorize(key, sort=False)
+        uniques = np.asarray(uniques, dtype=np.uint64)
+        self.thread_pid = (uniques >> np.uint64(32)).astype(np.uint32)
+        self.thread_tid = (uniques & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
+        self.thread = codes.astype(np.uint16 if len(uniques) <= 1 << 16 else np.int64)
+        perm = np.argsort(self.thread, kind="stable")
+        t, s = self.thread[perm], ts[perm]
+        if bool(((s[1:] < s[:-1]) & (t[1:] == t[:-1])).any()):
+            by_time = np.argsort(ts, kind="stable")
+            perm = by_time[np.argsort(self.thread[by_time], kind="stable")]
+        self.perm = _positions(perm)
+
+    @classmethod
+    def of(cls, ev: pd.DataFrame) -> "ThreadOrder":
+        return cls(ev["pid"].to_numpy(), ev["tid"].to_numpy(), ev["ts_ns"].to_numpy())
+
+    def positions(self) -> np.ndarray:
+        """Every frame position in thread order."""
+        return _positions(np.arange(self.n)) if self.perm is None else self.perm
+
+    def rows(self, mask: np.ndarray) -> np.ndarray:
+        """Frame positions of the rows of ``mask``, in thread order (int32 where they fit)."""
+        return _positions(np.flatnonzero(mask)) if self.perm is None else self.perm[np.flatnonzero(mask[self.perm])]
+
+    def next_on_thread(self, rows: np.ndarray) -> np.ndarray:
+        """For rows in thread order: whether ``rows[i + 1]`` is on the thread of ``rows[i]``.
+
+        False for the last row, so that ``[i - 1]`` of the first row is False too.
+        """
+        out = np.zeros(len(rows), dtype=bool)
+        if self.thread is None:
+            out[:-1] = True
+        elif len(rows):
+            t = self.thread[rows]
+            out[:-1] = t[1:] == t[:-1]
+        return out
+
+    def neighbours(self, rows: np.ndarray, at: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """For rows in thread order and places ``at`` in them: the row ``step`` places on
+        (-1 the one before, 1 the one after), and whether there is one, on the same thread."""
+        j = at + step
+        ok = (j >= 0) & (j < len(rows))
+        nb = rows[np.clip(j, 0, len(rows) - 1, out=j)]
+        del j
+        if self.thread is not None:
+            ok &= self.thread[nb] == self.thread[rows[at]]
+        return nb, ok
+
+
+def _positions(a: np.ndarray) -> np.ndarray:
+    """Row positions as int32 where they fit (half the memory of int64)."""
+    return a.astype(np.int32) if len(a) < 2**31 else a
+
+
+def mmio_completions(ev: pd.DataFrame, order: ThreadOrder | None = None) -> np.ndarray:
     """Mask of kvm_mmio "read" events that complete an earlier "unsatisfied-read".
 
     A read the VMM answers shows twice: "unsatisfied-read" when KVM hands it
     to the VMM, and "read" with the value when KVM_RUN resumes. The second is
     the same access; it follows the first on the same thread with no other
-    MMIO event between and names the same address.
+    MMIO event between and names the same address. ``order``: the frame's
+    thread order, when the caller has it.
     """
     mask = np.zeros(len(ev), dtype=bool)
-    sel = _idx(ev["kind"].to_numpy() == EventKind.MMIO)
-    if len(sel) < 2:
+    is_mmio = ev["kind"].to_numpy() == EventKind.MMIO
+    if is_mmio.sum() < 2:
         return mask
-    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
-    op, gpa, tid = ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows], ev["tid"].to_numpy()[rows]
+    if order is None:
+        order = ThreadOrder.of(ev)
+    rows = order.rows(is_mmio)
+    op, gpa = ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows]
     comp = np.zeros(len(rows), dtype=bool)
     comp[1:] = (op[1:] == MmioOp.READ) & (op[:-1] == MmioOp.UNSATISFIED_READ) & (gpa[1:] == gpa[:-1]) \
-        & (tid[1:] == tid[:-1])
+        & order.next_on_thread(rows)[:-1]
     mask[rows[comp]] = True
     return mask
 
@@ -108,19 +278,14 @@ def _rate(count, duration_s: float):
 
 
 def _group_sum(keys: list[np.ndarray], w: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct key tuples and the sum of w for each (like groupby().sum(), on arrays)."""
+    """Distinct key tuples, sorted, and the sum of w for each (like groupby().sum(), on arrays)."""
     if len(w) == 0:
         return [k[:0] for k in keys], np.zeros(0, np.int64)
-    order = np.lexsort(keys[::-1])
-    sk = [k[order] for k in keys]
-    new = np.ones(len(order), dtype=bool)
-    for k in sk:
-        new[1:] &= k[1:] == k[:-1]
-    new = ~new
-    new[0] = True
-    starts = np.flatnonzero(new)
-    sums = np.add.reduceat(w[order], starts)
-    return [k[starts] for k in sk], sums.astype(np.int64)
+    c = _Combined(keys)
+    present = c.present()
+    sums = np.zeros(c.size, dtype=np.int64)
+    np.add.at(sums, c.code, w)
+    return c.decode(present), sums[present]
 
 
 def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.DataFrame:
@@ -131,7 +296,7 @@ def userspace_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd
     count, rate (per second of recording).
     """
     k, w = kinds_and_weights(ev)
-    sel = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
+    sel = np.flatnonzero((k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0))
     (codes,), counts = _group_sum([ev["reason"].to_numpy()[sel]], w[sel])
     rows = []
     for code, n in zip(codes.tolist(), counts.tolist()):
@@ -151,8 +316,8 @@ def hardware_exits(ev: pd.DataFrame, names: ExitNames, duration_s: float) -> pd.
     """
     cols = ["isa", "reason", "code", "flags", "count", "rate"]
     k, w = kinds_and_weights(ev)
-    sel = k == EventKind.EXIT
-    if not sel.any():
+    sel = np.flatnonzero(k == EventKind.EXIT)
+    if not len(sel):
         return pd.DataFrame(columns=cols)
     (isas, raws), counts = _group_sum([ev["isa"].to_numpy()[sel], ev["reason"].to_numpy()[sel]], w[sel])
     rows = []
@@ -177,7 +342,8 @@ class Pairing:
     unpaired_exits: int  # userspace IO/MMIO exits with no access event (at the recording's edges)
 
 
-def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None) -> Pairing:
+def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None,
+                   order: ThreadOrder | None = None) -> Pairing:
     """Pair each KVM_EXIT_IO / KVM_EXIT_MMIO (with its kvm_run fields) with the access it carried.
 
     On one vCPU thread, among its port, MMIO and userspace-exit events:
@@ -187,7 +353,9 @@ def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None) -> P
     (a write, or a read's "unsatisfied-read") traces before its exit. The
     access must also match the exit's kvm_run port or address and direction.
     An exit left unpaired is at an edge of the recording (its access happened
-    before the start or completes after the end).
+    before the start or completes after the end). ``completions`` and
+    ``order`` (the frame's thread order), when the caller has them, are not
+    computed again.
     """
     to_vmm = np.zeros(len(ev), dtype=bool)
     k = ev["kind"].to_numpy()
@@ -197,32 +365,45 @@ def pair_userspace(ev: pd.DataFrame, completions: np.ndarray | None = None) -> P
         & ((ev["flags"].to_numpy() & int(EventFlag.RUN_FIELDS)) != 0)
     if not uexit.any():
         return Pairing(to_vmm, 0)
+    if order is None:
+        order = ThreadOrder.of(ev)
     if completions is None:
-        completions = mmio_completions(ev)
-    sel = _idx(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~completions))
-    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
-    kk, tid = k[rows], ev["tid"].to_numpy()[rows]
-    port, op, gpa = ev["port"].to_numpy()[rows], ev["op"].to_numpy()[rows], ev["gpa"].to_numpy()[rows]
-    reason = reason[rows]
-    is_exit = uexit[rows]
-    n = len(rows)
-    pos = np.arange(n, dtype=rows.dtype)
-    pv = np.maximum(pos - 1, 0)
-    nx = np.minimum(pos + 1, n - 1)
-    del pos
-    prev_ok = np.zeros(n, dtype=bool)
-    prev_ok[1:] = tid[1:] == tid[:-1]
-    next_ok = np.zeros(n, dtype=bool)
-    next_ok[:-1] = tid[:-1] == tid[1:]
-    io = is_exit & (reason == KvmExit.IO)
-    # kvm_run.io.direction is 1 for out (write), as kvm_pio's rw.
-    io_w = io & (op == 1) & prev_ok & (kk[pv] == EventKind.PIO) & (op[pv] == PioOp.WRITE) & (port[pv] == port)
-    io_r = io & (op == 0) & next_ok & (kk[nx] == EventKind.PIO) & (op[nx] == PioOp.READ) & (port[nx] == port)
-    mm = is_exit & (reason == KvmExit.MMIO) & prev_ok & (kk[pv] == EventKind.MMIO) & (gpa[pv] == gpa)
-    mm &= np.where(op == MmioOp.WRITE, op[pv] == MmioOp.WRITE, op[pv] == MmioOp.UNSATISFIED_READ)
-    to_vmm[rows[pv[io_w | mm]]] = True
-    to_vmm[rows[nx[io_r]]] = True
-    return Pairing(to_vmm, int(is_exit.sum() - (io_w | io_r | mm).sum()))
+        completions = mmio_completions(ev, order)
+    rows = order.rows(uexit | (k == EventKind.PIO) | ((k == EventKind.MMIO) & ~completions))
+    at = _positions(np.flatnonzero(uexit[rows]))  # each exit's place in rows
+    del uexit
+    op = ev["op"].to_numpy()
+    x = rows[at]
+    xreason, xop = reason[x], op[x]
+    io, mm = xreason == KvmExit.IO, xreason == KvmExit.MMIO
+    del xreason
+    # Per kind of exit: where its access is (step), and what it must be. kvm_run.io.direction
+    # is 1 for out (write), as kvm_pio's rw; a read the VMM answers is an "unsatisfied-read".
+    cases = ((io & (xop == 1), -1, EventKind.PIO, PioOp.WRITE, "port"),
+             (io & (xop == 0), 1, EventKind.PIO, PioOp.READ, "port"),
+             (mm, -1, EventKind.MMIO, np.where(xop[mm] == MmioOp.WRITE, MmioOp.WRITE, MmioOp.UNSATISFIED_READ),
+              "gpa"))
+    paired = 0
+    for sel, step, kind, want, key in cases:
+        sel = np.flatnonzero(sel)
+        nb, ok = order.neighbours(rows, at[sel], step)
+        col = ev[key].to_numpy()
+        ok &= (k[nb] == kind) & (op[nb] == want) & (col[nb] == col[x[sel]])
+        to_vmm[nb[ok].astype(np.intp)] = True  # a scatter is quicker through intp
+        paired += int(ok.sum())
+    return Pairing(to_vmm, len(x) - paired)
+
+
+def _paired(ev: pd.DataFrame, pairing: Pairing | None,
+            completions: np.ndarray | None) -> tuple[Pairing, np.ndarray]:
+    """``pairing`` and ``completions``, each computed (on one thread order) unless given."""
+    if pairing is None or completions is None:
+        order = ThreadOrder.of(ev)
+        if completions is None:
+            completions = mmio_completions(ev, order)
+        if pairing is None:
+            pairing = pair_userspace(ev, completions, order)
+    return pairing, completions
 
 
 def _is_aggregate(ev: pd.DataFrame) -> bool:
@@ -232,7 +413,7 @@ def _is_aggregate(ev: pd.DataFrame) -> bool:
 def _io_rows(keys: list[np.ndarray], names: list[str], user: np.ndarray, w: np.ndarray,
              directions: np.ndarray) -> pd.DataFrame:
     """Rows (names..., userspace, count) from per-access arrays; direction 1 = write."""
-    (*vals, d, u), counts = _group_sum([*keys, directions.astype(np.uint8), user.astype(np.uint8)], w)
+    (*vals, d, u), counts = _group_sum([*keys, directions, user], w)
     df = pd.DataFrame({n: v for n, v in zip(names, vals)})
     df.insert(1, "direction", np.where(d == 1, "write", "read"))
     df["userspace"] = u.astype(bool)
@@ -279,7 +460,7 @@ def port_io(ev: pd.DataFrame, pairing: Pairing | None = None) -> pd.DataFrame:
         return _io_rows(keys, ["port", "size"], u, n, d)
     if pairing is None:
         pairing = pair_userspace(ev)
-    sel = k == EventKind.PIO
+    sel = np.flatnonzero(k == EventKind.PIO)
     return _io_rows([ev["port"].to_numpy()[sel], ev["size"].to_numpy()[sel]], ["port", "size"],
                     pairing.to_vmm[sel], w[sel], ev["op"].to_numpy()[sel] == PioOp.WRITE)
 
@@ -296,11 +477,8 @@ def mmio(ev: pd.DataFrame, pairing: Pairing | None = None, completions: np.ndarr
     if _is_aggregate(ev):
         keys, d, u, n = _split_user(k, w, ev, EventKind.MMIO, ["gpa", "size"], MmioOp.WRITE)
         return _io_rows(keys, ["gpa", "len"], u, n, d)
-    if completions is None:
-        completions = mmio_completions(ev)
-    if pairing is None:
-        pairing = pair_userspace(ev, completions)
-    sel = (k == EventKind.MMIO) & ~completions
+    pairing, completions = _paired(ev, pairing, completions)
+    sel = np.flatnonzero((k == EventKind.MMIO) & ~completions)
     return _io_rows([ev["gpa"].to_numpy()[sel], ev["size"].to_numpy()[sel]], ["gpa", "len"],
                     pairing.to_vmm[sel], w[sel], ev["op"].to_numpy()[sel] == MmioOp.WRITE)
 
@@ -309,60 +487,61 @@ def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float, pairing: Pa
               completions: np.ndarray | None = None) -> Summary:
     """Every table of the report. ``pairing`` and ``completions``, when the
     caller has them already (Trace keeps them), are not computed again."""
+    ev = weighted(ev)  # kinds and weights once, for every table
     k, w = kinds_and_weights(ev)
-    err = ev["err"].to_numpy()
-    u = k == EventKind.USERSPACE_EXIT
-    known = bool(((ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0).any()) if u.any() else True
+    u = np.flatnonzero(k == EventKind.USERSPACE_EXIT)
+    err = ev["err"].to_numpy()[u]
+    known = bool(((ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0).any()) if len(u) else True
     aggregate = _is_aggregate(ev)
     if not aggregate:
-        if completions is None:
-            completions = mmio_completions(ev)
-        if pairing is None:
-            pairing = pair_userspace(ev, completions)
+        pairing, completions = _paired(ev, pairing, completions)
     return Summary(
         duration_s=duration_s,
         userspace_exits=userspace_exits(ev, names, duration_s),
         exits=hardware_exits(ev, names, duration_s),
         pio=port_io(ev, pairing),
         mmio=mmio(ev, pairing, completions),
-        interrupted_runs=int(w[u & (err == -EINTR)].sum()),
-        failed_runs=int(w[u & (err < 0) & (err != -EINTR)].sum()),
+        interrupted_runs=int(w[u[err == -EINTR]].sum()),
+        failed_runs=int(w[u[(err < 0) & (err != -EINTR)]].sum()),
         userspace_fields_known=known,
         unpaired_userspace_io=0 if aggregate else pairing.unpaired_exits,
     )
 
 
-def service_times(ev: pd.DataFrame) -> pd.DataFrame:
+def service_times(ev: pd.DataFrame, order: ThreadOrder | None = None) -> pd.DataFrame:
     """Every real userspace exit with the VMM's service time, on numpy arrays.
 
     Service time: from kvm_userspace_exit to the same thread's next
     KVM_RUN ioctl; -1 when another userspace exit or the recording's end
     comes first. The same pairing as analysis.runloop.userspace_runs, with
-    only what the latency tables need. Columns: ts_ns, tid (uint32), code
-    (uint32 KVM_EXIT_*), port (uint32), gpa (uint64), direction (category
-    ""/read/write, from the kvm_run fields), service_ns (int64). Index "run".
+    only what the latency tables need. Columns: tid (uint32), code (uint32
+    KVM_EXIT_*), port (uint32), gpa (uint64), direction (category
+    ""/read/write, from the kvm_run fields), service_ns (int64). Rows in
+    thread order (``order``, the frame's, when the caller has it). Index "run".
     """
     k = ev["kind"].to_numpy()
     uexit = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
-    sel = _idx(uexit | (k == EventKind.RUN))
-    rows = sel[thread_order(ev["tid"].to_numpy()[sel], ev["ts_ns"].to_numpy()[sel])]
-    kk, tid, ts = k[rows], ev["tid"].to_numpy()[rows], ev["ts_ns"].to_numpy()[rows]
-    is_u = kk == EventKind.USERSPACE_EXIT
-    nxt_run = np.zeros(len(rows), dtype=bool)
-    nxt_run[:-1] = (kk[1:] == EventKind.RUN) & (tid[1:] == tid[:-1])
-    service = np.full(len(rows), -1, dtype=np.int64)
-    service[:-1] = np.where(nxt_run[:-1], ts[1:].astype(np.int64) - ts[:-1].astype(np.int64), -1)
-    u = rows[is_u]
+    if order is None:
+        order = ThreadOrder.of(ev)
+    rows = order.rows(uexit | (k == EventKind.RUN))
+    at = np.flatnonzero(uexit[rows])
+    r, run = order.neighbours(rows, at, 1)
+    run &= k[r] == EventKind.RUN
+    u = rows[at]
+    del rows, at
+    ts = ev["ts_ns"].to_numpy()
+    service = np.where(run, ts[r].astype(np.int64) - ts[u].astype(np.int64), -1)
     code = ev["reason"].to_numpy()[u]
     op = ev["op"].to_numpy()[u]
     known = (ev["flags"].to_numpy()[u] & int(EventFlag.RUN_FIELDS)) != 0
     write = np.where(code == KvmExit.IO, op == 1, op == MmioOp.WRITE)
     direction = np.where(known & ((code == KvmExit.IO) | (code == KvmExit.MMIO)), np.where(write, 2, 1), 0)
     df = pd.DataFrame({
-        "ts_ns": ts[is_u].astype(np.int64), "tid": tid[is_u].astype(np.uint32), "code": code.astype(np.uint32),
-        "port": ev["port"].to_numpy()[u].astype(np.uint32), "gpa": ev["gpa"].to_numpy()[u].astype(np.uint64),
-        "direction": pd.Categorical.from_codes(direction, categories=["", "read", "write"]),
-        "service_ns": service[is_u],
-    })
+        "tid": ev["tid"].to_numpy()[u].astype(np.uint32, copy=False), "code": code.astype(np.uint32, copy=False),
+        "port": ev["port"].to_numpy()[u].astype(np.uint32, copy=False),
+        "gpa": ev["gpa"].to_numpy()[u].astype(np.uint64, copy=False),
+        "direction": pd.Categorical.from_codes(direction.astype(np.int8), categories=["", "read", "write"]),
+        "service_ns": service,
+    }, copy=False)
     df.index.name = "run"
     return df
