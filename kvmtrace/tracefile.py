@@ -94,7 +94,10 @@ class TraceWriter:
 
     def write(self, events: np.ndarray, progress: dict) -> None:
         """Append a batch of EVENT_DTYPE records and flush it to the file."""
-        batch = pa.RecordBatch.from_arrays([pa.array(events[n]) for n in COLUMNS], schema=SCHEMA)
+        # A field of a structured array is a strided view; pyarrow converts a
+        # contiguous copy of it about 4x faster than the view itself.
+        batch = pa.RecordBatch.from_arrays([pa.array(np.ascontiguousarray(events[n])) for n in COLUMNS],
+                                           schema=SCHEMA)
         meta = {PROGRESS_KEY: json.dumps({**progress, "events_written": self.events_written + len(events)})}
         self._guard(lambda: self._writer.write_batch(batch, custom_metadata=meta))
         self._guard(self._file.flush)
