@@ -571,6 +571,50 @@ class Bpftrace(Tracer):
         return out
 
 
+#: Attaches a program that returns at once to each tracepoint kvmtrace
+#: attaches, then waits for SIGINT: the cost of having BPF on them at all.
+EMPTY_PROGRAMS = r"""
+import signal, sys
+from bcc import BPF
+from kvmtrace.events import TRACEPOINTS
+b = BPF(text="int e(void *ctx) { return 0; }")
+for system, name, _kind in TRACEPOINTS:
+    try:
+        b.attach_tracepoint(tp=f"{system}:{name}".encode(), fn_name=b"e")
+    except Exception:  # not on this kernel
+        pass
+print("attached", flush=True)
+signal.sigwait([signal.SIGINT, signal.SIGTERM])
+b.cleanup()
+"""
+
+
+class EmptyBpf(Tracer):
+    """The floor under any BPF tracer of these events: an empty program on
+    each of kvmtrace's tracepoints. It records nothing."""
+
+    name = "bpf-empty"
+
+    def __init__(self):
+        self.proc = None
+
+    def start(self, guest: Guest, workdir: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", EMPTY_PROGRAMS], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        STARTED.add(self.proc.pid)
+        self.out, self.err = Lines(self.proc.stdout), Lines(self.proc.stderr)
+        if self.out.wait_for("attached", 120) is None:
+            raise RuntimeError(f"empty programs did not attach: {self.err.text(1)[-1500:]}")
+        self.progs = wait_bpf_attached(self.proc, {"kvm_pio", "kvm_userspace_exit", "sys_enter_ioctl"}, 30)
+        OUR_PROGS.update(self.progs.values())
+
+    def finish(self, guest: Guest) -> Outcome:
+        out = Outcome()
+        usage = stop_group(self.proc, signals=(signal.SIGINT, signal.SIGKILL), wait=30)
+        out.tracer_cpu_s, out.tracer_rc = cpu_seconds(usage), self.proc.returncode
+        return out
+
+
 def parse_event_lines(lines, counts: dict[str, int]) -> int:
     """Count `kvm_xxx: <printed fields>` lines (perf script / trace-cmd report).
 
@@ -965,12 +1009,15 @@ def make_tracer(name: str) -> Tracer | None:
         "kvmtrace-events": lambda: Kvmtrace("events"),
         "kvmtrace-counts": lambda: Kvmtrace("counts"),
         "bpftrace": Bpftrace,
+        "bpf-empty": EmptyBpf,
         "perf": Perf,
         "trace-cmd": TraceCmd,
     }[name]()
 
 
-CONFIGS = ("untraced", "kvmtrace-events", "kvmtrace-counts", "bpftrace", "perf", "trace-cmd")
+#: Configurations that record nothing: timed, not checked against the ground truth.
+NO_RECORDS = ("untraced", "bpf-empty")
+CONFIGS = ("untraced", "bpf-empty", "kvmtrace-events", "kvmtrace-counts", "bpftrace", "perf", "trace-cmd")
 
 
 def overhead(args, report: dict) -> None:
@@ -1039,14 +1086,15 @@ def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
         timed = [r for r in mine if r["guest_s"] is not None and not r["error"]]
         # A run whose counts miss the ground truth did not measure the tracer doing its
         # whole job (e.g. tracefs reset by someone else mid-run): its time is left out.
-        valid = [r["guest_s"] for r in timed if not r.get("mismatches") and (name == "untraced" or r.get("counts"))]
+        nothing = name in NO_RECORDS
+        valid = [r["guest_s"] for r in timed if not r.get("mismatches") and (nothing or r.get("counts"))]
         row = {"config": name, "runs": len(mine), "ok_runs": len(valid), "errors": sum(1 for r in mine if r["error"]),
                "excluded_runs": len(timed) - len(valid)}
         if valid:
             row.update(median_s=round(statistics.median(valid), 4), min_s=round(min(valid), 4),
                        max_s=round(max(valid), 4))
         vcpu = [r["vcpu_cpu_s"] for r in timed if r.get("vcpu_cpu_s") is not None and not r.get("mismatches")
-                and (name == "untraced" or r.get("counts"))]
+                and (nothing or r.get("counts"))]
         if vcpu:
             row["vcpu_cpu_median_s"] = round(statistics.median(vcpu), 4)
         if timed:
