@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import storm_workload  # noqa: E402
+from overhead import bpf_attachments, storm_guest, storm_workload  # noqa: E402
 
 DOMAIN = "kvmtrace-bench-costs"
-URI = "qemu:///system"
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 #: One program per operation; each runs on every kvm_pio (the guest's writes).
@@ -97,6 +96,7 @@ int p_hash_update_delete(void *ctx)
 
 
 def prog_stats(names: set[str] | None = None, ids: set[int] | None = None) -> dict[str, dict]:
+    """Runs and ns per run of the loaded programs named in ``names`` or with an id in ``ids``."""
     progs = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
                                       check=True).stdout)
     out = {}
@@ -109,24 +109,12 @@ def prog_stats(names: set[str] | None = None, ids: set[int] | None = None) -> di
 
 
 def run_guest(writes: int, on_started) -> None:
-    """Start the storm guest paused, call on_started(pid, guest), resume, wait for its end."""
-    from kvmtrace.demo import start_demo, stop_demo
-    from kvmtrace.domain import resolve
-
-    conn, dom = start_demo(storm_workload(writes), URI, name=DOMAIN, paused=True)
-    try:
-        g = resolve(conn, DOMAIN)
+    """Start the storm guest paused, call on_started(guest), resume, wait for its end."""
+    with storm_guest(storm_workload(writes), DOMAIN) as (dom, g, pidfd):
         on_started(g)
-        pidfd = os.pidfd_open(g.pid)
-        try:
-            dom.resume()
-            if not select.select([pidfd], [], [], 300)[0]:
-                raise RuntimeError("the guest did not end within 300 s")
-        finally:
-            os.close(pidfd)
-    finally:
-        stop_demo(dom)
-        conn.close()
+        dom.resume()
+        if not select.select([pidfd], [], [], 300)[0]:
+            raise RuntimeError("the guest did not end within 300 s")
 
 
 def primitives(writes: int) -> dict[str, dict]:
@@ -146,37 +134,35 @@ def primitives(writes: int) -> dict[str, dict]:
 
 
 def kvmtrace_probes(writes: int, mode: str) -> dict[str, dict]:
+    """kvmtrace's probes as record loads them, drained by a thread as record does."""
+    import threading
+
     from kvmtrace.probe import Probes, available_tracepoints
 
     probes = Probes(available_tracepoints("/sys/kernel/tracing"), counts_mode=mode == "counts")
     try:
-        ids = {int(i) for i in probes.bpf.get_prog_ids()} if hasattr(probes.bpf, "get_prog_ids") else set()
+        ids = set(bpf_attachments(os.getpid()).values())  # the programs this process attached: kvmtrace's
 
         def trace(g):
             for vcpu, tid in g.vcpu_threads.items():
                 probes.add_vcpu(g.pid, tid, g.kvm_run.get(vcpu, 0))
             probes.add_target(g.pid, 0)
 
-        stop = False
+        stop = threading.Event()
 
         def drain():
-            while not stop:
+            while not stop.is_set():
                 probes.poll(100)
                 probes.take()
-
-        import threading
 
         t = threading.Thread(target=drain)
         t.start()
         try:
             run_guest(writes, trace)
         finally:
-            stop = True
+            stop.set()
             t.join()
-        names = {n for n in (x.get("name") for x in json.loads(subprocess.run(
-            ["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout))
-            if n and (n.startswith("tracepoint__") or n.startswith("kvm__"))}
-        return {k: v for k, v in prog_stats(names=names, ids=ids).items() if v["runs"]}
+        return {k: v for k, v in prog_stats(ids=ids).items() if v["runs"]}
     finally:
         probes.close()
 

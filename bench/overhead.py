@@ -33,6 +33,7 @@ BPF programs is still loaded and that tracefs is as it found it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -946,51 +947,21 @@ def vcpu_cpu_ns(guest: Guest) -> int | None:
     return total
 
 
-def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, settle: float = 0.0) -> dict:
+@contextlib.contextmanager
+def storm_guest(workload, name: str = DOMAIN):
+    """The demo guest running ``workload``, created paused: yields (libvirt
+    domain, its kvmtrace.domain.GuestProcess, a pidfd of QEMU), and destroys
+    it on the way out, whatever happened."""
     from kvmtrace.demo import start_demo, stop_demo
     from kvmtrace.domain import resolve
 
-    res: dict = {"guest_s": None, "resume_s": None, "error": None}
     conn = dom = pidfd = None
     try:
-        conn, dom = start_demo(workload, URI, name=DOMAIN, paused=True)
-        g = resolve(conn, DOMAIN)
-        guest = Guest(g.name, g.pid, sorted(g.vcpu_threads.values()))
-        res["qemu_pid"] = guest.pid
-        pidfd = os.pidfd_open(guest.pid)
-        if tracer is not None:
-            tracer.start(guest, workdir)
-        time.sleep(settle)  # let the start-up's after-effects (libvirt, tracer set-up) pass
-        res["loadavg_1m"] = os.getloadavg()[0]
-        cpu0 = tracer.cpu_now() if tracer is not None else None
-        vcpu0 = vcpu_cpu_ns(guest)
-        t0 = time.perf_counter()
-        dom.resume()
-        t1 = time.perf_counter()
-        # Until QEMU ends, sample the vCPU threads' CPU time every 5 ms: the
-        # last sample before they exit is the guest's CPU time (to 5 ms).
-        ready, vcpu1 = [], vcpu0
-        while time.perf_counter() - t0 < timeout and not ready:
-            ready, _, _ = select.select([pidfd], [], [], 0.005)
-            now = vcpu_cpu_ns(guest)
-            vcpu1 = now if now is not None else vcpu1
-        t2 = time.perf_counter()
-        cpu1 = tracer.cpu_now() if tracer is not None else None
-        if cpu0 is not None and cpu1 is not None:
-            res["tracer_cpu_during_s"] = round(cpu1 - cpu0, 3)
-        if not ready:
-            raise RuntimeError(f"the guest did not end within {timeout} s")
-        res["guest_s"] = round(t2 - t0, 6)
-        if vcpu0 is not None and vcpu1 is not None:
-            res["vcpu_cpu_s"] = round((vcpu1 - vcpu0) / 1e9, 6)
-        res["resume_s"] = round(t1 - t0, 6)
-        if tracer is not None:
-            res["outcome"] = tracer.finish(guest)
-    except Exception as e:  # noqa: BLE001 - one failed run must not stop the benchmark
-        res["error"] = f"{type(e).__name__}: {e}"
+        conn, dom = start_demo(workload, URI, name=name, paused=True)
+        g = resolve(conn, name)
+        pidfd = os.pidfd_open(g.pid)
+        yield dom, g, pidfd
     finally:
-        if tracer is not None:
-            tracer.cleanup()
         if pidfd is not None:
             os.close(pidfd)
         if dom is not None:
@@ -1000,6 +971,48 @@ def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, set
                 conn.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def run_once(tracer: Tracer | None, workload, workdir: Path, timeout: float, settle: float = 0.0) -> dict:
+    res: dict = {"guest_s": None, "resume_s": None, "error": None}
+    try:
+        with storm_guest(workload) as (dom, g, pidfd):
+            try:
+                guest = Guest(g.name, g.pid, sorted(g.vcpu_threads.values()))
+                res["qemu_pid"] = guest.pid
+                if tracer is not None:
+                    tracer.start(guest, workdir)
+                time.sleep(settle)  # let the start-up's after-effects (libvirt, tracer set-up) pass
+                res["loadavg_1m"] = os.getloadavg()[0]
+                cpu0 = tracer.cpu_now() if tracer is not None else None
+                vcpu0 = vcpu_cpu_ns(guest)
+                t0 = time.perf_counter()
+                dom.resume()
+                t1 = time.perf_counter()
+                # Until QEMU ends, sample the vCPU threads' CPU time every 5 ms: the
+                # last sample before they exit is the guest's CPU time (to 5 ms).
+                ready, vcpu1 = [], vcpu0
+                while time.perf_counter() - t0 < timeout and not ready:
+                    ready, _, _ = select.select([pidfd], [], [], 0.005)
+                    now = vcpu_cpu_ns(guest)
+                    vcpu1 = now if now is not None else vcpu1
+                t2 = time.perf_counter()
+                cpu1 = tracer.cpu_now() if tracer is not None else None
+                if cpu0 is not None and cpu1 is not None:
+                    res["tracer_cpu_during_s"] = round(cpu1 - cpu0, 3)
+                if not ready:
+                    raise RuntimeError(f"the guest did not end within {timeout} s")
+                res["guest_s"] = round(t2 - t0, 6)
+                if vcpu0 is not None and vcpu1 is not None:
+                    res["vcpu_cpu_s"] = round((vcpu1 - vcpu0) / 1e9, 6)
+                res["resume_s"] = round(t1 - t0, 6)
+                if tracer is not None:
+                    res["outcome"] = tracer.finish(guest)
+            finally:
+                if tracer is not None:
+                    tracer.cleanup()
+    except Exception as e:  # noqa: BLE001 - one failed run must not stop the benchmark
+        res["error"] = f"{type(e).__name__}: {e}"
     return res
 
 
@@ -1194,8 +1207,6 @@ def bench_writer(total: int, workdir: Path) -> dict:
 
 def bench_ring_drain(writes: int, pages: int, workdir: Path, timeout: float) -> dict:
     """Fill kvmtrace's BPF ring buffer with the storm guest, nobody reading; then drain it all and write it."""
-    from kvmtrace.demo import start_demo, stop_demo
-    from kvmtrace.domain import resolve
     from kvmtrace.events import EventKind
     from kvmtrace.host import check_kernel_headers, find_tracefs
     from kvmtrace.probe import Probes, available_tracepoints
@@ -1205,79 +1216,70 @@ def bench_ring_drain(writes: int, pages: int, workdir: Path, timeout: float) -> 
     formats = available_tracepoints(str(find_tracefs()))
     workload = storm_workload(writes)
     truth = ground_truth(workload)
-    probes = conn = dom = pidfd = writer = None
+    probes = writer = None
     res: dict = {"port_writes": writes, "ringbuf_pages": pages}
     try:
-        conn, dom = start_demo(workload, URI, name=DOMAIN, paused=True)
-        g = resolve(conn, DOMAIN)
-        pidfd = os.pidfd_open(g.pid)
-        probes = Probes(formats, ringbuf_pages=pages)
-        OUR_PROGS.update(bpf_attachments(os.getpid()).values())
-        for vcpu, tid in g.vcpu_threads.items():
-            probes.add_vcpu(g.pid, tid, g.kvm_run.get(vcpu, 0))
-        probes.add_target(g.pid, 0)
-        t0 = time.perf_counter()
-        dom.resume()
-        if not select.select([pidfd], [], [], timeout)[0]:
-            raise RuntimeError(f"the guest did not end within {timeout} s")
-        res["guest_s"] = round(time.perf_counter() - t0, 4)
-        probes.stop_matching()  # the ring now holds the whole run
-        counters = probes.counters()
-        res["matched"] = sum(counters.matched.values())
-        res["lost"] = counters.lost_total
-        res["pending"] = probes.pending
-        writer = TraceWriter(workdir / "drain.kvmtrace", {"bench": "ring drain"})
-        drain_wall = drain_cpu = write_wall = write_cpu = 0.0
-        drained = 0
-        pio = 0
-        while True:
-            w0, c0 = time.perf_counter(), time.process_time()
-            ev = probes.take(BATCH)
-            drain_wall += time.perf_counter() - w0
-            drain_cpu += time.process_time() - c0
-            if not len(ev):
-                break
-            drained += len(ev)
-            pio += int((ev["kind"] == EventKind.PIO).sum())  # not timed
-            w0, c0 = time.perf_counter(), time.process_time()
-            writer.write(ev, {"t_ns": drained})
-            write_wall += time.perf_counter() - w0
-            write_cpu += time.process_time() - c0
-        w0, c0 = time.perf_counter(), time.process_time()
-        writer.close({"stop_reason": "bench"})
-        write_wall += time.perf_counter() - w0
-        write_cpu += time.process_time() - c0
-        size = (workdir / "drain.kvmtrace").stat().st_size
-        res.update(
-            file_bytes=size, bytes_per_event=round(size / drained, 2) if drained else None,
-            drained=drained, pio_drained=pio, pio_expected=truth["pio"],
-            complete=drained + res["lost"] == res["matched"] and pio == truth["pio"],
-            drain_wall_s=round(drain_wall, 5), drain_cpu_s=round(drain_cpu, 5),
-            write_wall_s=round(write_wall, 5), write_cpu_s=round(write_cpu, 5),
-        )
-        total_wall, total_cpu = drain_wall + write_wall, drain_cpu + write_cpu
-        if drained:
-            res.update(
-                drain_events_per_s_wall=round(drained / drain_wall) if drain_wall else None,
-                drain_events_per_cpu_s=round(drained / drain_cpu) if drain_cpu else None,
-                events_per_s_wall=round(drained / total_wall),
-                events_per_cpu_s=round(drained / total_cpu) if total_cpu else None,
-                cpu_ns_per_event=round(total_cpu / drained * 1e9, 1),
-            )
-    finally:
-        if writer is not None and not writer.closed:
-            writer.abandon()
-        if probes is not None:
-            probes.close()
-        if pidfd is not None:
-            os.close(pidfd)
-        if dom is not None:
-            stop_demo(dom)
-        if conn is not None:
+        with storm_guest(workload) as (dom, g, pidfd):
             try:
-                conn.close()
-            except Exception:  # noqa: BLE001
-                pass
+                probes = Probes(formats, ringbuf_pages=pages)
+                OUR_PROGS.update(bpf_attachments(os.getpid()).values())
+                for vcpu, tid in g.vcpu_threads.items():
+                    probes.add_vcpu(g.pid, tid, g.kvm_run.get(vcpu, 0))
+                probes.add_target(g.pid, 0)
+                t0 = time.perf_counter()
+                dom.resume()
+                if not select.select([pidfd], [], [], timeout)[0]:
+                    raise RuntimeError(f"the guest did not end within {timeout} s")
+                res["guest_s"] = round(time.perf_counter() - t0, 4)
+                probes.stop_matching()  # the ring now holds the whole run
+                counters = probes.counters()
+                res["matched"] = sum(counters.matched.values())
+                res["lost"] = counters.lost_total
+                res["pending"] = probes.pending
+                writer = TraceWriter(workdir / "drain.kvmtrace", {"bench": "ring drain"})
+                drain_wall = drain_cpu = write_wall = write_cpu = 0.0
+                drained = 0
+                pio = 0
+                while True:
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    ev = probes.take(BATCH)
+                    drain_wall += time.perf_counter() - w0
+                    drain_cpu += time.process_time() - c0
+                    if not len(ev):
+                        break
+                    drained += len(ev)
+                    pio += int((ev["kind"] == EventKind.PIO).sum())  # not timed
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    writer.write(ev, {"t_ns": drained})
+                    write_wall += time.perf_counter() - w0
+                    write_cpu += time.process_time() - c0
+                w0, c0 = time.perf_counter(), time.process_time()
+                writer.close({"stop_reason": "bench"})
+                write_wall += time.perf_counter() - w0
+                write_cpu += time.process_time() - c0
+                size = (workdir / "drain.kvmtrace").stat().st_size
+                res.update(
+                    file_bytes=size, bytes_per_event=round(size / drained, 2) if drained else None,
+                    drained=drained, pio_drained=pio, pio_expected=truth["pio"],
+                    complete=drained + res["lost"] == res["matched"] and pio == truth["pio"],
+                    drain_wall_s=round(drain_wall, 5), drain_cpu_s=round(drain_cpu, 5),
+                    write_wall_s=round(write_wall, 5), write_cpu_s=round(write_cpu, 5),
+                )
+                total_wall, total_cpu = drain_wall + write_wall, drain_cpu + write_cpu
+                if drained:
+                    res.update(
+                        drain_events_per_s_wall=round(drained / drain_wall) if drain_wall else None,
+                        drain_events_per_cpu_s=round(drained / drain_cpu) if drain_cpu else None,
+                        events_per_s_wall=round(drained / total_wall),
+                        events_per_cpu_s=round(drained / total_cpu) if total_cpu else None,
+                        cpu_ns_per_event=round(total_cpu / drained * 1e9, 1),
+                    )
+            finally:
+                if writer is not None and not writer.closed:
+                    writer.abandon()
+                if probes is not None:
+                    probes.close()
+    finally:
         (workdir / "drain.kvmtrace").unlink(missing_ok=True)
     return res
 
