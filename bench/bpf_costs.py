@@ -8,7 +8,7 @@ every program, and reports nanoseconds per run:
 1. **primitives**: one small program per helper or map operation kvmtrace's
    probes use, all attached to ``kvm:kvm_pio``;
 2. **kvmtrace's probes** in events and counts mode, as ``kvmtrace record``
-   loads them (through kvmtrace.probe.Probes).
+   loads them (through kvmtrace.kernel.probe.Probes).
 
 The stats' own timing (two clock reads per run) is in every figure: the empty
 program shows it. Subtract it to compare primitives.
@@ -137,7 +137,7 @@ def kvmtrace_probes(writes: int, mode: str) -> dict[str, dict]:
     """kvmtrace's probes as record loads them, drained by a thread as record does."""
     import threading
 
-    from kvmtrace.probe import Probes, available_tracepoints
+    from kvmtrace.kernel.probe import Probes, available_tracepoints
 
     probes = Probes(available_tracepoints("/sys/kernel/tracing"), counts_mode=mode == "counts")
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kvmtrace overhead benchmark: guest run time under each tracer, and drain speed.
 
-Part 1, guest run time.  The demo guest (kvmtrace.guest) runs a finite "storm":
+Part 1, guest run time.  The demo guest (kvmtrace.demo.guest) runs a finite "storm":
 N writes to port 0x80 and nothing else, then ends QEMU through isa-debug-exit.
 Each write is one kvm_pio event, one userspace exit (KVM_EXIT_IO) and one
 KVM_RUN ioctl.  The domain is started paused, the tracer is started and waited
@@ -11,7 +11,7 @@ start-up is not included.  Configurations alternate round-robin (untraced,
 kvmtrace events, kvmtrace counts, bpftrace, perf, trace-cmd, untraced, ...)
 so that a noisy machine hits them all alike; medians are reported, with the
 ratio to the untraced median.  Every tracer's recorded counts are checked
-against the guest's program (kvmtrace.guest.expected) and its lost events
+against the guest's program (kvmtrace.demo.guest.expected) and its lost events
 are reported.
 
 Part 2, drain speed: events per second per core from kvmtrace's BPF ring
@@ -577,7 +577,7 @@ class Bpftrace(Tracer):
 EMPTY_PROGRAMS = r"""
 import signal, sys
 from bcc import BPF
-from kvmtrace.events import TRACEPOINTS
+from kvmtrace.kernel.events import TRACEPOINTS
 b = BPF(text="int e(void *ctx) { return 0; }")
 for system, name, _kind in TRACEPOINTS:
     try:
@@ -879,15 +879,15 @@ def storm_workload(writes: int):
     """Workload(port_writes=N, every other access kind 0, steady=False): only port 0x80 writes."""
     import dataclasses
 
-    from kvmtrace.guest import Workload
+    from kvmtrace.demo.guest import Workload
 
     zero = {f.name: 0 for f in dataclasses.fields(Workload) if f.type in (int, "int") and f.name != "port_writes"}
     return Workload(**{**zero, "port_writes": writes, "steady": False})
 
 
 def ground_truth(workload) -> dict:
-    """What the kernel must report for one run, from kvmtrace.guest.expected()."""
-    from kvmtrace.guest import expected
+    """What the kernel must report for one run, from kvmtrace.demo.guest.expected()."""
+    from kvmtrace.demo.guest import expected
 
     truth = expected(workload)
     pio = sum(truth["pio"].values())  # N writes to 0x80 + the final write to 0xf4
@@ -950,10 +950,10 @@ def vcpu_cpu_ns(guest: Guest) -> int | None:
 @contextlib.contextmanager
 def storm_guest(workload, name: str = DOMAIN):
     """The demo guest running ``workload``, created paused: yields (libvirt
-    domain, its kvmtrace.domain.GuestProcess, a pidfd of QEMU), and destroys
+    domain, its kvmtrace.record.domain.GuestProcess, a pidfd of QEMU), and destroys
     it on the way out, whatever happened."""
-    from kvmtrace.demo import start_demo, stop_demo
-    from kvmtrace.domain import resolve
+    from kvmtrace.demo.run import start_demo, stop_demo
+    from kvmtrace.record.domain import resolve
 
     conn = dom = pidfd = None
     try:
@@ -1146,7 +1146,7 @@ def synthetic_storm(n: int, seed: int = 1):
     """EVENT_DTYPE records shaped like the storm: PIO, USERSPACE_EXIT (with kvm_run fields), RUN."""
     import numpy as np
 
-    from kvmtrace.events import EVENT_DTYPE, EventFlag, EventKind
+    from kvmtrace.kernel.events import EVENT_DTYPE, EventFlag, EventKind
 
     rng = np.random.default_rng(seed)
     ev = np.zeros(n, dtype=EVENT_DTYPE)
@@ -1207,9 +1207,9 @@ def bench_writer(total: int, workdir: Path) -> dict:
 
 def bench_ring_drain(writes: int, pages: int, workdir: Path, timeout: float) -> dict:
     """Fill kvmtrace's BPF ring buffer with the storm guest, nobody reading; then drain it all and write it."""
-    from kvmtrace.events import EventKind
-    from kvmtrace.host import check_kernel_headers, find_tracefs
-    from kvmtrace.probe import Probes, available_tracepoints
+    from kvmtrace.kernel.events import EventKind
+    from kvmtrace.record.host import check_kernel_headers, find_tracefs
+    from kvmtrace.kernel.probe import Probes, available_tracepoints
     from kvmtrace.tracefile import TraceWriter
 
     check_kernel_headers()
@@ -1397,7 +1397,7 @@ def loaded_programs() -> list[str]:
 
 
 def host_facts() -> dict:
-    from kvmtrace.host import host_info
+    from kvmtrace.record.host import host_info
 
     cpu = "?"
     try:
@@ -1448,7 +1448,7 @@ def main(argv: list[str] | None = None) -> int:
         print("run as root: sudo .venv/bin/python bench/overhead.py ...", file=sys.stderr)
         return 2
     if not args.hw_exits:
-        from kvmtrace.host import host_info
+        from kvmtrace.record.host import host_info
 
         args.hw_exits = host_info().isa in ("VMX", "SVM")
 

@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import TracefsState  # noqa: E402  (what trace-cmd leaves changed in tracefs)
 
-from kvmtrace.demo import start_demo, stop_demo
-from kvmtrace.domain import resolve
-from kvmtrace.guest import Workload
+from kvmtrace.demo.run import start_demo, stop_demo
+from kvmtrace.record.domain import resolve
+from kvmtrace.demo.guest import Workload
 
 URI = "qemu:///system"
 # What kvmtrace records of a running guest's vCPU thread: its port and MMIO

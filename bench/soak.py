@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from kvmtrace.demo import start_demo, stop_demo
-from kvmtrace.guest import Workload
+from kvmtrace.demo.run import start_demo, stop_demo
+from kvmtrace.demo.guest import Workload
 
 URI = "qemu:///system"
 

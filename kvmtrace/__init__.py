@@ -12,7 +12,7 @@ __all__ = ["__version__", "load", "Trace"]
 
 def __getattr__(name: str):
     if name in ("load", "Trace"):
-        from . import trace
+        from kvmtrace import trace
 
         return getattr(trace, name)
     raise AttributeError(f"module 'kvmtrace' has no attribute {name!r}")

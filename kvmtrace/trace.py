@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis.summary import Summary, summarize
-from .exits import ExitNames
-from .tracefile import TraceData, read_trace
+from kvmtrace.analysis.summary import Summary, summarize
+from kvmtrace.tables.exits import ExitNames
+from kvmtrace.tracefile import TraceData, read_trace
 
 
 def _name_codes(codes: np.ndarray, name) -> pd.Categorical:
@@ -70,7 +70,7 @@ class Trace:
 
     @cached_property
     def events(self) -> pd.DataFrame:
-        """Every event, one row each, in file order (see kvmtrace.events)."""
+        """Every event, one row each, in file order (see kvmtrace.kernel.events)."""
         if self._events is not None:
             return self._events
         # The file was read straight into numpy arrays (read_trace(arrays=True)):
@@ -82,7 +82,7 @@ class Trace:
 
     def for_domain(self, name: str) -> "Trace":
         """This trace restricted to one recorded domain (by name, UUID or pid)."""
-        from .errors import KvmtraceError
+        from kvmtrace.errors import KvmtraceError
 
         for d in self.domains:
             if name in (d.get("name"), d.get("uuid"), str(d.get("pid"))):
@@ -116,10 +116,10 @@ class Trace:
         Columns: ts_ns (int64 ns, CLOCK_MONOTONIC), kind (category), pid, tid,
         cpu, vcpu (uint32; 4294967295 = unknown), reason, isa (uint32), err
         (int32), port, size, count (uint32), op, flags (uint8), gpa, rip,
-        info1, info2, value (uint64). Meaning per kind: kvmtrace.events.
+        info1, info2, value (uint64). Meaning per kind: kvmtrace.kernel.events.
         Index "event".
         """
-        from .events import AGGREGATE, EventKind
+        from kvmtrace.kernel.events import AGGREGATE, EventKind
 
         ev = self.events.copy()
         kinds = {int(k): k.name for k in EventKind}
@@ -130,7 +130,7 @@ class Trace:
         return ev
 
     def _vcpu(self, ev: pd.DataFrame) -> np.ndarray:
-        from .analysis.rates import vcpu_of
+        from kvmtrace.analysis.rates import vcpu_of
 
         v = vcpu_of(ev, self.vcpu_by_tid)
         return np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
@@ -144,7 +144,7 @@ class Trace:
         KVM_EXIT_IO, paired by its kvm_run fields), value (uint64; 0 unless
         recorded with --values). Index "access".
         """
-        from .events import EventKind, PioOp
+        from kvmtrace.kernel.events import EventKind, PioOp
 
         self._need_events("df_pio")
         ev = self.events
@@ -170,7 +170,7 @@ class Trace:
         for a VMM-answered read, the answer; 0 unless recorded with --values).
         Index "access".
         """
-        from .events import EventKind, MmioOp
+        from kvmtrace.kernel.events import EventKind, MmioOp
 
         self._need_events("df_mmio")
         ev = self.events
@@ -201,13 +201,13 @@ class Trace:
 
     def df_lifecycle(self) -> pd.DataFrame:
         """The VMM's creation and end of the guest (see analysis.lifecycle.lifecycle)."""
-        from .analysis.lifecycle import lifecycle
+        from kvmtrace.analysis.lifecycle import lifecycle
 
         return lifecycle(self.events, self.header, self.data.trailer)
 
     def df_memslots(self) -> pd.DataFrame:
         """The guest's KVM memory slots (see analysis.lifecycle.memory_slots)."""
-        from .analysis.lifecycle import memory_slots
+        from kvmtrace.analysis.lifecycle import memory_slots
 
         return memory_slots(self.events)
 
@@ -219,7 +219,7 @@ class Trace:
     @cached_property
     def device_map(self):
         """Device names for this trace's guest (its recorded QEMU memory map, else built in)."""
-        from .devices import DeviceMap
+        from kvmtrace.tables.devices import DeviceMap
 
         return DeviceMap.from_header(self.header)
 
@@ -244,14 +244,14 @@ class Trace:
     @cached_property
     def keyed(self) -> pd.DataFrame:
         """Every exit keyed by dimension (see analysis.rates.keyed)."""
-        from .analysis.rates import keyed
+        from kvmtrace.analysis.rates import keyed
 
         return keyed(self.events, self.names, self.device_map, self.vcpu_by_tid)
 
     def run_rates(self, window_s: float | None = None):
         """This run as compare/trend consume it (analysis.compare.RunRates)."""
-        from .analysis.compare import RunRates
-        from .analysis.rates import counts, windows
+        from kvmtrace.analysis.compare import RunRates
+        from kvmtrace.analysis.rates import counts, windows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
@@ -267,7 +267,7 @@ class Trace:
         (float64, window start in seconds since the recording started);
         values float64 events/s; a key absent in a window is 0.
         """
-        from .analysis.rates import DIMENSIONS, windows
+        from kvmtrace.analysis.rates import DIMENSIONS, windows
 
         if by not in DIMENSIONS:
             raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}, not {by!r}")
@@ -283,14 +283,14 @@ class Trace:
         return table.astype("float64")
 
     def _need_events(self, analysis: str) -> None:
-        from .errors import MissingTraceEventError
+        from kvmtrace.errors import MissingTraceEventError
 
         if self.header.get("mode") == "counts":
             raise MissingTraceEventError(["per-event records (record --mode events)"], analysis)
 
     @cached_property
     def _userspace_runs(self) -> pd.DataFrame:
-        from .analysis.runloop import userspace_runs
+        from kvmtrace.analysis.runloop import userspace_runs
 
         return self._label_exits(userspace_runs(self.events, domains=self.domains, order=self._order))
 
@@ -300,8 +300,8 @@ class Trace:
         device is a category of the names present, sorted (as pd.Categorical
         of the names would give); each distinct port or address is named once.
         """
-        from .analysis.summary import dense_codes
-        from .exits import KvmExit
+        from kvmtrace.analysis.summary import dense_codes
+        from kvmtrace.tables.exits import KvmExit
 
         code = runs["code"].to_numpy()
         labels = [""]  # label of each label number; 0 for exits that are neither IO nor MMIO
@@ -324,13 +324,13 @@ class Trace:
     def _service_frame(self) -> pd.DataFrame:
         """Userspace exits with service time, device and reason: what the
         latency tables need, built on numpy (analysis.summary.service_times)."""
-        from .analysis.summary import service_times
+        from kvmtrace.analysis.summary import service_times
 
         return self._label_exits(service_times(self.events, self._order))
 
     def _with_vcpu(self, runs: pd.DataFrame) -> pd.DataFrame:
         """``runs`` (of the service frame) with vcpu: the header's vCPU of each exit's thread."""
-        from .events import NO_VCPU
+        from kvmtrace.kernel.events import NO_VCPU
 
         return runs.assign(vcpu=self._vcpu(pd.DataFrame({"tid": runs["tid"], "vcpu": np.uint32(NO_VCPU)})))
 
@@ -351,7 +351,7 @@ class Trace:
         See analysis.runloop.correlate for the columns. Raises
         MissingTraceEventError on traces without kvm_exit (nested PVM hosts).
         """
-        from .analysis.runloop import correlate
+        from kvmtrace.analysis.runloop import correlate
 
         self._need_events("df_exits")
         return correlate(self.events, self._order)
@@ -363,7 +363,7 @@ class Trace:
         of reason, device, port, direction, gpa, vcpu) or "exit_handling"
         (kvm_exit -> kvm_entry; ``by`` isa, reason, vcpu).
         """
-        from .analysis.latency import exit_handling, latency_stats
+        from kvmtrace.analysis.latency import exit_handling, latency_stats
 
         self._need_events("df_latency")
         if which == "vmm_service":
@@ -378,7 +378,7 @@ class Trace:
 
     def unpaired(self) -> dict[str, int]:
         """Events at the recording's edges that have no partner (see analysis.runloop.unpaired)."""
-        from .analysis.runloop import unpaired
+        from kvmtrace.analysis.runloop import unpaired
 
         self._need_events("unpaired")
         return unpaired(self.events, self._order)
@@ -386,19 +386,19 @@ class Trace:
     @cached_property
     def _order(self):
         """The events' thread order (analysis.summary.ThreadOrder), shared by every pairing."""
-        from .analysis.summary import ThreadOrder
+        from kvmtrace.analysis.summary import ThreadOrder
 
         return ThreadOrder.of(self.events)
 
     @cached_property
     def _completions(self) -> np.ndarray:
-        from .analysis.summary import mmio_completions
+        from kvmtrace.analysis.summary import mmio_completions
 
         return mmio_completions(self.events, self._order)
 
     @cached_property
     def _pairing(self):
-        from .analysis.summary import pair_userspace
+        from kvmtrace.analysis.summary import pair_userspace
 
         return pair_userspace(self.events, self._completions, self._order)
 
@@ -489,8 +489,8 @@ def load_for_report(path: str | os.PathLike) -> Trace:
     values (8 bytes an event), nor EXIT_COLUMNS unless it has kvm_exit or
     kvm_entry events; all of them for a launch timeline, and the counts of a
     counts-mode trace (held in ``value``)."""
-    from .events import EventKind
-    from .tracefile import COLUMNS
+    from kvmtrace.kernel.events import EventKind
+    from kvmtrace.tracefile import COLUMNS
 
     t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
     if t.launched:

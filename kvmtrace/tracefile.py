@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .errors import OutputError, TraceFileError
-from .events import EVENT_DTYPE, PADDING
+from kvmtrace.errors import OutputError, TraceFileError
+from kvmtrace.kernel.events import EVENT_DTYPE, PADDING
 
 FORMAT_VERSION = 1
 HEADER_KEY = b"kvmtrace.header"

@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from kvmtrace.demo import resume, start_demo, stop_demo
-from kvmtrace.guest import PACED, Workload, build_rom, domain_xml
+from kvmtrace.demo.run import resume, start_demo, stop_demo
+from kvmtrace.demo.guest import PACED, Workload, build_rom, domain_xml
 
 HERE = Path(__file__).resolve().parent
 URI = "qemu:///system"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kvmtrace.events import EVENT_DTYPE, NO_VCPU, EventFlag, EventKind
+from kvmtrace.kernel.events import EVENT_DTYPE, NO_VCPU, EventFlag, EventKind
 
 
 class Ev:

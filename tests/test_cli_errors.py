@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from kvmtrace.guest import Workload, build_rom, domain_xml
+from kvmtrace.demo.guest import Workload, build_rom, domain_xml
 
 from .conftest import URI, kvmtrace_cmd
 from .kernelutil import kvmtrace_progs
@@ -87,7 +87,7 @@ def test_not_root(kernel, tmp_path):
 
 @pytest.mark.kernel
 def test_unwritable_output_fails_before_attaching(kernel, domain_name, tmp_path):
-    from kvmtrace.demo import start_demo, stop_demo
+    from kvmtrace.demo.run import start_demo, stop_demo
 
     _conn, dom = start_demo(Workload(steady=True), URI, name=domain_name, paused=True)
     try:

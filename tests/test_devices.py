@@ -1,4 +1,4 @@
-"""kvmtrace.devices: device names from QEMU's `info mtree -f` and the built-in PC table.
+"""kvmtrace.tables.devices: device names from QEMU's `info mtree -f` and the built-in PC table.
 
 The fixtures in tests/data/mtree are real QEMU 7.2 output captured on the
 project's machines (see tests/data/mtree/README.md for the exact commands).
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvmtrace import devices
-from kvmtrace.devices import (
+from kvmtrace.tables import devices
+from kvmtrace.tables.devices import (
     BUILTIN_RANGES,
     DESCRIPTIONS,
     MTREE_COMMAND,
@@ -69,7 +69,7 @@ def test_both_spaces_come_from_the_map(maps, name):
 
 @pytest.mark.parametrize("name", FLAT)
 def test_demo_guest_addresses(maps, name):
-    """The accesses of the demo ROM (kvmtrace.guest) get QEMU's names."""
+    """The accesses of the demo ROM (kvmtrace.demo.guest) get QEMU's names."""
     dm = maps[name]
     hpet = dm.mmio(0xFED00010)
     assert hpet.name == "hpet" and (hpet.start, hpet.end) == (0xFED00000, 0xFED003FF)
@@ -96,8 +96,8 @@ def test_demo_guest_addresses(maps, name):
 
 @pytest.mark.parametrize("name", ["pc-i440fx", "libvirt-pc-i440fx", "q35"])
 def test_in_kernel_matches_the_demo_ground_truth(maps, name):
-    """kvmtrace.guest.expected() says which accesses reach userspace: the map agrees."""
-    from kvmtrace.guest import Workload, expected
+    """kvmtrace.demo.guest.expected() says which accesses reach userspace: the map agrees."""
+    from kvmtrace.demo.guest import Workload, expected
 
     truth = expected(Workload())
     dm = maps[name]
@@ -409,7 +409,7 @@ def test_vectorised_naming_is_fast(maps):
 # ---------------------------------------------------------------- from_header
 
 def test_from_header_reads_the_recorders_domain_entry():
-    from kvmtrace.domain import GuestProcess
+    from kvmtrace.record.domain import GuestProcess
 
     g = GuestProcess(name="demo", uuid="00000000-0000-0000-0000-000000000001", id=3, uri="qemu:///system",
                      pid=1, memory_map_text=text("libvirt-pc-i440fx"))
@@ -521,8 +521,8 @@ def test_repr_and_len(maps):
 
 
 def test_module_is_pure_and_quiet_at_import():
-    code = ("import sys, kvmtrace.devices\n"
-            "print(','.join(m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.probe') if m in sys.modules))")
+    code = ("import sys, kvmtrace.tables.devices\n"
+            "print(','.join(m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.kernel.probe') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "" and out.stderr == ""
     assert devices.__all__ and all(hasattr(devices, n) for n in devices.__all__)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.demo import start_demo, stop_demo
-from kvmtrace.domain import kvm_run_mappings, resolve
-from kvmtrace.guest import Workload
+from kvmtrace.demo.run import start_demo, stop_demo
+from kvmtrace.record.domain import kvm_run_mappings, resolve
+from kvmtrace.demo.guest import Workload
 
 from .conftest import URI
 

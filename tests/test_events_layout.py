@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from kvmtrace.events import EVENT_DTYPE, EventKind, bpf_defines
-from kvmtrace.probe import probes_dir
+from kvmtrace.kernel.events import EVENT_DTYPE, EventKind, bpf_defines
+from kvmtrace.kernel.probe import probes_dir
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to lay out the struct")

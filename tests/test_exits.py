@@ -1,4 +1,4 @@
-"""Tests for kvmtrace.exits, the one source of truth for exit codes.
+"""Tests for kvmtrace.tables.exits, the one source of truth for exit codes.
 
 Three kinds of check:
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.exits import (
+from kvmtrace.tables.exits import (
     KVM_EXITS,
     SVM_EXIT_NAMES,
     VMX_EXIT_FLAG_NAMES,
@@ -41,7 +41,7 @@ from kvmtrace.exits import (
     kvm_exit_names_from_format,
     tables_from_format,
 )
-from kvmtrace.tpformat import (
+from kvmtrace.kernel.tpformat import (
     EventFormat,
     TracefsPermissionError,
     TracepointNotFoundError,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from kvmtrace.errors import MissingTraceEventError, OutputError
-from kvmtrace.events import AGGREGATE, EVENT_DTYPE, EventKind, MmioOp
-from kvmtrace.export import export_perfetto
-from kvmtrace.ioctls import KvmIoctl
+from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, EventKind, MmioOp
+from kvmtrace.present.perfetto import export_perfetto
+from kvmtrace.tables.ioctls import KvmIoctl
 from kvmtrace.trace import load
 from kvmtrace.tracefile import TraceWriter
 
@@ -407,7 +407,7 @@ def test_demo_trace_exports_quickly_and_validly(tmp_path):
 @pytest.mark.skipif(not (REAL / "hip24-vmx-6.5-2vm-tracedat.native-render.txt").exists(),
                     reason="shared/real-traces not present")
 def test_real_vmx_trace_with_entries(tmp_path):
-    importer = pytest.importorskip("kvmtrace.importer")
+    importer = pytest.importorskip("kvmtrace.importer.text")
     src = REAL / "hip24-vmx-6.5-2vm-tracedat.native-render.txt"
     importer.import_text(src, tmp_path / "r.kvmtrace")
     t = load(tmp_path / "r.kvmtrace")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.demo import resume, start_demo, stop_demo
+from kvmtrace.demo.run import resume, start_demo, stop_demo
 
-from kvmtrace.guest import Workload, expected
+from kvmtrace.demo.guest import Workload, expected
 from kvmtrace.trace import load
 
 from .conftest import URI, kvmtrace_cmd
@@ -219,5 +219,5 @@ def test_hostile_domain_names_and_paths(kernel, tmp_path, name):
     assert load(out).domains[0]["name"] == name
     assert not any(m.exists() for m in markers)
     # the default output name is made safe for a file system
-    from kvmtrace.record import default_output
+    from kvmtrace.record.session import default_output
     assert "/" not in default_output(name) and "\n" not in default_output(name)

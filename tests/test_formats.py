@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from kvmtrace import formats
-from kvmtrace.formats import CSV_COLUMNS, html_plots, render, render_csv, render_html, render_markdown, report_sections
-from kvmtrace.report import render_text, report_dict
+from kvmtrace.present import formats
+from kvmtrace.present.formats import CSV_COLUMNS, html_plots, render, render_csv, render_html, render_markdown, report_sections
+from kvmtrace.present.report import render_text, report_dict
 from kvmtrace.trace import load
 
 from .test_plots import PER_ROUND, ROUNDS, USERSPACE_PER_ROUND, write_counts_trace, write_trace

@@ -1,10 +1,10 @@
-"""The demo guest ROM (kvmtrace.guest): built by nasm, exits known in advance.
+"""The demo guest ROM (kvmtrace.demo.guest): built by nasm, exits known in advance.
 
 The unit tests only need nasm.  The ``kernel`` tests run the ROM for real under
 KVM (bare QEMU and through libvirt) and count its exits with bpftrace, an
 independent tracer, on the kvm:kvm_pio, kvm:kvm_mmio and kvm:kvm_userspace_exit
 tracepoints, filtered to the one QEMU process: every count must equal
-kvmtrace.guest.expected() exactly.  For the paced steady mode (tick_hz > 0)
+kvmtrace.demo.guest.expected() exactly.  For the paced steady mode (tick_hz > 0)
 they check that the rates follow the clock, with and without a CPU hog, and
 that a stopped run's counts are exactly its setup plus whole passes, one EOI
 per timer interrupt the guest itself counted.  They need root, /dev/kvm, QEMU, bpftrace
@@ -27,8 +27,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kvmtrace import guest
-from kvmtrace.guest import (
+from kvmtrace.demo import guest
+from kvmtrace.demo.guest import (
     PACED,
     GuestBuildError,
     Workload,

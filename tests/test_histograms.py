@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 
 from kvmtrace.analysis.histograms import log2_latency
-from kvmtrace.events import AGGREGATE, EventKind, Latency
-from kvmtrace.exits import ExitNames
+from kvmtrace.kernel.events import AGGREGATE, EventKind, Latency
+from kvmtrace.tables.exits import ExitNames
 from kvmtrace.trace import load
 
 from .conftest import ROOT, kvmtrace_cmd

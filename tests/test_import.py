@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvmtrace import importer
+from kvmtrace.importer import text as importer
 from kvmtrace.errors import OutputError, TraceFileError
-from kvmtrace.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
-from kvmtrace.exits import Isa, SvmExit, VmxExit
+from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.tables.exits import Isa, SvmExit, VmxExit
 from kvmtrace.tracefile import read_trace
-from kvmtrace.importer import detect_format, import_text
+from kvmtrace.importer.text import detect_format, import_text
 from kvmtrace.trace import load
 
 DATA = Path(__file__).resolve().parent / "data" / "import"

@@ -1,4 +1,4 @@
-"""Tests for kvmtrace.ioctls, the one table of KVM ioctl numbers.
+"""Tests for kvmtrace.tables.ioctls, the one table of KVM ioctl numbers.
 
 * Against the installed uapi header: a C program generated from the table's
   names prints every macro the header defines, and each number must match
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace import ioctls
-from kvmtrace.ioctls import KVM_IOCTLS, KVMIO, IoctlInfo, KvmIoctl, ioctl_info, ioctl_name, ioctl_type
+from kvmtrace.tables import ioctls
+from kvmtrace.tables.ioctls import KVM_IOCTLS, KVMIO, IoctlInfo, KvmIoctl, ioctl_info, ioctl_name, ioctl_type
 
 HEADER = Path("/usr/include/linux/kvm.h")
 
@@ -256,7 +256,7 @@ def test_import_is_stdlib_only_and_quiet():
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import kvmtrace.ioctls\n"
+        "import kvmtrace.tables.ioctls\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "print(','.join(sorted(new - set(sys.stdlib_module_names) - {'kvmtrace'})))\n"
     )

@@ -13,8 +13,8 @@ from kvmtrace.analysis.latency import (
     log2_histograms,
     vmm_service,
 )
-from kvmtrace.events import MmioOp
-from kvmtrace.exits import ExitNames
+from kvmtrace.kernel.events import MmioOp
+from kvmtrace.tables.exits import ExitNames
 
 from .evbuild import Ev
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from kvmtrace.guest import Workload, build_rom, domain_xml, expected
+from kvmtrace.demo.guest import Workload, build_rom, domain_xml, expected
 from kvmtrace.trace import load
 
 from .conftest import URI, kvmtrace_cmd
@@ -99,7 +99,7 @@ def test_bad_xml(kernel, tmp_path):
 
 
 def test_name_clash_with_a_running_domain(kernel, domain_name, tmp_path):
-    from kvmtrace.demo import start_demo, stop_demo
+    from kvmtrace.demo.run import start_demo, stop_demo
 
     _conn, dom = start_demo(Workload(steady=True), URI, name=domain_name, paused=True)
     try:

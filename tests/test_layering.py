@@ -7,8 +7,8 @@ import sys
 def test_analysis_and_report_import_no_kernel_modules():
     code = (
         "import sys\n"
-        "import kvmtrace.analysis.summary, kvmtrace.report, kvmtrace.trace, kvmtrace.cli\n"
-        "bad = [m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.probe') if m in sys.modules]\n"
+        "import kvmtrace.analysis.summary, kvmtrace.present.report, kvmtrace.trace, kvmtrace.cli.main\n"
+        "bad = [m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.kernel.probe') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -21,4 +21,4 @@ def test_only_probe_module_imports_bcc():
     pkg = pathlib.Path(__file__).resolve().parent.parent / "kvmtrace"
     users = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
                    if "from bcc" in p.read_text() or "import bcc" in p.read_text())
-    assert users == ["probe.py"]
+    assert users == ["kernel/probe.py"]

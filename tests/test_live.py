@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from kvmtrace.demo import resume, start_demo, stop_demo, wait_stopped
-from kvmtrace.guest import Workload, expected
+from kvmtrace.demo.run import resume, start_demo, stop_demo, wait_stopped
+from kvmtrace.demo.guest import Workload, expected
 
 from .conftest import URI, kvmtrace_cmd
 from .kernelutil import kvmtrace_progs, wait_for_line

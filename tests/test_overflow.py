@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from kvmtrace.demo import resume, start_demo, stop_demo, wait_stopped
-from kvmtrace.domain import resolve
-from kvmtrace.events import EventFlag, EventKind
-from kvmtrace.guest import Workload, expected
-from kvmtrace.record import RecordOptions, Session
+from kvmtrace.demo.run import resume, start_demo, stop_demo, wait_stopped
+from kvmtrace.record.domain import resolve
+from kvmtrace.kernel.events import EventFlag, EventKind
+from kvmtrace.demo.guest import Workload, expected
+from kvmtrace.record.session import RecordOptions, Session
 from kvmtrace.trace import load
 
 from .conftest import URI, kvmtrace_cmd
@@ -68,7 +68,7 @@ def test_a_full_thread_table_loses_no_event(kernel, domain_name):
     """The probes keep one state entry per vCPU thread; when that table is
     full, a thread's events are still matched and delivered (without its
     kvm_run fields), never dropped unaccounted."""
-    from kvmtrace.probe import Probes, available_tracepoints
+    from kvmtrace.kernel.probe import Probes, available_tracepoints
 
     w = Workload(port_writes=23, rtc_reads=29, pit_writes=31, pit_reads=37, hpet_writes=41, hpet_reads=43,
                  ioapic_writes=47)

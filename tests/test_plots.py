@@ -1,4 +1,4 @@
-"""kvmtrace.plots on small trace files written here, shaped like the demo guest's recordings.
+"""kvmtrace.present.plots on small trace files written here, shaped like the demo guest's recordings.
 
 The builder writes real trace files (TraceWriter) whose counts are known in
 advance: every figure is checked against them, not only for drawing.
@@ -13,11 +13,11 @@ import pytest
 from matplotlib.collections import QuadMesh
 from matplotlib.figure import Figure
 
-from kvmtrace import plots
+from kvmtrace.present import plots
 from kvmtrace.analysis.latency import log2_histograms
 from kvmtrace.errors import MissingTraceEventError
-from kvmtrace.events import AGGREGATE, EVENT_DTYPE, EventFlag, EventKind, MmioOp
-from kvmtrace.ioctls import KvmIoctl
+from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, EventFlag, EventKind, MmioOp
+from kvmtrace.tables.ioctls import KvmIoctl
 from kvmtrace.trace import load
 from kvmtrace.tracefile import TraceWriter
 

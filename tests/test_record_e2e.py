@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 
-from kvmtrace.demo import resume, start_demo, stop_demo
-from kvmtrace.domain import resolve
-from kvmtrace.events import AGGREGATE, EventKind, Latency
+from kvmtrace.demo.run import resume, start_demo, stop_demo
+from kvmtrace.record.domain import resolve
+from kvmtrace.kernel.events import AGGREGATE, EventKind, Latency
 from kvmtrace.trace import load
-from kvmtrace.guest import Workload, expected
+from kvmtrace.demo.guest import Workload, expected
 
 from .conftest import URI, kvmtrace_cmd
 from .kernelutil import Bpftrace, wait_for_line

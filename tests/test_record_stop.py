@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from kvmtrace.demo import start_demo, stop_demo
-from kvmtrace.guest import Workload
+from kvmtrace.demo.run import start_demo, stop_demo
+from kvmtrace.demo.guest import Workload
 from kvmtrace.trace import load
 
 from .conftest import URI, kvmtrace_cmd

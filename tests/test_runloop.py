@@ -19,7 +19,7 @@ from kvmtrace.analysis.runloop import (
 )
 from kvmtrace.analysis.summary import ThreadOrder
 from kvmtrace.errors import MissingTraceEventError
-from kvmtrace.events import AGGREGATE, EVENT_DTYPE, NO_VCPU, EventKind, MmioOp
+from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, NO_VCPU, EventKind, MmioOp
 
 from .evbuild import Ev
 
@@ -369,7 +369,7 @@ def test_analyses_import_no_kernel_modules():
     code = (
         "import sys\n"
         "import kvmtrace.analysis.runloop, kvmtrace.analysis.latency\n"
-        "print(','.join(m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.probe') if m in sys.modules))\n"
+        "print(','.join(m for m in ('bcc', 'libvirt', 'libvirt_qemu', 'kvmtrace.kernel.probe') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmtrace.guest import PACED, Workload, expected
+from kvmtrace.demo.guest import PACED, Workload, expected
 from kvmtrace.trace import load
 
 from .conftest import ROOT, kvmtrace_cmd
@@ -98,7 +98,7 @@ def test_imported_real_trace_json_rows_carry_isa_code_and_the_kernels_name(tmp_p
                    check=True, capture_output=True)
     rep = json.loads(subprocess.run(kvmtrace_cmd("report", "--format", "json", str(out)), capture_output=True,
                                     check=True).stdout)
-    from kvmtrace.exits import VMX_EXIT_NAMES
+    from kvmtrace.tables.exits import VMX_EXIT_NAMES
 
     assert sum(r["count"] for r in rep["exits"]) == 14132
     for r in rep["exits"]:

@@ -16,8 +16,8 @@ from kvmtrace.analysis.summary import (
     summarize,
     userspace_exits,
 )
-from kvmtrace.events import MmioOp
-from kvmtrace.exits import ExitNames
+from kvmtrace.kernel.events import MmioOp
+from kvmtrace.tables.exits import ExitNames
 
 from .evbuild import Ev
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from kvmtrace.errors import OutputError, TraceFileError
-from kvmtrace.events import EVENT_DTYPE, EventKind
+from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
 from kvmtrace.tracefile import FORMAT_VERSION, HEADER_KEY, SCHEMA, TraceWriter, read_trace
 
 
@@ -164,7 +164,7 @@ def test_a_row_count_no_array_can_hold_is_not_trusted():
 @pytest.mark.parametrize("exits", [False, True])
 def test_report_reads_exit_columns_only_for_traces_with_exits(tmp_path, exits):
     """load_for_report leaves out what no table of the trace uses, and reports the same."""
-    from kvmtrace.report import render_json, render_text
+    from kvmtrace.present.report import render_json, render_text
     from kvmtrace.trace import EXIT_COLUMNS, load, load_for_report
 
     from .evbuild import Ev

@@ -76,8 +76,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import RateTableError
-from .records import plain_records
+from kvmtrace.errors import RateTableError
+from kvmtrace.analysis.records import plain_records
 
 #: Dimensions of a rate table, in the order reports show them.
 DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]

@@ -3,7 +3,7 @@
 `record --mode counts` keeps no single event: the probes fold each interval
 (userspace exit -> the thread's next KVM_RUN; kvm_exit -> kvm_entry) into a
 log2 histogram in the kernel, written as HIST rows (``op`` the
-:class:`~kvmtrace.events.Latency`, ``reason`` the exit reason, ``isa``,
+:class:`~kvmtrace.kernel.events.Latency`, ``reason`` the exit reason, ``isa``,
 ``port`` the bucket b for [2^b, 2^(b+1)) ns, ``value`` the count). The
 quantiles here are therefore bucket bounds: the q-quantile is the upper bound
 2^(b+1) ns of the bucket holding it, never more than 2x the true value.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..events import AGGREGATE, EventKind, Latency
-from ..exits import ExitNames, Isa
+from kvmtrace.kernel.events import AGGREGATE, EventKind, Latency
+from kvmtrace.tables.exits import ExitNames, Isa
 
 #: Columns of :func:`log2_latency` (ns columns are bucket upper bounds).
 LOG2_LATENCY_COLUMNS = ("isa", "reason", "count", "p50", "p90", "p99", "max")

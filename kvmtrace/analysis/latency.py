@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..exits import ExitNames, Isa
-from .runloop import ISAS, correlate, userspace_runs
-from .summary import ThreadOrder, group_codes
+from kvmtrace.tables.exits import ExitNames, Isa
+from kvmtrace.analysis.runloop import ISAS, correlate, userspace_runs
+from kvmtrace.analysis.summary import ThreadOrder, group_codes
 
 __all__ = [
     "PERCENTILES",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..events import EventKind
-from ..ioctls import KvmIoctl, ioctl_name
+from kvmtrace.kernel.events import EventKind
+from kvmtrace.tables.ioctls import KvmIoctl, ioctl_name
 
 #: The ioctls a timeline shows one by one; the rest are counted per name.
 MILESTONES = {

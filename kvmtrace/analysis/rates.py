@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..events import EventKind, MmioOp, PioOp
-from ..exits import ExitNames, Isa
-from .summary import dense_codes, mmio_completions, weighted
+from kvmtrace.kernel.events import EventKind, MmioOp, PioOp
+from kvmtrace.tables.exits import ExitNames, Isa
+from kvmtrace.analysis.summary import dense_codes, mmio_completions, weighted
 
 DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
 DIMENSION_DTYPE = pd.CategoricalDtype(DIMENSIONS)

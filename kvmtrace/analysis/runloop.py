@@ -32,10 +32,10 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from ..errors import MissingTraceEventError
-from ..events import AGGREGATE, NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
-from ..exits import VMX_BASIC_MASK, Isa, KvmExit, VmxExitFlag
-from .summary import ThreadOrder, mmio_completions
+from kvmtrace.errors import MissingTraceEventError
+from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.tables.exits import VMX_BASIC_MASK, Isa, KvmExit, VmxExitFlag
+from kvmtrace.analysis.summary import ThreadOrder, mmio_completions
 
 __all__ = [
     "ACCESSES",
@@ -132,7 +132,7 @@ def _check_columns(ev: pd.DataFrame, needed: Iterable[str], analysis: str) -> No
     if missing:
         raise ValueError(
             f"{analysis} needs the event columns {', '.join(missing)}, which this frame lacks: "
-            "pass the events frame of a trace (kvmtrace.trace.Trace.events, columns of kvmtrace.events.EVENT_DTYPE)"
+            "pass the events frame of a trace (kvmtrace.trace.Trace.events, columns of kvmtrace.kernel.events.EVENT_DTYPE)"
         )
 
 

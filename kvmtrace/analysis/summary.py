@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..events import AGGREGATE, EventFlag, EventKind, MmioOp, PioOp
-from ..exits import ExitNames, Isa, KvmExit, kvm_exit_info
+from kvmtrace.kernel.events import AGGREGATE, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.tables.exits import ExitNames, Isa, KvmExit, kvm_exit_info
 
 EINTR = 4
 

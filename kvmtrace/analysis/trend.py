@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .compare import DIMENSIONS, RateTableError, RunRates, _dimension_dtype, natural_key, run_counts
+from kvmtrace.analysis.compare import DIMENSIONS, RateTableError, RunRates, _dimension_dtype, natural_key, run_counts
 
 #: Baseline runs when none are named.
 BASELINE_RUNS = 3

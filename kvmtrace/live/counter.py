@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .domain import GuestProcess, connect, resolve, running_domains
-from .events import EVENT_DTYPE, PADDING
-from .record import RecordOptions, Session
+from kvmtrace.record.domain import GuestProcess, connect, resolve, running_domains
+from kvmtrace.kernel.events import EVENT_DTYPE, PADDING
+from kvmtrace.record.session import RecordOptions, Session
 
 RESCAN_SECONDS = 5.0
 
@@ -78,7 +78,7 @@ class LiveCounter:
 
     def cumulative(self) -> pd.DataFrame:
         """Every count since the start, as aggregate rows."""
-        from .probe import CountsDelta
+        from kvmtrace.kernel.probe import CountsDelta
 
         keys, totals = self.session.probes.read_counts()
         return rows_frame(CountsDelta().rows(keys, totals, time.monotonic_ns()))

@@ -24,7 +24,7 @@ works on it.  Accepted, and told apart by :func:`detect_format`:
     Lines that are only ``kvm_exit: reason ...`` (an optional leading
     timestamp), without a task: pid, tid 0, cpu unknown.
 
-Events read (one row of :data:`kvmtrace.events.EVENT_DTYPE` each):
+Events read (one row of :data:`kvmtrace.kernel.events.EVENT_DTYPE` each):
 ``kvm_exit`` in every kernel era and the trace-cmd plugin's form,
 ``kvm_entry``, ``kvm_pio``, ``kvm_mmio``, ``kvm_userspace_exit`` and
 ``sys_enter_ioctl`` with cmd ``KVM_RUN`` (a RUN event).  Lines of other
@@ -38,11 +38,11 @@ column is the thread; with a ``(TGID)`` column (ftrace) or ``pid/tid`` (perf)
 whose vCPU ids collide stay apart by ``pid``.  The header's ``domains`` has one
 entry per ``pid``.
 
-Exit reasons are read by name (``kvmtrace.exits``): VMX names (upper case,
+Exit reasons are read by name (``kvmtrace.tables.exits``): VMX names (upper case,
 ``PENDING_INTERRUPT`` of old kernels included, flag names such as
 ``FAILED_VMENTRY`` after the name set their bit), SVM names (``npf``, ``io``,
 ``PF excp``), or a number the kernel printed for a code it has no name for.
-The trace's ISA is voted by the names (:func:`kvmtrace.exits.isa_from_names`)
+The trace's ISA is voted by the names (:func:`kvmtrace.tables.exits.isa_from_names`)
 unless given.  An exit whose reason has neither a known name nor a number
 (the trace-cmd plugin prints ``UNKNOWN``) cannot be stored: it is counted, by
 name, in ``undecodable_exits``.
@@ -81,10 +81,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .errors import OutputError, TraceFileError
-from .events import EVENT_DTYPE, KVM_RUN, NO_VCPU, TRACEPOINTS, EventFlag, EventKind, MmioOp, PioOp
-from .exits import (
+from kvmtrace import __version__
+from kvmtrace.errors import OutputError, TraceFileError
+from kvmtrace.kernel.events import EVENT_DTYPE, KVM_RUN, NO_VCPU, TRACEPOINTS, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.tables.exits import (
     SVM_EXIT_NAMES,
     VMX_EXIT_FLAG_NAMES,
     VMX_EXIT_NAMES,
@@ -92,7 +92,7 @@ from .exits import (
     SvmExit,
     isa_from_names,
 )
-from .tracefile import TraceWriter
+from kvmtrace.tracefile import TraceWriter
 
 __all__ = ["FORMATS", "BATCH_EVENTS", "ImportResult", "default_output", "detect_format", "import_text"]
 
@@ -902,7 +902,7 @@ def import_text(path: str | os.PathLike, output: str | os.PathLike, *, fmt: str 
     """Import the text trace ``path`` into the kvmtrace trace file ``output``.
 
     ``fmt`` is one of :data:`FORMATS` or None to detect it (:func:`detect_format`);
-    ``isa`` (``"vmx"``, ``"svm"`` or an :class:`~kvmtrace.exits.Isa`) overrides the ISA
+    ``isa`` (``"vmx"``, ``"svm"`` or an :class:`~kvmtrace.tables.exits.Isa`) overrides the ISA
     the exit-reason names vote for.  Raises TraceFileError when the input is
     binary, empty or holds no kvm event, OutputError when ``output`` cannot be
     written, ValueError for a bad ``fmt``/``isa``.  Lines that cannot be read

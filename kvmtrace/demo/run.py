@@ -1,4 +1,4 @@
-"""Start the demo guest (kvmtrace.guest) as a libvirt domain.
+"""Start the demo guest (kvmtrace.demo.guest) as a libvirt domain.
 
 Used by `kvmtrace demo` and by the tests that check kvmtrace's numbers
 against the guest's programmed exits.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from .domain import connect
-from .errors import LibvirtError
-from .guest import DEFAULT_DOMAIN_NAME, Workload, build_rom, domain_xml
+from kvmtrace.record.domain import connect
+from kvmtrace.errors import LibvirtError
+from kvmtrace.demo.guest import DEFAULT_DOMAIN_NAME, Workload, build_rom, domain_xml
 
 
 def _owned_by_us(dom) -> bool:

@@ -41,7 +41,7 @@ from matplotlib import colormaps, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import MissingTraceEventError
+from kvmtrace.errors import MissingTraceEventError
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -528,7 +528,7 @@ def plot_latency_hist(trace, which: str = "vmm_service", by: str | None = "devic
     linear percentiles, as Trace.df_latency). Unpaired exits (no partner at
     the recording's edges) are left out and counted in the subtitle.
     """
-    from .analysis.latency import latency_stats, log2_histograms
+    from kvmtrace.analysis.latency import latency_stats, log2_histograms
 
     frame, col = _latency_frame(trace, which)
     labels = _group_labels(trace, frame, by, which)
@@ -595,8 +595,8 @@ def plot_latency_hist(trace, which: str = "vmm_service", by: str | None = "devic
 
 def _vcpu_counts(trace, window: float) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     """Counts per (vCPU, window), row labels, window edges (s) and what was counted."""
-    from .analysis.rates import vcpu_of
-    from .events import EventKind
+    from kvmtrace.analysis.rates import vcpu_of
+    from kvmtrace.kernel.events import EventKind
 
     ev = trace.events
     kind = ev["kind"].to_numpy()

@@ -16,10 +16,10 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Callable, TextIO
 
-from .demo import resume
-from .domain import connect, lookup, resolve
-from .errors import KvmtraceError, LibvirtError, OutputError
-from .record import RecordOptions, RecordResult, Session, default_output
+from kvmtrace.demo.run import resume
+from kvmtrace.record.domain import connect, lookup, resolve
+from kvmtrace.errors import KvmtraceError, LibvirtError, OutputError
+from kvmtrace.record.session import RecordOptions, RecordResult, Session, default_output
 
 
 class DomainXmlError(KvmtraceError):

@@ -6,7 +6,7 @@ headers), resolve the domains through libvirt, open the output file, build
 and attach the probes, stream events to the file until Ctrl-C, SIGTERM,
 --duration or the domains stopping, then stop tracing the guests, drain
 what is left, detach and write the trailer. :class:`Session` holds those
-steps; :func:`record` and :mod:`kvmtrace.launch` put them in order.
+steps; :func:`record` and :mod:`kvmtrace.record.launch` put them in order.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Callable, TextIO
 
 import numpy as np
 
-from . import __version__
-from .domain import DEFAULT_URI, GuestProcess, connect, resolve, running_domains
-from .errors import KvmtraceError
-from .host import check_kernel_headers, check_privileges, find_tracefs, host_info
-from .tracefile import TraceWriter
+from kvmtrace import __version__
+from kvmtrace.record.domain import DEFAULT_URI, GuestProcess, connect, resolve, running_domains
+from kvmtrace.errors import KvmtraceError
+from kvmtrace.record.host import check_kernel_headers, check_privileges, find_tracefs, host_info
+from kvmtrace.tracefile import TraceWriter
 
 FLUSH_EVENTS = 1 << 16  # write a batch at this many events ...
 FLUSH_SECONDS = 0.25  # ... or this often
@@ -122,7 +122,7 @@ class Session:
         self.stop_reason = "error"
         self.counters = None
         self.extra_trailer: dict = {}
-        from .probe import CountsDelta
+        from kvmtrace.kernel.probe import CountsDelta
 
         self._delta = CountsDelta()
 
@@ -130,7 +130,7 @@ class Session:
         print(f"kvmtrace: {msg}", file=self.log, flush=True)
 
     def preflight(self) -> None:
-        from .probe import available_tracepoints
+        from kvmtrace.kernel.probe import available_tracepoints
 
         check_privileges()
         tracefs = find_tracefs()
@@ -161,7 +161,7 @@ class Session:
         self.writer = TraceWriter(path, self.header(extra, guests))
 
     def attach(self) -> None:
-        from .probe import DEFAULT_RINGBUF_PAGES, Probes
+        from kvmtrace.kernel.probe import DEFAULT_RINGBUF_PAGES, Probes
 
         self.probes = Probes(
             self.formats,

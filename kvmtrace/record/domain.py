@@ -13,7 +13,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import (
+from kvmtrace.errors import (
     DomainNotFoundError,
     DomainNotRunningError,
     LibvirtError,

@@ -21,10 +21,10 @@ import sys
 import time
 
 
-from .analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
-from .events import EventKind, Latency
-from .exits import ExitNames
-from .live import LiveCounter, RESCAN_SECONDS
+from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
+from kvmtrace.kernel.events import EventKind, Latency
+from kvmtrace.tables.exits import ExitNames
+from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS
 
 NAMES = ExitNames.builtin()
 
@@ -38,7 +38,7 @@ class KvmtraceCollector:
         self._devmaps: dict[int, object] = {}
 
     def _devmap(self, guest):
-        from .devices import DeviceMap
+        from kvmtrace.tables.devices import DeviceMap
 
         if guest.pid not in self._devmaps:
             text = guest.memory_map_text
@@ -105,7 +105,7 @@ class KvmtraceCollector:
 def run_serve(domain: str | None, uri: str, all_domains: bool, port: int, listen: str) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from .record import _StopFlag
+    from kvmtrace.record.session import _StopFlag
 
     with LiveCounter(domain, uri, all_domains) as live:
         registry = CollectorRegistry()

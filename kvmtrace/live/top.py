@@ -19,10 +19,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
-from .events import EventKind
-from .exits import ExitNames
-from .live import LiveCounter, Snapshot
+from kvmtrace.analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
+from kvmtrace.kernel.events import EventKind
+from kvmtrace.tables.exits import ExitNames
+from kvmtrace.live.counter import LiveCounter, Snapshot
 
 NAMES = ExitNames.builtin()
 COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
@@ -30,7 +30,7 @@ DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu"]
 
 
 def _device_names(live: LiveCounter):
-    from .devices import DeviceMap
+    from kvmtrace.tables.devices import DeviceMap
 
     return {g.pid: DeviceMap.from_mtree(g.memory_map_text) if g.memory_map_text else DeviceMap.builtin()
             for g in live.guests}
@@ -104,7 +104,7 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
 
 def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, batch: bool,
             iterations: int | None, log_path: str | None, as_csv: bool, out: TextIO = sys.stdout) -> int:
-    from .record import _StopFlag
+    from kvmtrace.record.session import _StopFlag
 
     with LiveCounter(domain, uri, all_domains) as live:
         devmaps = _device_names(live)

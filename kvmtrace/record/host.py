@@ -11,7 +11,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KernelHeadersError, NotPrivilegedError, TracefsError
+from kvmtrace.errors import KernelHeadersError, NotPrivilegedError, TracefsError
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 

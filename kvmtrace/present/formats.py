@@ -1,12 +1,12 @@
 """More forms of `kvmtrace report`: Markdown, CSV and one self-contained HTML page.
 
-They sit beside :func:`kvmtrace.report.render_text` and ``render_json`` and
-show the same numbers (all come from :func:`kvmtrace.report.report_dict`):
+They sit beside :func:`kvmtrace.present.report.render_text` and ``render_json`` and
+show the same numbers (all come from :func:`kvmtrace.present.report.report_dict`):
 
 * :func:`render_markdown` -- the text report's sections as GitHub tables.
 * :func:`render_csv` -- every row of every section in one long table.
 * :func:`render_html` -- one file, readable offline: the tables and every
-  figure of :mod:`kvmtrace.plots` as inline SVG, a small inline stylesheet,
+  figure of :mod:`kvmtrace.present.plots` as inline SVG, a small inline stylesheet,
   no scripts, fonts, images or links outside the file (no ``http://`` at
   all). A figure the trace cannot give (missing events) is replaced by a
   sentence saying why.
@@ -66,8 +66,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import MissingTraceEventError
-from .report import render_json, render_text, report_dict
+from kvmtrace.errors import MissingTraceEventError
+from kvmtrace.present.report import render_json, render_text, report_dict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -386,7 +386,7 @@ class PlotSpec:
 
 
 def _figure_html(p: PlotSpec) -> str:
-    from .plots import figure_svg
+    from kvmtrace.present.plots import figure_svg
 
     try:
         fig = p.make()
@@ -427,7 +427,7 @@ def html_plots(trace, freq: str | float | None = None) -> dict[str, list[PlotSpe
     falls in under a fifth of the recording (a launch trace: the guest runs
     only at its end), they zoom in on that stretch.
     """
-    from . import plots
+    from kvmtrace.present import plots
 
     zoom = _zoom(trace) if freq is None else None
     if freq is not None:
@@ -483,7 +483,7 @@ def render_html(trace, freq: str | float | None = None) -> str:
     fill under a fifth of it; see :func:`html_plots`). Nothing outside the file
     is referenced: no scripts, stylesheets, fonts, images or links.
     """
-    from . import __version__
+    from kvmtrace import __version__
 
     d = report_dict(trace)
     sections = {s.key: s for s in report_sections(trace, d)}

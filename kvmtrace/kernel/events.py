@@ -12,8 +12,8 @@ import enum
 
 import numpy as np
 
-from .exits import KvmExit
-from .ioctls import KVMIO, KvmIoctl
+from kvmtrace.tables.exits import KvmExit
+from kvmtrace.tables.ioctls import KVMIO, KvmIoctl
 
 __all__ = [
     "EVENT_DTYPE",

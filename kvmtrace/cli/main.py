@@ -6,9 +6,9 @@ import argparse
 import math
 import sys
 
-from . import __version__
-from .errors import KvmtraceError
-from .host import REQUIREMENTS
+from kvmtrace import __version__
+from kvmtrace.errors import KvmtraceError
+from kvmtrace.record.host import REQUIREMENTS
 
 DESCRIPTION = "Trace a KVM guest's vCPU run loop with eBPF: every exit, named and decoded."
 
@@ -24,7 +24,7 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .domain import DEFAULT_URI
+    from kvmtrace.record.domain import DEFAULT_URI
 
     p = argparse.ArgumentParser(prog="kvmtrace", description=DESCRIPTION, epilog=REQUIREMENTS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_record(args, argv) -> int:
-    from .record import RecordOptions, record
+    from kvmtrace.record.session import RecordOptions, record
 
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise KvmtraceError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
@@ -166,7 +166,7 @@ def _cmd_record(args, argv) -> int:
                          capture_values=args.values, dry_run=args.dry_run, mode=args.mode,
                          progress_interval=0 if args.quiet else 1.0, argv=argv, label=args.label)
     if args.start:
-        from .launch import start_defined
+        from kvmtrace.record.launch import start_defined
 
         if args.domain is None:
             raise KvmtraceError("--start needs --domain NAME|UUID|ID")
@@ -177,8 +177,8 @@ def _cmd_record(args, argv) -> int:
 
 
 def _cmd_launch(args, argv) -> int:
-    from .launch import launch_xml
-    from .record import RecordOptions
+    from kvmtrace.record.launch import launch_xml
+    from kvmtrace.record.session import RecordOptions
 
     launch_xml(args.xml, RecordOptions(uri=args.connect, duration=args.duration, output=args.output,
                                        capture_values=args.values,
@@ -201,9 +201,9 @@ def _cmd_report(args) -> int:
     # collector would walk them again and again while they are made, and once
     # more at exit (80 ms of every report). Frozen, it leaves them alone.
     gc.disable()
-    from .report import render_json, render_text
-    from .trace import load, load_for_report, reuse_memory
-    from .tracefile import count_events
+    from kvmtrace.present.report import render_json, render_text
+    from kvmtrace.trace import load, load_for_report, reuse_memory
+    from kvmtrace.tracefile import count_events
 
     gc.freeze()
     gc.enable()
@@ -214,7 +214,7 @@ def _cmd_report(args) -> int:
     if args.format in ("text", "json"):
         text = render_json(trace) if args.format == "json" else render_text(trace)
     else:
-        from .formats import render
+        from kvmtrace.present.formats import render
 
         text = render(trace, args.format)
     _emit(text, args.output)
@@ -224,8 +224,8 @@ def _cmd_report(args) -> int:
 def _cmd_compare(args) -> int:
     import json
 
-    from .analysis.compare import compare, format_text, has_regression, to_json
-    from .trace import load
+    from kvmtrace.analysis.compare import compare, format_text, has_regression, to_json
+    from kvmtrace.trace import load
 
     window = args.window if args.method == "bootstrap" else None
     base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
@@ -264,8 +264,8 @@ def _regression_causes(df):
 def _cmd_trend(args) -> int:
     import json
 
-    from .analysis.trend import save_trend, trend_frame
-    from .trace import load
+    from kvmtrace.analysis.trend import save_trend, trend_frame
+    from kvmtrace.trace import load
 
     traces = [load(p) for p in args.traces]
     times = [(t.data.trailer or t.data.progress).get("start_wall", "") for t in traces]
@@ -290,12 +290,12 @@ def _cmd_trend(args) -> int:
 
 
 def _cmd_demo(args, argv) -> int:
-    from .demo import resume, start_demo, stop_demo
-    from .guest import Workload
-    from .host import check_privileges
-    from .record import RecordOptions, record
-    from .report import render_text
-    from .trace import load
+    from kvmtrace.demo.run import resume, start_demo, stop_demo
+    from kvmtrace.demo.guest import Workload
+    from kvmtrace.record.host import check_privileges
+    from kvmtrace.record.session import RecordOptions, record
+    from kvmtrace.present.report import render_text
+    from kvmtrace.trace import load
 
     check_privileges()
     workload = Workload(steady=not args.finite)
@@ -320,24 +320,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "record":
             return _cmd_record(args, ["kvmtrace", *argv])
         if args.command == "top":
-            from .top import run_top
+            from kvmtrace.live.top import run_top
 
             return run_top(args.domain, args.connect, args.all_domains, args.interval, args.batch,
                            args.iterations, args.log, args.csv)
         if args.command == "serve":
-            from .serve import run_serve
+            from kvmtrace.live.serve import run_serve
 
             return run_serve(args.domain, args.connect, args.all_domains, args.port, args.listen)
         if args.command == "launch":
             return _cmd_launch(args, ["kvmtrace", *argv])
         if args.command == "import":
-            from .importer import default_output, import_text
+            from kvmtrace.importer.text import default_output, import_text
 
             result = import_text(args.file, args.output or default_output(args.file), fmt=args.fmt, isa=args.isa)
             print(result.message(), file=sys.stderr)
             return 0
         if args.command == "export":
-            from .export import export_perfetto
+            from kvmtrace.present.perfetto import export_perfetto
 
             res = export_perfetto(args.trace, args.perfetto, start_s=args.start, end_s=args.end,
                                   max_events=args.max_events)

@@ -19,7 +19,7 @@ timer programming, :func:`expected_per_tick` what each tick adds and
 
 Typical use::
 
-    from kvmtrace.guest import Workload, build_rom, domain_xml, expected
+    from kvmtrace.demo.guest import Workload, build_rom, domain_xml, expected
     w = Workload(port_writes=23, rtc_reads=29)
     rom = build_rom(w)                      # /var/lib/libvirt/images/kvmtrace-demo-<hash>.rom
     xml = domain_xml(rom_path=rom)          # for virsh create / virDomainCreateXML
@@ -244,7 +244,7 @@ and without a CPU hog beside the guest, within 0.1 % of that."""
 
 
 def _resource(name: str):
-    return importlib.resources.files(__name__).joinpath(name)
+    return importlib.resources.files(__package__).joinpath(name)
 
 
 def build_rom(

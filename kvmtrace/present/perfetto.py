@@ -53,10 +53,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import MissingTraceEventError, OutputError
-from .events import AGGREGATE, NO_VCPU, EventFlag, EventKind
-from .exits import KvmExit, kvm_exit_info
-from .ioctls import KvmIoctl, ioctl_name
+from kvmtrace.errors import MissingTraceEventError, OutputError
+from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind
+from kvmtrace.tables.exits import KvmExit, kvm_exit_info
+from kvmtrace.tables.ioctls import KvmIoctl, ioctl_name
 
 __all__ = ["FORMATS", "ExportResult", "export_perfetto"]
 
@@ -558,7 +558,7 @@ def _counters(frames: list[tuple[pd.DataFrame | None, str, Callable[[pd.DataFram
 
 
 def _load(trace):
-    from .trace import Trace, load
+    from kvmtrace.trace import Trace, load
 
     return trace if isinstance(trace, Trace) else load(trace)
 

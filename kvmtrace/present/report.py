@@ -22,8 +22,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .analysis.records import plain_records
-from .trace import Trace
+from kvmtrace.analysis.records import plain_records
+from kvmtrace.trace import Trace
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -93,8 +93,8 @@ def _latency_dict(trace: Trace) -> dict:
     A counts-mode trace has the kernel's log2 histograms instead: per
     reason, quantiles as bucket upper bounds (``latency_resolution``)."""
     if trace.header.get("mode") == "counts":
-        from .analysis.histograms import log2_latency
-        from .events import Latency
+        from kvmtrace.analysis.histograms import log2_latency
+        from kvmtrace.kernel.events import Latency
 
         out = {"latency_resolution": "log2 buckets: each quantile is its bucket's upper bound",
                "vmm_service_log2": _log2_rows(log2_latency(trace.events, trace.names, Latency.VMM_SERVICE))}

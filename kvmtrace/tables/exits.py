@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
-from kvmtrace.tpformat import EventFormat, parse_format
+from kvmtrace.kernel.tpformat import EventFormat, parse_format
 
 __all__ = [
     "ExitCode",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BccError
-from .events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, TRACEPOINTS, EventKind, bpf_defines
+from kvmtrace.errors import BccError
+from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, TRACEPOINTS, EventKind, bpf_defines
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
 DEFAULT_RINGBUF_PAGES = 1 << 13
@@ -25,7 +25,7 @@ DEFAULT_RINGBUF_PAGES = 1 << 13
 
 def probes_dir() -> str:
     """Where the installed package keeps probes/*.bpf.c."""
-    return str(importlib.resources.files("kvmtrace.probes"))
+    return str(importlib.resources.files("kvmtrace.kernel.bpf"))
 
 
 def available_tracepoints(tracefs: str) -> dict[str, str]:
@@ -43,7 +43,7 @@ def available_tracepoints(tracefs: str) -> dict[str, str]:
 
 def format_fields(text: str) -> set[str]:
     """Field names declared in a tracepoint format file's text."""
-    from .tpformat import parse_format
+    from kvmtrace.kernel.tpformat import parse_format
 
     return {f.name for f in parse_format(text).fields}
 
