@@ -2,16 +2,24 @@
 
 Counting happens in the kernel (counts mode); each scrape reads the
 cumulative counts, so metrics are exact counters with no sampling thread.
-Metrics (all with a ``domain`` label):
+Metrics (all with a ``domain`` label; a label of the same name means the
+same thing, and holds the same names, in every metric):
 
-- ``kvmtrace_userspace_exits_total{reason}``: KVM_RUN returns to the VMM
-- ``kvmtrace_exits_total{isa,reason}``: hardware exits (where kvm_exit fires)
-- ``kvmtrace_pio_total{port,direction,device,handler}``: port I/O, handler
-  "kernel" or "vmm"
-- ``kvmtrace_mmio_total{page,direction,device,handler}``: MMIO by 4 KiB page
-- ``kvmtrace_vmm_service_seconds{reason}`` and
-  ``kvmtrace_exit_handling_seconds{reason}``: log2-bucket histograms; their
-  ``_sum`` is estimated from the bucket midpoints (the kernel keeps counts only)
+- ``kvmtrace_userspace_exits_total{reason}``: KVM_RUN returns to the VMM,
+  ``reason`` the KVM_EXIT_* name without its prefix (``IO``, ``MMIO``, ...)
+- ``kvmtrace_exits_total{isa,reason}``: hardware exits (where kvm_exit
+  fires); ``isa`` ``VMX``/``SVM``/``UNKNOWN``, ``reason`` the kernel's name
+  (``IO_INSTRUCTION``, ``NPF``, ...)
+- ``kvmtrace_pio_total{port,direction,device,handled_by}``: port I/O;
+  ``handled_by`` ``kernel`` or ``vmm`` (the access returned to QEMU)
+- ``kvmtrace_mmio_total{page,direction,device,handled_by}``: MMIO by 4 KiB page
+- ``kvmtrace_vmm_service_seconds{reason}`` (userspace exit to the thread's
+  next KVM_RUN; ``reason`` as in kvmtrace_userspace_exits_total) and
+  ``kvmtrace_exit_handling_seconds{isa,reason}`` (kvm_exit to kvm_entry;
+  labels as in kvmtrace_exits_total): histograms with one fixed set of
+  ``le`` buckets, :data:`BUCKETS`, in every series, so ``sum by (le)`` and
+  ``histogram_quantile`` work across series and domains. Their ``_sum`` is
+  estimated from the bucket midpoints (the kernel keeps counts only).
 - ``kvmtrace_lost_events_total``: counts the kernel could not keep
 """
 
@@ -19,14 +27,69 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
 
+import numpy as np
 
 from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
+from kvmtrace.errors import KvmtraceError
 from kvmtrace.kernel.events import EventKind, Latency
-from kvmtrace.tables.exits import ExitNames
+from kvmtrace.tables.exits import ExitNames, Isa
 from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS
 
 NAMES = ExitNames.builtin()
+
+#: The kernel's log2 buckets (kvmtrace.bpf.c, kt_hist): bcc's bpf_log2l(ns),
+#: the bit length of the interval, so bucket b >= 2 holds [2^(b-1), 2^b) ns
+#: and bucket 1 holds 0 and 1 ns. A u64 interval has 1 to 64 bits.
+FIRST_BUCKET, LAST_BUCKET = 1, 64
+#: The ``le`` of every histogram series, in seconds: each kernel bucket's
+#: upper bound 2^b ns, then +Inf. Prometheus' ``le`` is inclusive, and every
+#: interval in bucket b is below 2^b ns.
+BUCKETS = tuple(2.0 ** b / 1e9 for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
+
+#: The metric names serve exports (the families; Prometheus adds _total to
+#: counters and _bucket/_count/_sum to histograms).
+METRICS = ("kvmtrace_userspace_exits", "kvmtrace_exits", "kvmtrace_pio", "kvmtrace_mmio",
+           "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_lost_events")
+
+
+class ServeUsageError(KvmtraceError):
+    """A `serve` option that cannot work (a port out of range)."""
+
+    exit_code = 2
+
+
+def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
+    """Prometheus buckets (cumulative, every ``le`` of :data:`BUCKETS` and +Inf)
+    and the estimated sum in seconds, from ``{kernel bucket: count}``.
+
+    A bucket number outside 1..64 (none can be) counts in +Inf only.
+    """
+    from prometheus_client.utils import floatToGoString
+
+    per = np.zeros(LAST_BUCKET + 1, dtype=np.int64)
+    total, est = 0, 0.0
+    for b, n in counts.items():
+        b, n = int(b), int(n)
+        total += n
+        if FIRST_BUCKET <= b <= LAST_BUCKET:
+            per[b] += n
+            lower = 2.0 ** (b - 1) if b > FIRST_BUCKET else 0.0
+            est += n * (lower + 2.0 ** b) / 2 / 1e9
+    cum = np.cumsum(per)[FIRST_BUCKET:]
+    buckets = [(floatToGoString(le), int(c)) for le, c in zip(BUCKETS, cum)]
+    buckets.append(("+Inf", total))
+    return buckets, est
+
+
+def _summed(rows, labels) -> dict[tuple, int]:
+    """Counts summed per label tuple: rows that differ only in what is not a
+    label (an access's size, a VMX exit's flag bits) make one series."""
+    out: dict[tuple, int] = defaultdict(int)
+    for x in rows:
+        out[labels(x)] += int(x["count"])
+    return out
 
 
 class KvmtraceCollector:
@@ -56,50 +119,63 @@ class KvmtraceCollector:
                                     labels=["domain", "reason"])
         hw = CounterMetricFamily("kvmtrace_exits", "VM exits by ISA and reason (kvm:kvm_exit)",
                                  labels=["domain", "isa", "reason"])
-        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses", labels=["domain", "port", "direction",
-                                                                              "device", "handler"])
-        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page",
-                                 labels=["domain", "page", "direction", "device", "handler"])
+        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses, by who handled them (kernel or vmm)",
+                                  labels=["domain", "port", "direction", "device", "handled_by"])
+        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page, by who handled them (kernel or vmm)",
+                                 labels=["domain", "page", "direction", "device", "handled_by"])
         hists = {
             Latency.VMM_SERVICE: HistogramMetricFamily(
                 "kvmtrace_vmm_service_seconds", "Userspace exit to the thread's next KVM_RUN (sum estimated)",
                 labels=["domain", "reason"]),
             Latency.EXIT_HANDLING: HistogramMetricFamily(
                 "kvmtrace_exit_handling_seconds", "kvm_exit to kvm_entry (sum estimated)",
-                labels=["domain", "reason"]),
+                labels=["domain", "isa", "reason"]),
         }
         for guest in self.live.guests:
             r = rows[rows["pid"] == guest.pid]
             dom = guest.name
             dev = self._devmap(guest)
-            for x in userspace_exits(r, NAMES, 1.0).to_dict("records"):
-                uexit.add_metric([dom, x["reason"]], x["count"])
-            for x in hardware_exits(r, NAMES, 1.0).to_dict("records"):
-                hw.add_metric([dom, x["isa"], x["reason"]], x["count"])
-            for x in port_io(r).to_dict("records"):
-                region = dev.port(int(x["port"]))
-                pio.add_metric([dom, f"{x['port']:#06x}", x["direction"], region.name if region else "unknown",
-                                "vmm" if x["userspace"] else "kernel"], x["count"])
-            for x in mmio(r).to_dict("records"):
-                region = dev.mmio(int(x["gpa"]))
-                mm.add_metric([dom, f"{int(x['gpa']) & ~0xFFF:#x}", x["direction"],
-                               region.name if region else "unknown", "vmm" if x["userspace"] else "kernel"],
-                              x["count"])
+
+            def handled_by(x):
+                return "vmm" if x["userspace"] else "kernel"
+
+            def device(region):
+                return region.name if region else "unknown"
+
+            for (reason,), n in _summed(userspace_exits(r, NAMES, 1.0).to_dict("records"),
+                                        lambda x: (x["reason"],)).items():
+                uexit.add_metric([dom, reason], n)
+            for (isa, reason), n in _summed(hardware_exits(r, NAMES, 1.0).to_dict("records"),
+                                            lambda x: (x["isa"], x["reason"])).items():
+                hw.add_metric([dom, isa, reason], n)
+            for labels, n in _summed(port_io(r).to_dict("records"), lambda x: (
+                    f"{x['port']:#06x}", x["direction"], device(dev.port(int(x["port"]))), handled_by(x))).items():
+                pio.add_metric([dom, *labels], n)
+            for labels, n in _summed(mmio(r).to_dict("records"), lambda x: (
+                    f"{int(x['gpa']) & ~0xFFF:#x}", x["direction"], device(dev.mmio(int(x["gpa"]))),
+                    handled_by(x))).items():
+                mm.add_metric([dom, *labels], n)
+            per: dict[tuple, dict[int, int]] = defaultdict(lambda: defaultdict(int))
             h = r[r["k"] == EventKind.HIST]
-            for (which, reason), part in h.groupby(["op", "reason"]):
+            for (which, isa, reason, b), n in h.groupby(["op", "isa", "reason", "port"])["w"].sum().items():
                 lat = Latency(int(which))
-                name = NAMES.kvm_exit(int(reason)) if lat == Latency.VMM_SERVICE else str(int(reason))
-                counts = part.groupby("port")["w"].sum().sort_index()
-                buckets, cum, est = [], 0, 0.0
-                for b, n in counts.items():
-                    cum += int(n)
-                    est += int(n) * 1.5 * 2.0 ** int(b) / 1e9
-                    buckets.append((repr(2.0 ** (int(b) + 1) / 1e9), cum))
-                buckets.append(("+Inf", cum))
-                hists[lat].add_metric([dom, name], buckets, est)
+                if lat == Latency.VMM_SERVICE:
+                    labels = (NAMES.kvm_exit(int(reason)),)
+                else:
+                    labels = (Isa.coerce(int(isa)).name, NAMES.hw(int(isa), int(reason)))
+                per[lat, labels][int(b)] += int(n)
+            for (lat, labels), counts in per.items():
+                buckets, est = histogram(counts)
+                hists[lat].add_metric([dom, *labels], buckets, est)
         lost = CounterMetricFamily("kvmtrace_lost_events", "Events or counts the kernel could not keep")
         lost.add_metric([], self.live.session.probes.counters().lost_total)
         yield from (uexit, hw, pio, mm, *hists.values(), lost)
+
+
+def check_port(port: int) -> None:
+    """Refuse a TCP port no server can listen on, before any probe is attached."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ServeUsageError(f"--port {port!r} is not a TCP port", "give a port from 1 to 65535 (default 9464)")
 
 
 def run_serve(domain: str | None, uri: str, all_domains: bool, port: int, listen: str) -> int:
@@ -107,17 +183,24 @@ def run_serve(domain: str | None, uri: str, all_domains: bool, port: int, listen
 
     from kvmtrace.record.session import _StopFlag
 
-    with LiveCounter(domain, uri, all_domains) as live:
-        registry = CollectorRegistry()
-        registry.register(KvmtraceCollector(live))
+    check_port(port)
+    registry = CollectorRegistry()
+    # Listen first: a port in use or refused fails here, not after the
+    # probes were compiled and attached. Until they are, a scrape is empty.
+    try:
         server, thread = start_http_server(port, addr=listen, registry=registry)
-        names = ", ".join(g.name for g in live.guests) or "no domain yet"
-        print(f"kvmtrace: serving metrics of {names} on http://{listen}:{port}/metrics; Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        try:
+    except OSError as e:
+        raise KvmtraceError(f"cannot listen on {listen}:{port}: {e.strerror or e}",
+                            "choose another --port or --listen address") from e
+    try:
+        with LiveCounter(domain, uri, all_domains) as live:
+            registry.register(KvmtraceCollector(live))
+            names = ", ".join(g.name for g in live.guests) or "no domain yet"
+            print(f"kvmtrace: serving metrics of {names} on http://{listen}:{port}/metrics; Ctrl-C stops",
+                  file=sys.stderr, flush=True)
             with _StopFlag() as stop:
                 while not stop.reason:
                     time.sleep(0.1)
-        finally:
-            server.shutdown()
+    finally:
+        server.shutdown()
     return 0
