@@ -28,7 +28,8 @@ Typical use::
     paced = PACED                           # 100 passes a second, for ever
     rates = expected_rates(paced)           # e.g. port 0x80: 97 * 99.9985 /s
 
-Only the standard library is used, and importing this module does nothing.
+Only the standard library (and kvmtrace's errors) is used, and importing this
+module does nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import tempfile
 import uuid as _uuid
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape as _xml_escape
+
+from kvmtrace.errors import GuestBuildError
 
 __all__ = [
     "DEBUG_EXIT_PORT",
@@ -111,10 +114,6 @@ per ``kvm.min_timer_period_us`` (200 us by default, i.e. 5000 Hz)."""
 _MAX_COUNT = 2**31
 QEMU_XML_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _DEBUG_EXIT_DEVICE = f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1"
-
-
-class GuestBuildError(RuntimeError):
-    """The demo ROM could not be built; the message says how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +262,7 @@ def build_rom(
         workload = Workload()
     nasm = shutil.which("nasm")
     if nasm is None:
-        raise GuestBuildError("nasm not found: apt-get install nasm")
+        raise GuestBuildError("nasm not found", "apt-get install nasm")
 
     source = _resource("rom.asm")
     defines = workload.defines()
@@ -281,12 +280,11 @@ def build_rom(
         try:
             result = subprocess.run(argv, capture_output=True, text=True, check=False)
         except OSError as exc:
-            raise GuestBuildError(f"cannot run {nasm}: {exc}: apt-get install nasm") from exc
+            raise GuestBuildError(f"cannot run {nasm}: {exc}", "apt-get install nasm") from exc
         if result.returncode != 0:
-            raise GuestBuildError(
-                f"nasm failed (exit {result.returncode}) on {source_path}:\n"
-                f"{result.stderr.strip()}"
-            )
+            said = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+            raise GuestBuildError(f"nasm failed (exit {result.returncode}) on {source_path}: {said}",
+                                  "rom.asm or the workload's defines are broken")
         image = output.read_bytes()
 
     if len(image) != ROM_SIZE:
@@ -312,9 +310,7 @@ def build_rom(
             pathlib.Path(tmp_name).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise GuestBuildError(
-            f"cannot write {target}: {exc}: run as root or pass a writable out_dir"
-        ) from exc
+        raise GuestBuildError(f"cannot write {target}: {exc}", "run as root or pass a writable out_dir") from exc
     return target
 
 

@@ -19,8 +19,11 @@ of each format in the trace file (:attr:`EventFormat.text`) so that a trace can
 be decoded later, on another machine, with the tables of the kernel that
 produced it.
 
-Only the standard library is used and importing the module touches nothing
-outside it: tracefs is read only by :func:`read_format` / :func:`read_formats`.
+Only the standard library (and kvmtrace's errors) is used and importing the
+module touches nothing outside it: tracefs is read only by :func:`read_format`
+/ :func:`read_formats`. Its errors live in :mod:`kvmtrace.errors` and keep
+their builtin bases: FormatParseError is a ValueError, TracepointNotFoundError
+a FileNotFoundError, TracefsPermissionError a PermissionError.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
+
+from kvmtrace.errors import FormatParseError, TracefsPermissionError, TracepointNotFoundError
 
 __all__ = [
     "DEFAULT_TRACEFS",
@@ -55,23 +60,6 @@ __all__ = [
 DEFAULT_TRACEFS = "/sys/kernel/tracing"
 
 _U64_MASK = (1 << 64) - 1
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-
-class FormatParseError(ValueError):
-    """The text is not a tracepoint format file (no ``name:`` line, a bad ``field:`` line...)."""
-
-
-class TracepointNotFoundError(FileNotFoundError):
-    """A tracepoint's ``format`` file does not exist: tracefs not mounted or event not compiled in."""
-
-
-class TracefsPermissionError(PermissionError):
-    """tracefs exists but may not be read by this user."""
 
 
 # --------------------------------------------------------------------------
@@ -319,8 +307,8 @@ def read_format(system: str, name: str, tracefs: str | os.PathLike[str] = DEFAUL
         text = path.read_text()
     except PermissionError as exc:
         raise TracefsPermissionError(
-            f"cannot read {path}: permission denied. Run as root (tracefs is "
-            f"readable by root only on most systems)."
+            f"cannot read {path}: permission denied",
+            "run as root (tracefs is readable by root only on most systems)",
         ) from exc
     except FileNotFoundError as exc:
         if not (Path(tracefs) / "events").is_dir():
@@ -335,7 +323,7 @@ def read_format(system: str, name: str, tracefs: str | os.PathLike[str] = DEFAUL
             )
         else:
             hint = f"this kernel has no {system}/{name} tracepoint"
-        raise TracepointNotFoundError(f"tracepoint {system}/{name} not found ({path}): {hint}") from exc
+        raise TracepointNotFoundError(f"tracepoint {system}/{name} not found ({path})", hint) from exc
     return parse_format(text, system=system)
 
 

@@ -18,12 +18,10 @@ from typing import Callable, TextIO
 
 from kvmtrace.demo.run import resume
 from kvmtrace.record.domain import connect, lookup, resolve
-from kvmtrace.errors import KvmtraceError, LibvirtError, OutputError
+from kvmtrace.errors import DomainXmlError, LibvirtError, OutputError
 from kvmtrace.record.session import RecordOptions, RecordResult, Session, default_output
 
-
-class DomainXmlError(KvmtraceError):
-    exit_code = 3
+__all__ = ["DomainXmlError", "domain_name_of", "launch_xml", "start_defined"]
 
 
 def domain_name_of(xml_text: str, source: str = "the domain XML") -> str:
