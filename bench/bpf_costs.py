@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a BPF program costs per event on this host, part by part.
 
-Runs the storm guest of overhead.py (N port writes to 0x80, then the end)
+Runs the storm guest of bench.harness.guest (N port writes to 0x80, then the end)
 with ``kernel.bpf_stats_enabled=1``, which makes the kernel time every run of
 every program, and reports nanoseconds per run:
 
@@ -27,8 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import bpf_attachments, storm_guest, storm_workload  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's kvmtrace and bench.harness, also when run from elsewhere
+
+from bench.harness.bpf import bpf_attachments  # noqa: E402
+from bench.harness.guest import storm_guest, storm_workload  # noqa: E402
 
 DOMAIN = "kvmtrace-bench-costs"
 STATS = "/proc/sys/kernel/bpf_stats_enabled"

@@ -24,14 +24,16 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import TracefsState  # noqa: E402  (what trace-cmd leaves changed in tracefs)
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's kvmtrace and bench.harness, also when run from elsewhere
 
-from kvmtrace.demo.run import start_demo, stop_demo
-from kvmtrace.record.domain import resolve
-from kvmtrace.demo.guest import Workload
+from bench.harness.guest import URI  # noqa: E402
+from bench.harness.tracefs import TracefsState  # noqa: E402  (what trace-cmd leaves changed in tracefs)
+from kvmtrace.demo.guest import Workload  # noqa: E402
+from kvmtrace.demo.run import start_demo, stop_demo  # noqa: E402
+from kvmtrace.record.domain import resolve  # noqa: E402
 
-URI = "qemu:///system"
 # What kvmtrace records of a running guest's vCPU thread: its port and MMIO
 # accesses, userspace exits and KVM_RUN ioctls (kvm_exit/kvm_entry do not
 # fire on the nested host this was measured on).
@@ -58,7 +60,7 @@ def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
     try:
         tid = next(iter(resolve(conn, name).vcpu_threads.values()))
         # A filter per event, after the event. --no-filter and -d: this kernel
-        # refuses set_ftrace_pid and function tracing (see overhead.py's TraceCmd).
+        # refuses set_ftrace_pid and function tracing (see bench.harness.tracers.trace_cmd).
         state = TracefsState().save()
         tc = subprocess.Popen(["stdbuf", "-oL", "trace-cmd", "record", "--no-filter", "-d", "-o", str(dat),
                                *sum((["-e", e, "-f", f"common_pid=={tid}"] for e in TRACEPOINTS), [])],

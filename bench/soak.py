@@ -21,10 +21,13 @@ import time
 import uuid
 from pathlib import Path
 
-from kvmtrace.demo.run import start_demo, stop_demo
-from kvmtrace.demo.guest import Workload
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's kvmtrace and bench.harness, also when run from elsewhere
 
-URI = "qemu:///system"
+from bench.harness.guest import URI  # noqa: E402
+from kvmtrace.demo.guest import Workload  # noqa: E402
+from kvmtrace.demo.run import start_demo, stop_demo  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

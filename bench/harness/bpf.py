@@ -1,0 +1,60 @@
+"""BPF programs seen through bpftool: what a process has attached, waiting
+until it has, what the kernel skipped, what is still loaded."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+OUR_PROGS: set[int] = set()  # every BPF program id our tracers attached, for the leftover check
+
+
+def bpf_attachments(pid: int) -> dict[str, int]:
+    """Tracepoint name -> BPF program id, for the tracepoints process ``pid`` has attached."""
+    r = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return {}
+    found = {}
+    for entry in json.loads(r.stdout):
+        if entry.get("pid") == pid and entry.get("fd_type") == "tracepoint":
+            found[entry["tracepoint"]] = entry["prog_id"]
+    return found
+
+
+def wait_bpf_attached(proc: subprocess.Popen, tracepoints: set[str], timeout: float) -> dict[str, int]:
+    """Until ``proc`` has BPF programs on all ``tracepoints`` (bpftool perf show).
+
+    bpftrace prints "attached_probes" before it attaches: without this wait the
+    first milliseconds of the guest are not traced.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = bpf_attachments(proc.pid)
+        if tracepoints <= set(got):
+            return got
+        if proc.poll() is not None:
+            raise RuntimeError(f"tracer exited (status {proc.returncode}) before attaching")
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"tracer attached only {sorted(got)} of {sorted(tracepoints)} in {timeout} s")
+        time.sleep(0.02)
+
+
+def recursion_misses(prog_ids) -> int:
+    """Runs of these BPF programs the kernel skipped (a BPF program already running on that CPU)."""
+    total = 0
+    for pid in set(prog_ids):
+        r = subprocess.run(["bpftool", "prog", "show", "id", str(pid), "-j"], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            total += int(json.loads(r.stdout).get("recursion_misses", 0))
+    return total
+
+
+def loaded_programs() -> list[str]:
+    """kvmtrace- and bpftrace-like programs loaded now (anyone's: others may be tracing too)."""
+    r = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        return []
+    pat = re.compile(r"^(kvm_|kvm__|tracepoint__|sys_enter_ioctl|syscalls__)")
+    return [f"{p['id']} {p.get('name', '')}" for p in json.loads(r.stdout) if pat.match(p.get("name", ""))]

@@ -1,0 +1,125 @@
+"""``perf record`` of the kvm events of QEMU's process, enabled through its control FIFO."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from bench.harness.guest import Guest
+from bench.harness.processes import STARTED, cpu_seconds, reap, stop_group
+from bench.harness.tracefs import KVM_EVENTS
+from bench.harness.tracers.base import Outcome, Tracer, empty_counts, parse_event_lines
+
+
+class Perf(Tracer):
+    name = "perf"
+
+    def __init__(self):
+        self.proc = None
+        self.perf = "/usr/bin/perf" if os.path.exists("/usr/bin/perf") else shutil.which("perf")
+
+    def unavailable(self) -> str | None:
+        if not self.perf:
+            return "perf not installed (apt-get install linux-perf)"
+        r = subprocess.run([self.perf, "record", "-e", "kvm:kvm_pio", "-o", "/dev/null", "--", "true"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return f"perf record does not work on this kernel: {r.stderr.strip()[-200:]}"
+        return None
+
+    def start(self, guest: Guest, workdir: Path) -> None:
+        self.path = workdir / "perf.data"
+        ctl, ack = workdir / "perf-ctl", workdir / "perf-ack"
+        for f in (ctl, ack):
+            f.unlink(missing_ok=True)
+            os.mkfifo(f, 0o600)
+        argv = [self.perf, "record", "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
+        for ev in KVM_EVENTS:
+            argv += ["-e", f"kvm:{ev}"]
+        argv += ["-p", str(guest.pid), "-o", str(self.path)]
+        self.stderr_path = workdir / "perf.stderr"
+        with open(self.stderr_path, "wb") as errf:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                                         start_new_session=True)
+        STARTED.add(self.proc.pid)
+        # Started with its events disabled; enable them and wait for perf's ack:
+        # after it, every event of the guest is counted.
+        ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+        ctl_fd = None
+        try:
+            deadline = time.monotonic() + 60
+            while ctl_fd is None:
+                try:
+                    ctl_fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"perf did not start: {self.stderr_path.read_text()[-1000:]}")
+                    time.sleep(0.02)
+            os.write(ctl_fd, b"enable\n")
+            got = b""
+            while b"ack" not in got:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"perf did not acknowledge enable: {self.stderr_path.read_text()[-1000:]}")
+                r, _, _ = select.select([ack_fd], [], [], 0.1)
+                if r:
+                    got += os.read(ack_fd, 64)
+                    if not got:
+                        time.sleep(0.02)
+        finally:
+            os.close(ack_fd)
+            if ctl_fd is not None:
+                os.close(ctl_fd)
+
+    def finish(self, guest: Guest) -> Outcome:
+        out = Outcome()
+        usage = reap(self.proc, 60)  # perf -p ends when the process it traces ends
+        if usage is None:
+            out.notes.append("perf did not end with the guest; sent SIGINT")
+            usage = stop_group(self.proc)
+        out.tracer_cpu_s, out.tracer_rc = cpu_seconds(usage), self.proc.returncode
+        counts = empty_counts()
+        lost = 0
+        with subprocess.Popen([self.perf, "script", "-i", str(self.path), "-F", "tid,time,event,trace", "--ns",
+                               "--show-lost-events"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) as p:
+            lost_lines = []
+
+            def lines():
+                for line in p.stdout:
+                    if "LOST" in line:
+                        lost_lines.append(line)
+                    yield line
+
+            duplicates = parse_event_lines(lines(), counts)
+        if p.returncode:
+            out.notes.append(f"perf script failed with status {p.returncode}")
+        for line in lost_lines:
+            m = re.search(r"LOST (\d+)", line)
+            lost += int(m.group(1)) if m else 0
+        stats = subprocess.run([self.perf, "report", "-i", str(self.path), "--stats"],
+                               capture_output=True, text=True).stdout
+        out.log_tail = self.stderr_path.read_text(errors="replace")[-600:]
+        samples = {m.group(1): int(m.group(2)) for m in
+                   re.finditer(r"^(\S+) stats:\s*\n\s*SAMPLE events:\s+(\d+)", stats, re.M)}
+        lost_records = sum(int(m.group(2))
+                           for m in re.finditer(r"^\s*(LOST|LOST_SAMPLES) events:\s+(\d+)", stats, re.M))
+        throttles = sum(int(m.group(1)) for m in re.finditer(r"^\s*THROTTLE events:\s+(\d+)", stats, re.M))
+        rec_line = re.search(r"Captured and wrote .*", self.stderr_path.read_text())
+        out.counts = counts
+        out.recorded = sum(counts.values())
+        out.lost = lost
+        out.lost_detail = {"lost_in_script": lost, "lost_records_in_stats": lost_records,
+                           "duplicate_samples": duplicates, "throttle_records": throttles, "samples_in_stats": samples,
+                           "perf_record": rec_line.group(0) if rec_line else None}
+        if duplicates:
+            out.notes.append(f"{duplicates} samples written twice (same thread and ns timestamp), not counted")
+        if throttles:
+            out.notes.append(f"{throttles} THROTTLE records: the kernel stopped sampling for a while")
+        if lost_records and not lost:
+            out.notes.append(f"{lost_records} LOST records in perf report --stats")
+        return out
