@@ -82,7 +82,7 @@ class Trace:
 
     def for_domain(self, name: str) -> "Trace":
         """This trace restricted to one recorded domain (by name, UUID or pid)."""
-        from kvmtrace.errors import KvmtraceError
+        from kvmtrace.errors import UsageError
 
         for d in self.domains:
             if name in (d.get("name"), d.get("uuid"), str(d.get("pid"))):
@@ -90,7 +90,7 @@ class Trace:
                 sub._domains = [d]
                 return sub
         known = ", ".join(str(d.get("name")) for d in self.domains) or "none"
-        raise KvmtraceError(f"{self.path} holds no domain {name!r} (it holds: {known})", "name one of those")
+        raise UsageError(f"{self.path} holds no domain {name!r} (it holds: {known})", "name one of those")
 
     @cached_property
     def names(self) -> ExitNames:
@@ -114,7 +114,7 @@ class Trace:
         """Every event, typed: kind as a category of names (EXIT, PIO, ...), ts_ns int64.
 
         Columns: ts_ns (int64 ns, CLOCK_MONOTONIC), kind (category), pid, tid,
-        cpu, vcpu (uint32; 4294967295 = unknown), reason, isa (uint32), err
+        cpu, vcpu (uint32; kernel.events.NO_VCPU = unknown), reason, isa (uint32), err
         (int32), port, size, count (uint32), op, flags (uint8), gpa, rip,
         info1, info2, value (uint64). Meaning per kind: kvmtrace.kernel.events.
         Index "event".
@@ -131,9 +131,10 @@ class Trace:
 
     def _vcpu(self, ev: pd.DataFrame) -> np.ndarray:
         from kvmtrace.analysis.rates import vcpu_of
+        from kvmtrace.kernel.events import NO_VCPU
 
         v = vcpu_of(ev, self.vcpu_by_tid)
-        return np.where(v < 0, 0xFFFFFFFF, v).astype(np.uint32)
+        return np.where(v < 0, NO_VCPU, v).astype(np.uint32)
 
     def df_pio(self) -> pd.DataFrame:
         """Every port access (kvm_pio), with its device and whether it went to the VMM.
@@ -283,10 +284,10 @@ class Trace:
         return table.astype("float64")
 
     def _need_events(self, analysis: str) -> None:
-        from kvmtrace.errors import MissingTraceEventError
+        """Refuse a counts-mode recording (see analysis.requirements)."""
+        from kvmtrace.analysis.requirements import require_events
 
-        if self.header.get("mode") == "counts":
-            raise MissingTraceEventError(["per-event records (record --mode events)"], analysis)
+        require_events(self, (), analysis)
 
     @cached_property
     def _userspace_runs(self) -> pd.DataFrame:
