@@ -49,11 +49,27 @@ class TracefsState:
         if rel.endswith("/filter") and text == "none":
             return "0"
         if rel == "buffer_size_kb" and "(" in text:  # "7 (expanded: 1408)"
-            return text.split()[0]
+            m = re.search(r"expanded:\s*(\d+)", text)
+            return m.group(1) if m else text.split()[0]
         return text
 
+    @classmethod
+    def _unchanged(cls, rel: str, now: str | None, saved: str) -> bool:
+        """Whether ``now`` is still the saved state of ``rel``.
+
+        A buffer_size_kb of "7 (expanded: 1408)" means no ring buffer yet: the
+        first tracer allocates 1408 KB per CPU and then it reads "1408". That is
+        the saved state, not a change; writing the 7 back would leave everyone
+        (and the next trace-cmd run, which then overruns) a 7 KB buffer.
+        """
+        if now == saved:
+            return True
+        if rel == "buffer_size_kb" and now is not None and "expanded" in saved:
+            return now.strip() == cls._value(rel, saved)
+        return False
+
     def diff(self) -> list[str]:
-        out = [f for f, v in self.saved.items() if self._read(f) != v]
+        out = [f for f, v in self.saved.items() if not self._unchanged(f, self._read(f), v)]
         now = self._options()
         out += [f"options/{k}" for k, v in self.options.items() if now.get(k, v) != v]
         if (self.root / "instances").is_dir():
@@ -70,7 +86,7 @@ class TracefsState:
         for f, v in self.saved.items():
             if f == "tracing_on":
                 continue
-            if self._read(f) != v:
+            if not self._unchanged(f, self._read(f), v):
                 value = self._value(f, v)
                 if f.endswith("set_event_pid") and not value:
                     with open(self.root / f, "w"):  # O_TRUNC clears the list
