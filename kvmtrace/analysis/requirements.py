@@ -55,7 +55,9 @@ def _counts_mode(header: dict, kind: np.ndarray | None) -> bool:
     """Whether the data is a counts-mode recording: by its header, else by its aggregate or HIST rows."""
     if header.get("mode") == "counts":
         return True
-    return kind is not None and bool(len(kind)) and bool((((kind & AGGREGATE) != 0) | (kind == EventKind.HIST)).any())
+    if kind is None or not len(kind):
+        return False
+    return bool((((kind & AGGREGATE) != 0) | ((kind & ~np.uint8(AGGREGATE)) == EventKind.HIST)).any())
 
 
 def holdings(data) -> str:
@@ -63,9 +65,10 @@ def holdings(data) -> str:
     header, kind = _header(data), _kinds(data)
     present = np.flatnonzero(np.bincount(kind, minlength=256)) if len(kind) else np.zeros(0, np.int64)
     if _counts_mode(header, kind):
-        totals = [event_name(k & ~AGGREGATE) for k in present.tolist() if k & AGGREGATE]
+        base = [k & ~AGGREGATE for k in present.tolist()]
+        totals = [event_name(b) for k, b in zip(present.tolist(), base) if k & AGGREGATE and b != EventKind.HIST]
         what = [f"totals of {', '.join(totals)}"] if totals else []
-        if int(EventKind.HIST) in present:
+        if EventKind.HIST in base:
             what.append("in-kernel latency histograms")
         return f"it is a counts-mode recording: {' and '.join(what) or 'no totals'}"
     if not len(present):
@@ -90,8 +93,7 @@ def missing_events(data, needed: Iterable[int | str], analysis: str, *, any_of: 
     probes = set(header.get("probes", []))
     short = [_NAMES[k].split(":")[-1].split(" ")[0] for k in kinds]
     if SINGLE_EVENTS in names:
-        fix = ("record again with --mode events (a counts-mode recording keeps totals, not each event: "
-               "report and plot_exit_mix read it)")
+        fix = "record again with --mode events (report and plot_exit_mix read this one)"
     elif probes and all(s in probes for s in short):
         fix = f"they were probed but did not fire during the recording{nested}; record on a host where they fire"
     elif probes:
