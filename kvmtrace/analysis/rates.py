@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kvmtrace.kernel.events import EventKind, MmioOp, PioOp
+from kvmtrace.kernel.events import NO_VCPU, EventKind, MmioOp, PioOp
 from kvmtrace.tables.exits import ExitNames, Isa
 from kvmtrace.analysis.summary import dense_codes, mmio_completions, weighted
 
@@ -29,7 +29,7 @@ DIMENSION_DTYPE = pd.CategoricalDtype(DIMENSIONS)
 def vcpu_of(ev: pd.DataFrame, vcpu_threads: dict[int, int]) -> np.ndarray:
     """Each row's vCPU: the event's own vcpu field, else the thread's from the header."""
     v = ev["vcpu"].to_numpy().astype(np.int64)
-    missing = v == 0xFFFFFFFF
+    missing = v == NO_VCPU
     if missing.any() and vcpu_threads:
         codes, tids = dense_codes(ev["tid"].to_numpy())  # a few threads: look each up once
         mapped = np.array([vcpu_threads.get(int(t), -1) for t in tids], dtype=np.int64)[codes]
