@@ -1,9 +1,11 @@
 """The event record shared by the BPF probes and the trace file.
 
-`probes/kvmtrace.h` declares ``struct kt_event``; :data:`EVENT_DTYPE` is the
-same layout for numpy, so a batch of raw ring-buffer records becomes columns
-with one ``numpy.frombuffer`` call. Every constant the C side needs comes from
-here, through :func:`bpf_defines`: nothing is written twice.
+``kvmtrace/kernel/bpf/kvmtrace.h`` declares ``struct kt_event``;
+:data:`EVENT_DTYPE` is the same layout for numpy, so a batch of raw
+ring-buffer records becomes columns with one ``numpy.frombuffer`` call. Every
+constant the C side shares with Python (event kinds, flags, ``op`` values, ioctl
+numbers and the ioctl type field, offsets, sizes) comes from here or from the
+tables, through :func:`bpf_defines`: nothing is written twice.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import enum
 
 import numpy as np
 
-from kvmtrace.tables.exits import KvmExit
-from kvmtrace.tables.ioctls import KVMIO, KvmIoctl
+from kvmtrace.tables.exits import Isa, KvmExit
+# The type field's place in an ioctl number, as the ioctl table builds them.
+from kvmtrace.tables.ioctls import _IOC_NRBITS, _IOC_TYPEBITS, KVMIO, KvmIoctl
 
 __all__ = [
     "EVENT_DTYPE",
     "EventKind",
     "EventFlag",
     "KVM_RUN",
+    "MMIO_PAGE_SIZE",
     "NO_VCPU",
     "PioOp",
     "MmioOp",
+    "RunIoDirection",
     "TRACEPOINTS",
     "bpf_defines",
 ]
@@ -78,12 +83,26 @@ class MmioOp(enum.IntEnum):
     WRITE = 2
 
 
+class RunIoDirection(enum.IntEnum):
+    """``kvm_run.io.direction``: KVM_EXIT_IO_IN and KVM_EXIT_IO_OUT (uapi linux/kvm.h).
+
+    The probe copies it into ``op`` as it is: the values are PioOp's (a
+    static assertion in the BPF C checks it at every build).
+    """
+
+    IN = 0
+    OUT = 1
+
+
 #: The KVM_RUN ioctl number, _IO(KVMIO=0xAE, 0x80).
 KVM_RUN = int(KvmIoctl.RUN)
 #: Offset of the union in struct kvm_run (uapi linux/kvm.h).
 KVM_RUN_UNION_OFFSET = 32
 #: ``vcpu`` of an event whose tracepoint carries no vCPU id.
 NO_VCPU = 0xFFFFFFFF
+#: Counts mode counts MMIO per guest page of this many bytes: the ``gpa`` of
+#: an MMIO aggregate (and of an MMIO userspace exit's) is its page's address.
+MMIO_PAGE_SIZE = 4096
 
 #: (system, event, kind) of every probe, in the order they are attached.
 TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
@@ -107,7 +126,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "sched_process_exit": ("group_dead",),
 }
 
-#: numpy mirror of struct kt_event (probes/kvmtrace.h), field for field.
+#: numpy mirror of struct kt_event (kvmtrace/kernel/bpf/kvmtrace.h), field for field.
 EVENT_DTYPE = np.dtype(
     [
         ("ts_ns", "<u8"),
@@ -158,6 +177,11 @@ KEY_DTYPE = np.dtype(
 PADDING = ("pad", "pad2")
 
 
+def _enum_defines(prefix: str, members: type[enum.IntEnum] | type[enum.IntFlag]) -> list[str]:
+    """-D<prefix><NAME>=<value> for each member of an enum."""
+    return [f"-D{prefix}{m.name}={m.value}" for m in members]
+
+
 def bpf_defines(
     *,
     probes: list[str],
@@ -165,26 +189,35 @@ def bpf_defines(
     ringbuf_pages: int,
     max_targets: int = 64,
     max_vcpus: int = 1024,
+    max_kvm_fds: int = 4096,
     capture_values: bool = False,
     counts_mode: bool = False,
     max_keys: int = 65536,
 ) -> list[str]:
-    """The -D flags that build probes/kvmtrace.bpf.c.
+    """The -D flags that build kvmtrace/kernel/bpf/kvmtrace.bpf.c.
 
     ``probes`` names the tracepoints to compile (event names, e.g.
     ``"kvm_pio"``); ``fields`` maps each to the field names its format has.
     """
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
-    flags = [f"-DKT_KIND_{k.name}={k.value}" for k in EventKind]
+    flags = _enum_defines("KT_KIND_", EventKind)
     flags.append(f"-DKT_KIND_COUNT={max(EventKind) + 1}")
-    flags += [f"-DKT_FLAG_{f.name}={f.value}" for f in EventFlag]
+    flags += _enum_defines("KT_FLAG_", EventFlag)
+    flags += _enum_defines("KT_PIO_", PioOp)
+    flags += _enum_defines("KT_MMIO_", MmioOp)
+    flags += _enum_defines("KT_KVM_EXIT_IO_", RunIoDirection)
+    flags += _enum_defines("KT_ISA_", Isa)
     flags += [
         f"-DKT_KVM_RUN={KVM_RUN:#x}",
         f"-DKT_NO_VCPU={NO_VCPU:#x}U",
+        f"-DKT_MMIO_PAGE_SIZE={MMIO_PAGE_SIZE}",
         f"-DKT_MAX_TARGETS={max_targets}",
         f"-DKT_MAX_VCPUS={max_vcpus}",
+        f"-DKT_MAX_KVM_FDS={max_kvm_fds}",
         f"-DKT_KVM_RUN_UNION={KVM_RUN_UNION_OFFSET}",
+        f"-DKT_IOC_TYPESHIFT={_IOC_NRBITS}",
+        f"-DKT_IOC_TYPEMASK={(1 << _IOC_TYPEBITS) - 1:#x}",
         f"-DKT_KVMIO={KVMIO:#x}",
         *(f"-DKT_KVM_{c.name}={c.value:#x}U" for c in KvmIoctl if c is not KvmIoctl.RUN),
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
@@ -200,5 +233,5 @@ def bpf_defines(
         flags.append("-DKT_CAPTURE_VALUES")
     if counts_mode:
         flags += ["-DKT_MODE_COUNTS", f"-DKT_MAX_KEYS={max_keys}"]
-        flags += [f"-DKT_LAT_{lat.name}={lat.value}" for lat in Latency]
+        flags += _enum_defines("KT_LAT_", Latency)
     return flags
