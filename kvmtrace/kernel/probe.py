@@ -11,21 +11,57 @@ import ctypes
 import importlib.resources
 import mmap
 import os
+import re
 import select
 from dataclasses import dataclass
 
 import numpy as np
 
 from kvmtrace.errors import BccError
-from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, TRACEPOINTS, EventKind, bpf_defines
+from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, TRACEPOINTS, EventKind, bpf_defines
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
 DEFAULT_RINGBUF_PAGES = 1 << 13
 
 
 def probes_dir() -> str:
-    """Where the installed package keeps probes/*.bpf.c."""
+    """Where the installed package keeps the BPF C (kvmtrace/kernel/bpf)."""
     return str(importlib.resources.files("kvmtrace.kernel.bpf"))
+
+
+#: ``#include "name.bpf.h"``: one of kvmtrace's own kernel-side headers.
+_BPF_HEADER = re.compile(r'^\s*#\s*include\s+"([\w.-]+\.bpf\.h)"\s*$')
+
+
+def bpf_source(path: str, _within: tuple[str, ...] = ()) -> str:
+    """The C text bcc compiles for ``path``: the file with kvmtrace's ``.bpf.h`` headers inlined.
+
+    A shim for bcc: it rewrites its map syntax (``targets.lookup(&k)`` becomes
+    a helper call on the map) in its main source only. Its edits to an
+    included header are dropped (bcc's BFrontendAction writes out the main
+    file's rewrite buffer alone), and the header's calls go through the map
+    struct's null function pointers: the load fails ("unknown opcode 8d").
+    So each ``#include "x.bpf.h"`` is replaced by the header's text (which
+    the preprocessor then keeps or drops, as it would the include), between
+    ``#line`` markers that keep compiler messages naming the right file and
+    line. Other headers (kvmtrace.h, the kernel's) are left to the preprocessor.
+    bcc reads a ``src_file`` into text anyway: compiling this text instead
+    changes nothing else (the programs are byte-identical to those of the
+    source before its split into headers).
+    """
+    if path in _within:
+        raise ValueError(f"{path} includes itself (through {' -> '.join(_within)})")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out = [f'#line 1 "{path}"']
+    for number, line in enumerate(lines, 1):
+        match = _BPF_HEADER.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        out.append(bpf_source(os.path.join(os.path.dirname(path), match.group(1)), (*_within, path)))
+        out.append(f'#line {number + 1} "{path}"')
+    return "\n".join(out) + "\n"
 
 
 def available_tracepoints(tracefs: str) -> dict[str, str]:
@@ -167,7 +203,8 @@ class Probes:
         cflags.append(f"-I{pdir}")
         try:
             # TRACEPOINT_PROBE programs attach as they load.
-            self.bpf = BPF(src_file=os.path.join(pdir, "kvmtrace.bpf.c").encode(), cflags=cflags)
+            source = bpf_source(os.path.join(pdir, "kvmtrace.bpf.c"))
+            self.bpf = BPF(text=source.encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile/load/attach
             raise BccError(
                 f"building or attaching the BPF probes failed: {e}",
@@ -273,5 +310,5 @@ class CountsDelta:
         out["kind"] = keys["kind"] | AGGREGATE
         out["value"] = delta
         out["ts_ns"] = ts_ns
-        out["vcpu"] = 0xFFFFFFFF
+        out["vcpu"] = NO_VCPU
         return out
