@@ -16,10 +16,13 @@ fi
 
 # 1. Debian packages. bcc for Debian's /usr/bin/python3, QEMU, libvirt and
 #    its Python binding, kernel headers for bcc, nasm for the demo guest's
-#    ROM, and the independent tracers the tests check kvmtrace against.
+#    ROM, the independent tracers the tests check kvmtrace against, and
+#    prometheus for promtool, which checks deploy/'s rules.
 PACKAGES=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86
           libvirt-daemon-system libvirt-clients python3-libvirt
-          linux-headers-amd64 nasm bpftrace trace-cmd bpftool tmux)
+          linux-headers-amd64 nasm bpftrace trace-cmd bpftool tmux prometheus)
+# Packages whose services must not start: only a binary of theirs is used.
+QUIET_SERVICES=(prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -28,7 +31,34 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    plain=() quiet=()
+    for p in "${missing[@]}"; do
+        if [[ " ${QUIET_SERVICES[*]} " == *" $p "* ]]; then quiet+=("$p"); else plain+=("$p"); fi
+    done
+    [ ${#plain[@]} -eq 0 ] || apt-get install -y -qq "${plain[@]}" >/dev/null
+    if [ ${#quiet[@]} -gt 0 ]; then
+        # prometheus's postinst starts its server (invoke-rc.d, or systemd) and
+        # enables it at boot; without systemd a failed start fails the install.
+        # Its recommends (node-exporter, smartmontools, ...) are daemons too.
+        # A policy-rc.d that refuses (exit 101) stops both invoke-rc.d and
+        # deb-systemd-invoke; one already present (a container's) is kept.
+        policy=/usr/sbin/policy-rc.d
+        if [ -e "$policy" ]; then
+            apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
+        else
+            printf '#!/bin/sh\n# setup.sh: no service starts while it installs %s\nexit 101\n' \
+                "${quiet[*]}" >"$policy"
+            chmod 755 "$policy"
+            trap 'rm -f "$policy"' EXIT
+            apt-get install -y -qq --no-install-recommends "${quiet[@]}" >/dev/null
+            rm -f "$policy"
+            trap - EXIT
+        fi
+        for s in "${quiet[@]}"; do  # and not at boot either
+            update-rc.d "$s" disable >/dev/null 2>&1 || true
+            deb-systemd-helper disable "$s.service" >/dev/null 2>&1 || true
+        done
+    fi
 else
     say "Debian packages present"
 fi
