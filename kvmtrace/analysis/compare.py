@@ -308,6 +308,22 @@ def has_regression(df: pd.DataFrame) -> bool:
     return bool(df["regression"].any())
 
 
+#: The dimensions whose rows name a cause; a device, KVM_EXIT reason or vCPU only adds them up.
+FINE_DIMENSIONS = ("port", "mmio", "exit")
+
+
+def regression_causes(df: pd.DataFrame) -> pd.DataFrame:
+    """The finest-grained regressions of a :func:`compare` frame: port, MMIO and hardware-exit rows.
+
+    A port whose rate rose also raises its device, its KVM_EXIT reason and
+    its vCPU's totals; the cause is the port. Where no fine row rose, the
+    coarser rows are the causes. Rows as in the frame, in its order.
+    """
+    reg = df[df["regression"]]
+    fine = reg[reg["dimension"].astype(str).isin(FINE_DIMENSIONS)]
+    return fine if len(fine) else reg
+
+
 def natural_key(s: str) -> tuple:
     """Sort key putting "run2" before "run10" (digit runs compare as numbers)."""
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", str(s)))

@@ -1,0 +1,195 @@
+"""What each `kvmtrace` subcommand does, given its parsed arguments.
+
+One handler per subcommand, ``handler(args) -> int`` (an :class:`ExitCode`);
+:mod:`kvmtrace.cli.parser` attaches each to its subcommand. Handlers import
+what they use when they run, so ``kvmtrace --help`` and the light commands
+stay fast and never load bcc or libvirt. ``args.argv`` is the command line
+(``["kvmtrace", ...]``), which a recording stores in its trace file.
+Results go to stdout or a file, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from kvmtrace.errors import ExitCode, UsageError
+
+
+def _record_options(args, **kw):
+    from kvmtrace.record.session import RecordOptions
+
+    return RecordOptions(uri=args.connect, duration=args.duration, output=args.output, capture_values=args.values,
+                         progress_interval=0 if args.quiet else 1.0, argv=args.argv, **kw)
+
+
+def record(args) -> int:
+    from kvmtrace.record.session import record
+
+    if args.domain is None and not args.all_domains and not args.dry_run:
+        raise UsageError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
+    opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
+                           mode=args.mode, label=args.label)
+    if args.start:
+        from kvmtrace.record.launch import start_defined
+
+        if args.domain is None:
+            raise UsageError("--start needs --domain NAME|UUID|ID")
+        start_defined(opts)
+    else:
+        record(opts)
+    return ExitCode.OK
+
+
+def launch(args) -> int:
+    from kvmtrace.record.launch import launch_xml
+
+    launch_xml(args.xml, _record_options(args))
+    return ExitCode.OK
+
+
+def top(args) -> int:
+    from kvmtrace.live.top import run_top
+
+    return run_top(args.domain, args.connect, args.all_domains, args.interval, args.batch, args.iterations,
+                   args.log, args.csv)
+
+
+def serve(args) -> int:
+    from kvmtrace.live.serve import run_serve
+
+    return run_serve(args.domain, args.connect, args.all_domains, args.port, args.listen)
+
+
+def import_(args) -> int:
+    from kvmtrace.importer.text import default_output, import_text
+
+    result = import_text(args.file, args.output or default_output(args.file), fmt=args.fmt, isa=args.isa)
+    print(result.message(), file=sys.stderr)
+    return ExitCode.OK
+
+
+def export(args) -> int:
+    from kvmtrace.present.perfetto import export_perfetto
+
+    if args.start is not None and args.end is not None and args.end < args.start:
+        raise UsageError(f"--end {args.end:g} is before --start {args.start:g}", "give --end after --start")
+    res = export_perfetto(args.trace, args.perfetto, start_s=args.start, end_s=args.end, max_events=args.max_events)
+    print(f"kvmtrace: wrote {res.path} ({res.bytes:,} bytes) in {res.seconds:.1f} s; open it at ui.perfetto.dev",
+          file=sys.stderr)
+    return ExitCode.OK
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def report(args) -> int:
+    import gc
+
+    # Importing pandas makes some 10^5 objects, all of them kept: the cyclic
+    # collector would walk them again and again while they are made, and once
+    # more at exit (80 ms of every report). Frozen, it leaves them alone.
+    gc.disable()
+    from kvmtrace.present.report import render_json, render_text
+    from kvmtrace.trace import load, load_for_report, reuse_memory
+    from kvmtrace.tracefile import count_events
+
+    gc.freeze()
+    gc.enable()
+    reuse_memory(count_events(args.trace))
+    trace = load_for_report(args.trace) if args.format in ("text", "json") else load(args.trace)
+    if args.domain:
+        trace = trace.for_domain(args.domain)
+    if args.format in ("text", "json"):
+        text = render_json(trace) if args.format == "json" else render_text(trace)
+    else:
+        from kvmtrace.present.formats import render
+
+        text = render(trace, args.format)
+    _emit(text, args.output)
+    return ExitCode.OK
+
+
+def compare(args) -> int:
+    import json
+
+    from kvmtrace.analysis.compare import compare, format_text, has_regression, regression_causes, to_json
+    from kvmtrace.trace import load
+
+    window = args.window if args.method == "bootstrap" else None
+    base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
+    df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
+    regression = has_regression(df)
+    causes = regression_causes(df)
+    if args.format == "json":
+        print(json.dumps({"base": base.label, "new": new.label, "method": args.method, "alpha": args.alpha,
+                          "threshold_pct": args.threshold, "regression": regression,
+                          "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
+                                      "change_pct": round(float(r["change_pct"]), 3)
+                                      if math.isfinite(r["change_pct"]) else None}
+                                     for r in causes.to_dict("records")],
+                          "rows": to_json(df)}, indent=2, allow_nan=False))
+    else:
+        if len(causes):
+            print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
+                                               for r in causes.to_dict("records"))
+                  + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
+        sys.stdout.write(format_text(df))
+    return ExitCode.REGRESSION if regression else ExitCode.OK
+
+
+def trend(args) -> int:
+    import json
+
+    from kvmtrace.analysis.trend import save_trend, trend_frame
+    from kvmtrace.trace import load
+
+    traces = [load(p) for p in args.traces]
+    times = [(t.data.trailer or t.data.progress).get("start_wall", "") for t in traces]
+    frame = trend_frame([t.run_rates() for t in traces], order_by=args.order, times=times,
+                        baseline=min(args.baseline, len(traces)))
+    if args.output:
+        save_trend(frame, args.output, dimension=args.dimension, log=args.log)
+        print(f"kvmtrace: trend graph of {len(traces)} runs in {args.output}", file=sys.stderr)
+    flagged = frame[frame["flagged"]]
+    if args.format == "json":
+        cols = ["run", "dimension", "key", "rate", "band_lo", "band_hi", "flagged"]
+        print(json.dumps({"runs": [str(r) for r in frame["run"].cat.categories],
+                          "flagged": [{c: (v.item() if hasattr(v, "item") else str(v)) for c, v in r.items()}
+                                      for r in flagged[cols].to_dict("records")]}, indent=2))
+    else:
+        if len(flagged) == 0:
+            print(f"no run above its baseline band ({len(traces)} runs)")
+        for r in flagged.to_dict("records"):
+            print(f"{r['run']}: {r['dimension']} {r['key']} at {r['rate']:,.1f}/s, above the baseline band "
+                  f"{r['band_lo']:,.1f}..{r['band_hi']:,.1f}/s")
+    return ExitCode.OK
+
+
+def demo(args) -> int:
+    from kvmtrace.demo.guest import Workload
+    from kvmtrace.demo.run import resume, start_demo, stop_demo
+    from kvmtrace.present.report import render_text
+    from kvmtrace.record.host import check_privileges
+    from kvmtrace.record.session import RecordOptions, record
+    from kvmtrace.trace import load
+
+    check_privileges()
+    workload = Workload(steady=not args.finite)
+    print(f"kvmtrace: starting the demo guest ({'finite' if args.finite else 'steady'} workload)", file=sys.stderr)
+    _conn, dom = start_demo(workload, args.connect, paused=True)
+    try:
+        opts = RecordOptions(domain=dom.UUIDString(), uri=args.connect, output=args.output,
+                             duration=None if args.finite else args.duration, argv=args.argv)
+        record(opts, on_attached=lambda _guests: resume(dom))
+    finally:
+        stop_demo(dom)
+    sys.stdout.write(render_text(load(args.output)))
+    print(f"kvmtrace: the trace is in {args.output}; report it again with: kvmtrace report {args.output}",
+          file=sys.stderr)
+    return ExitCode.OK
