@@ -23,10 +23,12 @@ def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, pa
 
     A running domain of the same name that is a kvmtrace demo guest is
     destroyed first (when ``replace``); any other domain of that name is left
-    alone and reported.
+    alone and reported. The ROM is built first: without nasm nothing is
+    touched.
     """
     import libvirt
 
+    rom = build_rom(workload)
     conn = connect(uri)
     try:
         old = conn.lookupByName(name)
@@ -39,7 +41,6 @@ def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, pa
                 "stop it or give the demo another name",
             )
         old.destroy()
-    rom = build_rom(workload)
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     try:
         dom = conn.createXML(domain_xml(name=name, rom_path=str(rom)), flags)
