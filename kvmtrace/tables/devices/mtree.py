@@ -16,7 +16,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from kvmtrace.errors import KvmtraceError
+from kvmtrace.errors import MemoryMapError
 from kvmtrace.tables.devices.builtin import DESCRIPTIONS
 from kvmtrace.tables.devices.region import _GPA_MAX, Region, is_in_kernel
 
@@ -30,12 +30,6 @@ MTREE_COMMAND = "info mtree -f"
 def capture_command() -> str:
     """The HMP command that prints the map :meth:`DeviceMap.from_mtree` reads."""
     return MTREE_COMMAND
-
-
-class MemoryMapError(KvmtraceError):
-    """A memory map text cannot give device names."""
-
-    exit_code = 5
 
 
 _FLATVIEW = re.compile(r"^\s*FlatView #(\d+)\s*$")
