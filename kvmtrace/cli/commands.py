@@ -70,13 +70,37 @@ def import_(args) -> int:
 
 
 def export(args) -> int:
+    if args.parquet or args.dataset:
+        return _export_parquet(args)
     from kvmtrace.present.perfetto import export_perfetto
 
+    if len(args.trace) > 1:
+        raise UsageError(f"--perfetto takes one trace, not {len(args.trace)}", "export them one at a time")
+    args.trace = args.trace[0]
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError(f"--end {args.end:g} is before --start {args.start:g}", "give --end after --start")
     res = export_perfetto(args.trace, args.perfetto, start_s=args.start, end_s=args.end, max_events=args.max_events)
     print(f"kvmtrace: wrote {res.path} ({res.bytes:,} bytes) in {res.seconds:.1f} s; open it at ui.perfetto.dev",
           file=sys.stderr)
+    return ExitCode.OK
+
+
+def _export_parquet(args) -> int:
+    from kvmtrace.present.parquet import export_dataset, export_parquet
+
+    which = "--parquet" if args.parquet else "--dataset"
+    for opt, value in (("--start", args.start), ("--end", args.end), ("--max-events", args.max_events)):
+        if value is not None:
+            raise UsageError(f"{opt} is for --perfetto; {which} exports every event", f"leave out {opt}")
+    if args.parquet:
+        if len(args.trace) > 1:
+            raise UsageError(f"--parquet takes one trace, not {len(args.trace)}", "use --dataset DIR for several")
+        results = [export_parquet(args.trace[0], args.parquet)]
+    else:
+        results = export_dataset(args.trace, args.dataset)
+    for r in results:
+        print(f"kvmtrace: wrote {r.path} ({r.events:,} events, {r.bytes:,} bytes) in {r.seconds:.1f} s",
+              file=sys.stderr)
     return ExitCode.OK
 
 

@@ -174,12 +174,18 @@ def _import(sub) -> None:
 
 
 def _export(sub) -> None:
-    ex = _subparser(sub, "export", "export a trace as a Perfetto / chrome://tracing timeline",
-                    "Write the run loop as Chrome trace-event JSON for ui.perfetto.dev: a track per vCPU thread, "
-                    "exits as slices named by reason with the kvm_run fields as arguments, VMM service time "
-                    "nested inside.", commands.export)
-    ex.add_argument("trace", metavar="FILE")
-    ex.add_argument("--perfetto", metavar="OUT", required=True, help="output .json or .json.gz")
+    ex = _subparser(sub, "export", "export a trace as a Perfetto timeline, or traces as Parquet",
+                    "--perfetto: the run loop as Chrome trace-event JSON for ui.perfetto.dev: a track per vCPU "
+                    "thread, exits as slices named by reason with the kvm_run fields as arguments, VMM service "
+                    "time nested inside. --parquet / --dataset: every event with its names decoded, and the "
+                    "header and trailer in the file metadata, for DuckDB, Spark or Trino; --dataset adds any "
+                    "number of traces to a dataset partitioned by host, domain and date.", commands.export)
+    ex.add_argument("trace", metavar="FILE", nargs="+", help="trace file (several with --dataset)")
+    out = ex.add_mutually_exclusive_group(required=True)
+    out.add_argument("--perfetto", metavar="OUT", help="output .json or .json.gz")
+    out.add_argument("--parquet", metavar="OUT", help="one Parquet file of the trace's events")
+    out.add_argument("--dataset", metavar="DIR",
+                     help="add the traces to the Parquet dataset in DIR (host=/domain=/date= partitions)")
     ex.add_argument("--start", type=float, metavar="S", help="from S seconds after the recording start")
     ex.add_argument("--end", type=float, metavar="S", help="up to S seconds after the recording start")
     ex.add_argument("--max-events", type=_count, metavar="N", help="stop after N slices")
