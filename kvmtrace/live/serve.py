@@ -32,7 +32,7 @@ from collections import defaultdict
 import numpy as np
 
 from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
-from kvmtrace.errors import KvmtraceError
+from kvmtrace.errors import UsageError
 from kvmtrace.kernel.events import EventKind, Latency
 from kvmtrace.tables.exits import ExitNames, Isa
 from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS
@@ -52,12 +52,6 @@ BUCKETS = tuple(2.0 ** b / 1e9 for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
 #: counters and _bucket/_count/_sum to histograms).
 METRICS = ("kvmtrace_userspace_exits", "kvmtrace_exits", "kvmtrace_pio", "kvmtrace_mmio",
            "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_lost_events")
-
-
-class ServeUsageError(KvmtraceError):
-    """A `serve` option that cannot work (a port out of range)."""
-
-    exit_code = 2
 
 
 def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
@@ -175,7 +169,7 @@ class KvmtraceCollector:
 def check_port(port: int) -> None:
     """Refuse a TCP port no server can listen on, before any probe is attached."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ServeUsageError(f"--port {port!r} is not a TCP port", "give a port from 1 to 65535 (default 9464)")
+        raise UsageError(f"--port {port!r} is not a TCP port", "give a port from 1 to 65535 (default 9464)")
 
 
 def run_serve(domain: str | None, uri: str, all_domains: bool, port: int, listen: str) -> int:
@@ -190,8 +184,8 @@ def run_serve(domain: str | None, uri: str, all_domains: bool, port: int, listen
     try:
         server, thread = start_http_server(port, addr=listen, registry=registry)
     except OSError as e:
-        raise KvmtraceError(f"cannot listen on {listen}:{port}: {e.strerror or e}",
-                            "choose another --port or --listen address") from e
+        raise UsageError(f"cannot listen on {listen}:{port}: {e.strerror or e}",
+                         "choose another --port or --listen address") from e
     try:
         with LiveCounter(domain, uri, all_domains) as live:
             registry.register(KvmtraceCollector(live))
