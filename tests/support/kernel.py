@@ -1,18 +1,19 @@
 """Helpers for the tests that run real guests, probes and tracers: what the
 host lacks, waiting for a subprocess's line, bpftrace as the independent
-tracer, and which BPF programs are attached."""
+tracer, and which BPF programs are loaded. The last two are the benchmark's
+own (bench.harness): one bpftrace runner and one bpftool reading for both."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import select
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
+
+from bench.harness.bpf import KVMTRACE_PROGRAMS, loaded_programs
+from bench.harness.tracers.bpftrace import BpftraceRun, keyed
 
 URI = "qemu:///system"
 
@@ -64,48 +65,29 @@ tracepoint:kvm:kvm_userspace_exit /pid == %(pid)d/ { @uexit[args->reason, args->
 """
 
 
-def attached_tracepoints(pid: int) -> set[str]:
-    """Tracepoints process ``pid`` has BPF programs on (bpftool perf show)."""
-    r = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True)
-    if r.returncode != 0 or not r.stdout.strip():
-        return set()
-    return {e["tracepoint"] for e in json.loads(r.stdout) if e.get("pid") == pid and e.get("fd_type") == "tracepoint"}
-
-
 class Bpftrace:
     """bpftrace counting kvm_pio, kvm_mmio and kvm_userspace_exit of one process:
-    the independent tracer kvmtrace's numbers are checked against."""
+    the independent tracer kvmtrace's numbers are checked against.
+
+    It runs as the benchmarks run it (bench.harness's BpftraceRun): the
+    constructor returns once the kernel shows its three tracepoint programs
+    (bpftrace says attached_probes before it has attached), stop() sends SIGINT.
+    """
 
     def __init__(self, pid: int):
-        self.proc = subprocess.Popen(["bpftrace", "-f", "json", "-e", BPFTRACE_PROG % {"pid": pid}],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for_line(self.proc.stdout, "attached_probes", 60)
-        # bpftrace 0.17 says attached_probes before it has attached: wait until
-        # the kernel shows its three tracepoint programs.
-        deadline = time.monotonic() + 30
-        while len(attached_tracepoints(self.proc.pid)) < 3:
-            assert time.monotonic() < deadline, "bpftrace did not attach its probes"
-            time.sleep(0.02)
+        self.run = BpftraceRun(BPFTRACE_PROG % {"pid": pid})
+        self.run.start({"kvm_pio", "kvm_mmio", "kvm_userspace_exit"}, start_timeout=60, attach_timeout=30)
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        return self.run.proc
 
     def stop(self) -> dict[str, dict[tuple[int, ...], int]]:
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=60)
-        maps: dict[str, dict[tuple[int, ...], int]] = {}
-        for line in filter(None, (s.strip() for s in out.decode().splitlines())):
-            msg = json.loads(line)
-            if msg.get("type") != "map":
-                continue
-            for name, entries in msg["data"].items():
-                maps[name.lstrip("@")] = {tuple(int(x) for x in k.split(",")): v for k, v in entries.items()}
-        return maps
-
-
-# bcc names a TRACEPOINT_PROBE's program tracepoint__SYS__EVENT (kernels with
-# BTF names keep it whole, others cut it to 15 characters: kvm__kvm_pio).
-_KVMTRACE_PROG = re.compile(r"\btracepoint\s+name (tracepoint__)?(kvm__kvm_|syscalls__sys_ente)")
+        self.run.stop(wait=60)
+        maps = self.run.maps()
+        return {name.lstrip("@"): keyed(maps, name) for name in maps}
 
 
 def kvmtrace_progs() -> list[str]:
     """kvmtrace's BPF programs still loaded in the kernel (bpftool prog show)."""
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if _KVMTRACE_PROG.search(line)]
+    return loaded_programs(KVMTRACE_PROGRAMS, prog_type="tracepoint", check=True)
