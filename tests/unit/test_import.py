@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.importer import text as importer
+from kvmtrace.importer import convert as importer
 from kvmtrace.errors import OutputError, TraceFileError
 from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
 from kvmtrace.tables.exits import Isa, SvmExit, VmxExit
 from kvmtrace.tracefile import read_trace
-from kvmtrace.importer.text import detect_format, import_text
+from kvmtrace.importer import detect_format, import_text
 
 from ..support import paths
 from ..support.importing import exit_counts, kind, run

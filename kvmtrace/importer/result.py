@@ -1,0 +1,65 @@
+"""ImportResult: what an import read and wrote, and a message about it for a person.
+
+Standard library only; importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ImportResult"]
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_text` read and wrote."""
+
+    input: Path
+    output: Path
+    format: str
+    isa: str  # "VMX", "SVM" or "unknown"
+    lines: int
+    events: int  # rows written
+    events_by_probe: dict[str, int]  # {"kvm_exit": n, ...}
+    skipped_by_event: dict[str, int]  # lines of events kvmtrace does not store
+    unknown_lines: int  # lines nobody could read
+    unknown_examples: list[int]  # their first line numbers
+    undecodable_exits: dict[str, int]  # kvm_exit lines whose reason has no code, by printed name
+    truncated_last_line: bool
+    lost_events: int  # the sum of the source's "[LOST N EVENTS]" markers
+    lost_marks_without_count: int  # "[LOST EVENTS]" markers (some lost, how many unknown)
+    domains: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def lines_per_second(self) -> float:
+        return self.lines / self.seconds if self.seconds > 0 else float("inf")
+
+    def message(self) -> str:
+        """A few lines for a person: what was imported and what was left out, and why."""
+        probes = ", ".join(f"{n:,} {p}" for p, n in self.events_by_probe.items()) or "none"
+        out = [f"imported {self.events:,} events from {self.lines:,} lines of {self.format} text "
+               f"({probes}); ISA {self.isa}; trace in {self.output}"]
+        skipped = sum(self.skipped_by_event.values())
+        if skipped:
+            top = sorted(self.skipped_by_event.items(), key=lambda kv: (-kv[1], kv[0]))
+            names = ", ".join(f"{k} {v:,}" for k, v in top[:6]) + (", ..." if len(top) > 6 else "")
+            out.append(f"skipped: not kvmtrace events: {skipped:,} lines ({names})")
+        if self.undecodable_exits:
+            names = ", ".join(f"{k!r} {v:,}" for k, v in sorted(self.undecodable_exits.items()))
+            out.append(f"left out: kvm_exit lines whose reason has no known name or number: {names} "
+                       "(give --isa vmx|svm if the names are of one vendor, or print the trace "
+                       "with the kernel's own format, trace-cmd report -N)")
+        if self.unknown_lines:
+            where = ", ".join(map(str, self.unknown_examples))
+            more = ", ..." if self.unknown_lines > len(self.unknown_examples) else ""
+            out.append(f"unknown: {self.unknown_lines:,} lines could not be read (lines {where}{more})")
+        if self.truncated_last_line:
+            out.append("the last line has no end (the file was cut short?): it was left out")
+        if self.lost_events:
+            out.append(f"the source reports {self.lost_events:,} lost events")
+        if self.lost_marks_without_count:
+            out.append(f"the source marks {self.lost_marks_without_count:,} places where events were lost "
+                       "without saying how many")
+        return "\n".join(out)
