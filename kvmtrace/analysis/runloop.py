@@ -27,15 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
-from kvmtrace.errors import MissingTraceEventError
-from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
 from kvmtrace.tables.exits import VMX_BASIC_MASK, Isa, KvmExit, VmxExitFlag
+from kvmtrace.analysis.requirements import require_events
 from kvmtrace.analysis.summary import ThreadOrder, mmio_completions
+from kvmtrace.analysis.threadview import ThreadView, UexitRun
 
 __all__ = [
     "ACCESSES",
@@ -101,6 +101,9 @@ USERSPACE_RUNS_COLUMNS: dict[str, str] = {
     "service_ns": "int64",
 }
 
+#: What works where kvm_exit does not fire (nested hosts), as the refusals say it.
+WITHOUT_KVM_EXIT = "userspace_runs and vmm_service need only kvm_userspace_exit and KVM_RUN"
+
 #: Keys of :func:`unpaired`.
 UNPAIRED_KEYS = (
     "exit_without_entry",
@@ -136,151 +139,6 @@ def _check_columns(ev: pd.DataFrame, needed: Iterable[str], analysis: str) -> No
         )
 
 
-def _check_events_mode(ev: pd.DataFrame, analysis: str) -> None:
-    """Refuse a counts-mode recording: its rows are aggregates, not single events to pair."""
-    kind = ev["kind"].to_numpy()
-    if len(kind) and (((kind & AGGREGATE) != 0) | (kind == EventKind.HIST)).any():
-        err = MissingTraceEventError(["single kvm events (record --mode events)"], analysis)
-        err.fix = (
-            "this is a counts-mode recording (record --mode counts), which keeps per-key counts and in-kernel "
-            "latency histograms (its HIST rows) instead of events; record with --mode events to pair events"
-        )
-        raise err
-
-
-class _Threads:
-    """The events of a frame sorted by thread (pid, tid), then time, then file order.
-
-    ``threads`` is that order (summary.ThreadOrder: the trace's own, when
-    given); ``order`` maps sorted positions to frame positions; ``at(name,
-    pos)`` gives a column at sorted positions; ``thr`` numbers each sorted
-    event's thread; ``thread_pid`` / ``thread_tid`` give each thread
-    number's ids.
-    """
-
-    def __init__(self, ev: pd.DataFrame, threads: ThreadOrder | None = None):
-        self.ev = ev
-        self._cols: dict[str, np.ndarray] = {}  # frame columns as numpy, frame order
-        self.threads = threads if threads is not None else ThreadOrder.of(ev)
-        self.n = len(ev)
-        self.order = self.threads.positions()
-        self.thread_pid = self.threads.thread_pid
-        self.thread_tid = self.threads.thread_tid
-        thread = self.threads.thread
-        self.thr = np.zeros(self.n, dtype=np.int64) if thread is None else thread[self.order].astype(np.int64)
-
-    def column(self, name: str) -> np.ndarray:
-        """Column ``name`` of the frame as numpy, in frame order."""
-        a = self._cols.get(name)
-        if a is None:
-            a = self._cols[name] = self.ev[name].to_numpy()
-        return a
-
-    def rows(self, pos: np.ndarray) -> _Rows:
-        """The events at sorted positions ``pos`` (-1: none), to read several columns of."""
-        return _Rows(self, pos)
-
-    def at(self, name: str, pos: np.ndarray, missing=None) -> np.ndarray:
-        """Column ``name`` at sorted positions ``pos``; where pos is -1, ``missing`` (if given)."""
-        return _Rows(self, pos).get(name, missing)
-
-    @cached_property
-    def kind(self) -> np.ndarray:
-        return self.ev["kind"].to_numpy()[self.order]
-
-    def ts(self, pos: np.ndarray) -> np.ndarray:
-        """ts_ns (int64) at sorted positions ``pos``, -1 where pos is -1."""
-        return _Rows(self, pos).ts()
-
-    @cached_property
-    def real_uexits(self) -> np.ndarray:
-        """Sorted positions of the userspace exits with errno >= 0 (real exits, not restarts)."""
-        pos = np.flatnonzero(self.kind == _UEXIT)
-        return pos[self.at("err", pos) >= 0]
-
-    @cached_property
-    def thread_vcpu(self) -> np.ndarray:
-        """vCPU of each thread from its first kvm_exit/kvm_entry naming one, else NO_VCPU."""
-        out = np.full(len(self.thread_pid), NO_VCPU, dtype=np.uint32)
-        k = self.kind
-        pos = np.flatnonzero((k == _EXIT) | (k == _ENTRY))
-        if len(pos):
-            vc = self.at("vcpu", pos)
-            named = vc != NO_VCPU
-            pos, vc = pos[named], vc[named]
-            thr = self.thr[pos]
-            first = np.ones(len(pos), dtype=bool)
-            first[1:] = thr[1:] != thr[:-1]
-            out[thr[first]] = vc[first]
-        return out
-
-    @cached_property
-    def uexit_run(self) -> _UexitRun:
-        k = self.kind
-        ur = np.flatnonzero((k == _UEXIT) | (k == _RUN))
-        th = self.thr[ur]
-        same = np.zeros(len(ur), dtype=bool)
-        same[:-1] = th[1:] == th[:-1]
-        return _UexitRun.of(ur, k[ur], same)
-
-
-class _Rows:
-    """Some events of a :class:`_Threads`, by sorted position (-1 for none)."""
-
-    def __init__(self, s: _Threads, pos: np.ndarray):
-        self.s = s
-        self.none = pos < 0
-        # -1 reads the last event; those values are overwritten with ``missing``.
-        self.fpos = s.order[pos] if len(s.order) else np.zeros(len(pos), dtype=np.int64)
-
-    def get(self, name: str, missing=None) -> np.ndarray:
-        a = self.s.column(name)
-        if not len(a):
-            return np.full(len(self.fpos), 0 if missing is None else missing, dtype=a.dtype)
-        out = a[self.fpos]
-        if missing is not None:
-            out[self.none] = missing
-        return out
-
-    def ts(self) -> np.ndarray:
-        """ts_ns as int64, -1 for none."""
-        out = self.get("ts_ns").astype(np.int64)
-        out[self.none] = -1
-        return out
-
-
-@dataclass
-class _UexitRun:
-    """Userspace exits and KVM_RUN calls (positions ``ur``, in thread order) and their pairing.
-
-    A KVM_RUN pairs with the userspace exit right before it on its thread; a
-    userspace exit followed by another one (or by nothing) has no KVM_RUN.
-    """
-
-    ur: np.ndarray
-    kind: np.ndarray
-    pair: np.ndarray  # pair[i]: ur[i] is a userspace exit answered by the KVM_RUN ur[i + 1]
-
-    @classmethod
-    def of(cls, ur: np.ndarray, kind: np.ndarray, next_same: np.ndarray) -> _UexitRun:
-        """From the events' kinds and whether the next one is on the same thread."""
-        pair = next_same.copy()
-        pair[:-1] &= (kind[:-1] == _UEXIT) & (kind[1:] == _RUN)
-        return cls(ur, kind, pair)
-
-    def run_of(self, pos: np.ndarray) -> np.ndarray:
-        """Sorted position of the KVM_RUN answering each userspace exit in ``pos``, -1 if none."""
-        i = np.searchsorted(self.ur, pos)
-        has = self.pair[i]
-        return np.where(has, self.ur[np.minimum(i + 1, len(self.ur) - 1)], -1)
-
-    def run_without_uexit(self) -> int:
-        is_run = self.kind == _RUN
-        paired = np.zeros(len(self.ur), dtype=bool)
-        paired[1:] = self.pair[:-1]
-        return int((is_run & ~paired).sum())
-
-
 @dataclass
 class _Segments:
     """Each kvm_exit and the events that belong to it, in sorted positions."""
@@ -301,7 +159,7 @@ def _first_per_segment(pos: np.ndarray, seg: np.ndarray, n_seg: int) -> tuple[np
     return out, first
 
 
-def _segments(s: _Threads) -> _Segments:
+def _segments(s: ThreadView) -> _Segments:
     """Split every thread at its kvm_exit events and attach entry, userspace exit and access."""
     k = s.kind
     is_exit = k == _EXIT
@@ -406,15 +264,10 @@ def correlate(events: pd.DataFrame, order: ThreadOrder | None = None) -> pd.Data
     when the caller has it.
     """
     _check_columns(events, ("reason", "isa", "vcpu", "err", "op", "port", "size", "count", "gpa"), "correlate")
-    _check_events_mode(events, "correlate")
-    s = _Threads(events, order)
-    if s.n and not (s.kind == _EXIT).any():
-        err = MissingTraceEventError(["kvm:kvm_exit"], "correlate (hardware exit handling)")
-        err.fix = (
-            "record on an Intel/AMD host where kvm:kvm_exit fires (it does not on nested hosts); "
-            "userspace_runs and vmm_service need only kvm_userspace_exit and KVM_RUN"
-        )
-        raise err
+    require_events(events, (), "correlate")
+    if len(events):
+        require_events(events, [EventKind.EXIT], "correlate (hardware exit handling)", instead=WITHOUT_KVM_EXIT)
+    s = ThreadView(events, order)
     seg = _segments(s)
     x = seg.exit_pos
     thr = s.thr[x]
@@ -537,8 +390,8 @@ def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = Non
     ``order`` is the frame's thread order, when the caller has it.
     """
     _check_columns(events, ("reason", "vcpu", "err", "op", "port", "size", "count", "gpa", "flags"), "userspace_runs")
-    _check_events_mode(events, "userspace_runs")
-    s = _Threads(events, order)
+    require_events(events, (), "userspace_runs")
+    s = ThreadView(events, order)
     u = s.real_uexits
     thr = s.thr[u]
     rr = s.rows(u)
@@ -608,17 +461,17 @@ def unpaired(events: pd.DataFrame, order: ThreadOrder | None = None) -> dict[str
     KVM_RUN calls are looked at, in that order, with no per-event sort.
     """
     _check_columns(events, ("err", "op", "gpa"), "unpaired")
-    _check_events_mode(events, "unpaired")
+    require_events(events, (), "unpaired")
     if order is None:
         order = ThreadOrder.of(events)
     k = events["kind"].to_numpy()
     out = dict.fromkeys(UNPAIRED_KEYS, 0)
     if (k == _EXIT).any():
-        out.update(_segments(_Threads(events, order)).unpaired)
+        out.update(_segments(ThreadView(events, order)).unpaired)
     else:  # nothing to attach to: every entry is unpaired, no thread has exits
         out["entry_without_exit"] = int((k == _ENTRY).sum())
     rows = order.rows((k == _UEXIT) | (k == _RUN))
-    ur = _UexitRun.of(rows, k[rows], order.next_on_thread(rows))
+    ur = UexitRun.of(rows, k[rows], order.next_on_thread(rows))
     err = events["err"].to_numpy()[rows]
     is_uexit = ur.kind == _UEXIT
     out["userspace_exit_without_run"] = int((is_uexit & (err >= 0) & ~ur.pair).sum())

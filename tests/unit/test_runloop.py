@@ -12,12 +12,12 @@ from kvmtrace.analysis.runloop import (
     UNPAIRED_KEYS,
     USERSPACE_RUNS_COLUMNS,
     _segments,
-    _Threads,
     correlate,
     unpaired,
     userspace_runs,
 )
 from kvmtrace.analysis.summary import ThreadOrder
+from kvmtrace.analysis.threadview import ThreadView
 from kvmtrace.errors import MissingTraceEventError
 from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, NO_VCPU, EventKind, MmioOp
 
@@ -382,7 +382,7 @@ def test_unpaired_without_kvm_exit_equals_the_segment_accounting():
     entries = Ev().entry(tid=4242, pid=4200).entry(tid=4243, pid=4200).frame()
     f = pd.concat([f, entries], ignore_index=True)
     got = unpaired(f)
-    full = _segments(_Threads(f)).unpaired
+    full = _segments(ThreadView(f)).unpaired
     assert {k: got[k] for k in full} == full == {"exit_without_entry": 0, "entry_without_exit": 2,
                                                   "userspace_exit_without_exit": 0, "access_without_exit": 0}
     order = ThreadOrder.of(f)
