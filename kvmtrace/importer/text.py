@@ -5,7 +5,7 @@
 :mod:`kvmtrace.importer`; this module stays until no caller uses it.
 """
 
-from kvmtrace.importer.convert import BATCH_EVENTS, UNKNOWN_EXAMPLES, default_output, import_text  # noqa: F401
+from kvmtrace.importer.convert import BATCH_EVENTS, default_output, import_text
 from kvmtrace.importer.result import ImportResult
 from kvmtrace.importer.source import FORMATS, detect_format
 
