@@ -17,6 +17,7 @@ import pytest
 from kvmtrace.demo.run import resume, start_demo, stop_demo
 
 from kvmtrace.demo.guest import Workload, expected
+from kvmtrace.errors import ExitCode
 from kvmtrace.trace import load
 
 from ..support.cli import kvmtrace_cmd
@@ -185,7 +186,7 @@ def test_without_root_kernel_commands_refuse_and_analysis_works(kernel, tmp_path
     for cmd in (["record", "--domain", name], ["top", "--domain", name, "--batch"],
                 ["serve", "--domain", name], ["demo"], ["record", "--dry-run"]):
         r = _as_nobody(*cmd, cwd=work)
-        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.returncode == ExitCode.PREFLIGHT, (cmd, r.stderr)
         assert "CAP_BPF" in r.stderr and "CAP_PERFMON" in r.stderr and "Traceback" not in r.stderr
     for cmd in (["report", "t.kvmtrace"], ["report", "--format", "json", "t.kvmtrace"],
                 ["compare", "t.kvmtrace", "t.kvmtrace"], ["trend", "t.kvmtrace", "u.kvmtrace", "-o", "g.png"]):

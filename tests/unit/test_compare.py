@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from kvmtrace.analysis.compare import (
-    COLUMNS, RateTableError, RunRates, compare, format_text, has_regression, holm, poisson_rate_test, to_json,
+    COLUMNS, RateTableError, RunRates, compare, format_text, has_regression, holm, poisson_rate_test,
+    regression_causes, to_json,
 )
 
 # Rates of the demo guest's kind: tens of thousands of events per second.
@@ -239,6 +240,25 @@ def test_text_fits_80_columns_and_names_the_regression():
     assert len(reg) == 1 and "0x0080 write" in reg[0] and "userspace_exit" in text
     short = format_text(df, max_rows=2)
     assert f"{len(df) - 2} more rows not shown" in short
+
+
+def test_regression_causes_are_the_finest_rows_that_rose():
+    # One port rose by half; its device, KVM_EXIT reason and vCPU rose with it.
+    port, rest = ("port", "0x0080 write"), ("port", "0x0071 read")
+    base = {port: 30_000, rest: 9_000, ("device", "ioport80"): 30_000, ("userspace_exit", "IO"): 39_000,
+            ("vcpu", "vcpu 0"): 39_000}
+    new = {port: 45_000, rest: 9_000, ("device", "ioport80"): 45_000, ("userspace_exit", "IO"): 54_000,
+           ("vcpu", "vcpu 0"): 54_000}
+    df = compare(RunRates("base", table(base), 3.0, 39_000), RunRates("new", table(new), 3.0, 54_000))
+    assert flagged(df) == {port, ("device", "ioport80"), ("userspace_exit", "IO"), ("vcpu", "vcpu 0")}
+    assert flagged(regression_causes(df)) == {port} and len(regression_causes(df)) == 1
+    # Only coarse rows rose (no port, MMIO or kvm_exit row): they are the causes.
+    coarse = {("device", "hpet"): 10_000, ("vcpu", "vcpu 0"): 10_000}
+    df = compare(RunRates("base", table(coarse), 3.0, 10_000),
+                 RunRates("new", table({k: 2 * n for k, n in coarse.items()}), 3.0, 20_000))
+    assert flagged(regression_causes(df)) == set(coarse)
+    same = compare(RunRates("base", table(coarse), 3.0, 10_000), RunRates("new", table(coarse), 3.0, 10_000))
+    assert regression_causes(same).empty
 
 
 def test_json_is_plain_and_strict():

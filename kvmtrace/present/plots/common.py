@@ -1,7 +1,7 @@
 """What every figure shares: the canvas, windows, palettes, number formats, SVG output.
 
-Figures are built with matplotlib's object API on the Agg canvas (never
-pyplot): no display is needed and nothing global changes.
+Figures are built on the Agg canvas with matplotlib's object API, never pyplot:
+no display is needed and nothing global changes.
 """
 
 from __future__ import annotations
