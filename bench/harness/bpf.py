@@ -51,10 +51,24 @@ def recursion_misses(prog_ids) -> int:
     return total
 
 
-def loaded_programs() -> list[str]:
-    """kvmtrace- and bpftrace-like programs loaded now (anyone's: others may be tracing too)."""
-    r = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
+# Program names as bpftool shows them. bcc names a TRACEPOINT_PROBE's program
+# tracepoint__SYS__EVENT (kernels with BTF names keep it whole, others cut it
+# to 15 characters: kvm__kvm_pio); bpftrace's start with the probe type too.
+#: kvmtrace- and bpftrace-like programs.
+TRACER_PROGRAMS = r"^(kvm_|kvm__|tracepoint__|sys_enter_ioctl|syscalls__)"
+#: kvmtrace's own programs on the kvm events and the syscalls' entries.
+KVMTRACE_PROGRAMS = r"^(tracepoint__)?(kvm__kvm_|syscalls__sys_ente)"
+
+
+def loaded_programs(pattern: str = TRACER_PROGRAMS, prog_type: str | None = None,
+                    check: bool = False) -> list[str]:
+    """"ID NAME" of every BPF program loaded now whose name matches ``pattern``
+    (and whose type is ``prog_type``, e.g. "tracepoint"): anyone's, since others
+    may be tracing too. With ``check``, a failing bpftool raises instead of
+    answering that nothing is loaded."""
+    r = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=check)
     if r.returncode != 0 or not r.stdout.strip():
         return []
-    pat = re.compile(r"^(kvm_|kvm__|tracepoint__|sys_enter_ioctl|syscalls__)")
-    return [f"{p['id']} {p.get('name', '')}" for p in json.loads(r.stdout) if pat.match(p.get("name", ""))]
+    pat = re.compile(pattern)
+    return [f"{p['id']} {p.get('name', '')}" for p in json.loads(r.stdout)
+            if pat.match(p.get("name", "")) and prog_type in (None, p.get("type"))]
