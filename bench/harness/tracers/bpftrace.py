@@ -26,8 +26,9 @@ class BpftraceRun:
 
     ``start`` returns once the kernel shows its programs on every tracepoint
     asked for: bpftrace prints "attached_probes" before it attaches, and
-    without this wait the first milliseconds are not traced. ``stop`` sends
-    SIGINT (bpftrace prints its maps then) and, if it does not end, SIGKILL.
+    without this wait the first milliseconds are not traced. If it raises,
+    bpftrace has been stopped. ``stop`` sends SIGINT (bpftrace prints its maps
+    then) and, if it does not end, SIGKILL.
     """
 
     def __init__(self, program: str):
@@ -40,9 +41,13 @@ class BpftraceRun:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         STARTED.add(self.proc.pid)
         self.out, self.err = Lines(self.proc.stdout), Lines(self.proc.stderr)
-        if self.out.wait_for("attached_probes", start_timeout) is None:
-            raise RuntimeError(f"bpftrace did not start: {self.err.text(1)[-1500:]}")
-        self.progs = wait_bpf_attached(self.proc, tracepoints, attach_timeout)
+        try:
+            if self.out.wait_for("attached_probes", start_timeout) is None:
+                raise RuntimeError(f"bpftrace did not start: {self.err.text(1)[-1500:]}")
+            self.progs = wait_bpf_attached(self.proc, tracepoints, attach_timeout)
+        except BaseException:
+            self.cleanup()  # its own session: nobody else's Ctrl-C or kill reaches it
+            raise
         OUR_PROGS.update(self.progs.values())
         return self
 
