@@ -16,6 +16,8 @@ from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, PADDING, EventFlag, E
 from kvmtrace.live import serve
 from kvmtrace.live.serve import BUCKETS, KvmtraceCollector, check_port, histogram
 
+from ..support.cli import run
+
 PID = 4242
 IO, MMIO = 2, 6  # KVM_EXIT_*
 VMX, SVM = 1, 2
@@ -211,3 +213,13 @@ def test_run_serve_refuses_a_port_in_use_before_attaching(monkeypatch):
         s.listen()
         with pytest.raises(UsageError, match="cannot listen"):
             serve.run_serve("web1", "qemu:///system", False, s.getsockname()[1], "127.0.0.1")
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_cli_bad_port_is_one_line_and_exit_2(port):
+    # No domain is resolved and nothing attached: the port is refused first.
+    r = run("serve", "--domain", "no-such-domain", "--port", port)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) <= 3, r.stderr  # one error line (argparse's adds its usage)
