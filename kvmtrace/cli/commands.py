@@ -142,7 +142,8 @@ def report(args) -> int:
 def compare(args) -> int:
     import json
 
-    from kvmtrace.analysis.compare import compare, format_text, has_regression, regression_causes, to_json
+    from kvmtrace.analysis.compare import compare, has_regression, regression_causes, to_json
+    from kvmtrace.present.compare import format_text
     from kvmtrace.trace import load
 
     window = args.window if args.method == "bootstrap" else None
@@ -170,7 +171,8 @@ def compare(args) -> int:
 def trend(args) -> int:
     import json
 
-    from kvmtrace.analysis.trend import save_trend, trend_frame
+    from kvmtrace.analysis.trend import trend_frame
+    from kvmtrace.present.trend import save_trend
     from kvmtrace.trace import load
 
     traces = [load(p) for p in args.traces]

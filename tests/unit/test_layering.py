@@ -73,10 +73,6 @@ TO_FIX: dict[tuple[str, str], str] = {
         "record imports demo (which imports record): resume() belongs in record.domain",
     ("demo/run.py", "libvirt"):
         "the demo guest's domain is created through libvirt directly, not through record",
-    ("analysis/trend.py", "matplotlib"):
-        "plot_trend/save_trend draw in analysis: they belong in present",
-    ("analysis/compare.py", "rich"):
-        "compare renders its text table in analysis: that belongs in present",
 }
 
 
