@@ -141,9 +141,11 @@ class Trace:
 
         Columns: ts_ns (int64), pid, tid, vcpu (uint32), port (uint32),
         direction (category read/write), size (uint8, bytes), count (uint32,
-        rep count), device (category), userspace (bool: returned to the VMM as
-        KVM_EXIT_IO, paired by its kvm_run fields), value (uint64; 0 unless
-        recorded with --values). Index "access".
+        rep count), device (category: the device QEMU's map named at the
+        port when it was accessed), userspace (bool: returned to the VMM as
+        KVM_EXIT_IO, paired by its kvm_run fields), handled_by (category
+        kernel/ioeventfd/coalesced/vmm: see analysis.handlers), value (uint64;
+        0 unless recorded with --values). Index "access".
         """
         from kvmtrace.kernel.events import EventKind, PioOp
 
@@ -156,9 +158,10 @@ class Trace:
             "tid": p["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(p), "port": p["port"].to_numpy(np.uint32),
             "direction": pd.Categorical(np.where(p["op"] == PioOp.WRITE, "write", "read"), categories=["read", "write"]),
             "size": p["size"].to_numpy(np.uint8), "count": p["count"].to_numpy(np.uint32),
-            "device": self.device_map.name_ports(p["port"].to_numpy()),
+            **self._access_labels(sel, "io"),
             "userspace": self._pairing.to_vmm[sel], "value": p["value"].to_numpy(np.uint64),
         })
+        df.insert(len(df.columns) - 1, "handled_by", df.pop("handled_by"))
         df.index.name = "access"
         return df
 
@@ -166,8 +169,10 @@ class Trace:
         """Every MMIO access (kvm_mmio; a VMM-answered read once), with device and handler.
 
         Columns: ts_ns (int64), pid, tid, vcpu (uint32), gpa (uint64),
-        direction (category read/write), len (uint8, bytes), device (category),
-        userspace (bool: returned to the VMM as KVM_EXIT_MMIO), value (uint64;
+        direction (category read/write), len (uint8, bytes), device (category,
+        as QEMU's map named the address when it was accessed), userspace
+        (bool: returned to the VMM as KVM_EXIT_MMIO), handled_by (category
+        kernel/ioeventfd/coalesced/vmm: see analysis.handlers), value (uint64;
         for a VMM-answered read, the answer; 0 unless recorded with --values).
         Index "access".
         """
@@ -194,9 +199,10 @@ class Trace:
             "tid": m["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(m), "gpa": m["gpa"].to_numpy(np.uint64),
             "direction": pd.Categorical(np.where(m["op"] == MmioOp.WRITE, "write", "read"),
                                         categories=["read", "write"]),
-            "len": m["size"].to_numpy(np.uint8), "device": self.device_map.name_gpas(m["gpa"].to_numpy()),
+            "len": m["size"].to_numpy(np.uint8), **self._access_labels(sel, "memory"),
             "userspace": self._pairing.to_vmm[sel], "value": value,
         })
+        df.insert(len(df.columns) - 1, "handled_by", df.pop("handled_by"))
         df.index.name = "access"
         return df
 
@@ -218,11 +224,73 @@ class Trace:
         return "launch" in self.header
 
     @cached_property
-    def device_map(self):
-        """Device names for this trace's guest (its recorded QEMU memory map, else built in)."""
-        from kvmtrace.tables.devices import DeviceMap
+    def device_timeline(self):
+        """Every version of the guests' QEMU memory maps the recording read, with its time
+        (tables.devices.timeline.DeviceTimeline): names an access by the map of its time."""
+        from kvmtrace.tables.devices.timeline import DeviceTimeline
 
-        return DeviceMap.from_header(self.header)
+        return DeviceTimeline.from_trace(self.header, self.data.memory_maps)
+
+    @cached_property
+    def device_map(self):
+        """Device names for this trace's guest without a time: each address named by the first
+        map version that names it (the recorded QEMU memory maps, else built in)."""
+        return self.device_timeline.merged()
+
+    @property
+    def handled_by_method(self) -> str:
+        """How handled_by was told: "ioctls" (recorded from the guest's creation) or "deduced"."""
+        return "ioctls" if self.launched else "deduced"
+
+    @cached_property
+    def handler_zones(self) -> pd.DataFrame | None:
+        """The ioeventfds and coalesced zones registered (analysis.handlers.zones); None unless launched."""
+        from kvmtrace.analysis.handlers import zones
+
+        return zones(self.events) if self.launched else None
+
+    def _access_labels(self, sel: np.ndarray, space: str) -> dict:
+        from kvmtrace.analysis.handlers import as_category, label_accesses
+
+        device, handled = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
+                                         self.handler_zones)
+        return {"device": device, "handled_by": as_category(handled)}
+
+    @cached_property
+    def io_tables(self) -> dict[str, pd.DataFrame]:
+        """The report's port I/O and MMIO rows, split by device and handler
+        (analysis.handlers.io_table): {"pio": ..., "mmio": ...}."""
+        from kvmtrace.analysis.handlers import classify, io_table, label_accesses
+        from kvmtrace.analysis.summary import kinds_and_weights
+        from kvmtrace.kernel.events import EventKind, MmioOp, PioOp
+
+        out = {}
+        if self.header.get("mode") == "counts":
+            for key, space, cols in (("pio", "io", ("port", "size")), ("mmio", "memory", ("gpa", "len"))):
+                rows = getattr(self.summary, key)
+                addr = rows[cols[0]].to_numpy(np.uint64)
+                device, offset, in_kernel = self.device_timeline.names(space, addr)
+                zt = self.handler_zones
+                write = (rows["direction"] == "write").to_numpy()
+                handled = classify(space, userspace=rows["userspace"].to_numpy(), write=write, addr=addr,
+                                   size=rows[cols[1]].to_numpy(), device=device, offset=offset, in_kernel=in_kernel,
+                                   ts=np.full(len(rows), np.iinfo(np.int64).max - 1), zone_table=zt)
+                out[key] = io_table(addr, write, rows[cols[1]].to_numpy(), device, handled,
+                                    rows["count"].to_numpy(), cols)
+            return out
+        ev = self.events
+        k, w = kinds_and_weights(ev)
+        for key, space, kind, write_op, cols in (("pio", "io", EventKind.PIO, PioOp.WRITE, ("port", "size")),
+                                                 ("mmio", "memory", EventKind.MMIO, MmioOp.WRITE, ("gpa", "len"))):
+            sel = k == kind
+            if kind == EventKind.MMIO:
+                sel &= ~self._completions
+            device, handled = label_accesses(ev, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
+                                             self.handler_zones)
+            out[key] = io_table(ev["port" if space == "io" else "gpa"].to_numpy()[sel],
+                                ev["op"].to_numpy()[sel] == write_op, ev["size"].to_numpy()[sel], device, handled,
+                                np.asarray(w)[sel], cols)
+        return out
 
     @cached_property
     def vcpu_by_tid(self) -> dict[int, int]:

@@ -8,6 +8,12 @@ Layout, chosen so that a recording interrupted at any moment stays readable:
   carrying ``kvmtrace.progress`` metadata (events written, lost so far).
 * A last batch carries ``kvmtrace.trailer`` (end time, stop reason, exact lost
   counts), then the Arrow footer.
+* QEMU's memory map, read again while recording (a device the firmware maps
+  after the start, and once at the end), goes in an empty batch of its own
+  carrying ``kvmtrace.memory_map`` (domain pid, monotonic time, the text or
+  why it could not be read), flushed at once: a file cut short keeps every
+  version written before the cut. The header holds the version read at the
+  start (``domains[i]["memory_map_text"]``).
 
 A complete file is an ordinary Feather v2 file: ``pandas.read_feather`` reads
 it. A file cut short (SIGKILL, power loss, a full disk) has no footer, but an
@@ -34,6 +40,7 @@ FORMAT_VERSION = 1
 HEADER_KEY = b"kvmtrace.header"
 PROGRESS_KEY = b"kvmtrace.progress"
 TRAILER_KEY = b"kvmtrace.trailer"
+MEMORY_MAP_KEY = b"kvmtrace.memory_map"
 ARROW_MAGIC = b"ARROW1"
 
 COLUMNS = tuple(n for n in EVENT_DTYPE.names if n not in PADDING)
@@ -103,6 +110,17 @@ class TraceWriter:
         self._guard(self._file.flush)
         self.events_written += len(events)
 
+    def write_memory_map(self, version: dict) -> None:
+        """Append one re-read of a guest's memory map (an empty batch carrying it) and flush it.
+
+        ``version``: ``pid``, ``t_ns`` (CLOCK_MONOTONIC), ``reason`` and either
+        ``text`` (QEMU's ``info mtree -f``) or ``error`` (why it was not read).
+        """
+        batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)
+        meta = {MEMORY_MAP_KEY: json.dumps(version)}
+        self._guard(lambda: self._writer.write_batch(batch, custom_metadata=meta))
+        self._guard(self._file.flush)
+
     def close(self, trailer: dict) -> None:
         """Write the trailer and the footer: the file is then complete."""
         if self.closed:
@@ -142,6 +160,7 @@ class TraceData:
     complete: bool = True
     note: str = ""  # why the file is incomplete
     arrays: dict[str, np.ndarray] | None = None
+    memory_maps: list[dict] = field(default_factory=list)  # re-reads of QEMU's map, in file order
 
     @property
     def lost_events(self) -> int:
@@ -296,19 +315,24 @@ def _read_trace(path: Path, options=None, arrays: bool = False) -> TraceData:
             pass  # the damaged batch is found below
     batches = _Batches(reader.schema, arrays, rows)
     progress, trailer, note = {}, None, ""
+    maps: list[dict] = []
     for i in range(reader.num_record_batches):
         try:
             batch, meta = reader.get_batch_with_custom_metadata(i)
             _check_batch(batch)
             progress = _meta(meta, PROGRESS_KEY) or progress
             trailer = _meta(meta, TRAILER_KEY) or trailer
+            mm = _meta(meta, MEMORY_MAP_KEY)
         except _DAMAGE:
             note = f"damaged from batch {i} on; the batches before it are read"
             trailer = None
             break
         batches.add(batch)
+        if mm is not None:
+            maps.append(mm)
     return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None and not note,
-                     note=note or ("" if trailer is not None else "no trailer"), **batches.result())
+                     note=note or ("" if trailer is not None else "no trailer"), memory_maps=maps,
+                     **batches.result())
 
 
 def _check_batch(batch: pa.RecordBatch) -> None:
@@ -335,6 +359,7 @@ def _read_partial(path: Path, source, options=None, arrays: bool = False) -> Tra
     header = _check_header(path, reader.schema, options)
     batches = _Batches(reader.schema, arrays)
     progress, trailer, note = {}, None, "cut short"
+    maps: list[dict] = []
     while True:
         try:
             batch, meta = reader.read_next_batch_with_custom_metadata()
@@ -348,6 +373,9 @@ def _read_partial(path: Path, source, options=None, arrays: bool = False) -> Tra
         batches.add(batch)
         progress = _meta(meta, PROGRESS_KEY) or progress
         trailer = _meta(meta, TRAILER_KEY) or trailer
+        mm = _meta(meta, MEMORY_MAP_KEY)
+        if mm is not None:
+            maps.append(mm)
     # The trailer is written after the last event: with it, no event is missing.
     return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None, note=note,
-                     **batches.result())
+                     memory_maps=maps, **batches.result())

@@ -35,7 +35,9 @@ port           I/O port, hex "0x0080" (pio)
 gpa            guest-physical address, hex (mmio; memory_slots: slot start)
 direction      read or write (pio, mmio, vmm_service)
 size           access size in bytes (pio: size, mmio: len)
-handled_by     kernel (KVM in-kernel device) or VMM (returned to userspace);
+handled_by     kernel (a KVM in-kernel device), ioeventfd (a write that
+               signalled an eventfd), coalesced (buffered in the coalesced
+               ring, replayed by QEMU later) or vmm (a userspace exit);
                "unknown" when the kvm_run fields were not read (pio, mmio)
 count          events over the recording (every section with counts; the
                latency sections: exits with a measured duration)
@@ -112,8 +114,10 @@ def _num(x, fmt: str = ",.1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def _handled(userspace: bool, known: bool) -> str:
-    return "VMM" if userspace else ("kernel" if known else "unknown")
+def _handled(r: dict, known: bool) -> str:
+    """The row's handler (kernel, ioeventfd, coalesced, vmm: analysis.handlers), or "unknown"
+    where the trace lacks the kvm_run fields that split kernel from userspace."""
+    return r["handled_by"] if known else "unknown"
 
 
 def report_facts(trace, d: dict) -> list[str]:
@@ -133,7 +137,9 @@ def report_facts(trace, d: dict) -> list[str]:
     lines.append("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
     if trace.header.get("mode") == "counts":
         lines.append("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
-    return lines
+    from kvmtrace.present.report import memory_map_lines
+
+    return lines + memory_map_lines(d)
 
 
 def report_sections(trace, d: dict | None = None) -> list[Section]:
@@ -211,14 +217,14 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
     out.append(Section(
         "pio", "Port I/O (kvm_pio)", ["port", "device", "dir", "size", "handled by", "count", "/s"],
         [False, False, False, True, False, True, True],
-        [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), _handled(r["userspace"], known),
+        [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), _handled(r, known),
           f"{r['count']:,}", per_s(r["count"])] for r in d["pio"]],
         [], "No port I/O in this trace."))
     out.append(Section(
         "mmio", "MMIO (kvm_mmio; a read the VMM answers counts once)",
         ["gpa", "device", "dir", "len", "handled by", "count", "/s"],
         [False, False, False, True, False, True, True],
-        [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), _handled(r["userspace"], known),
+        [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), _handled(r, known),
           f"{r['count']:,}", per_s(r["count"])] for r in d["mmio"]],
         [], "No MMIO in this trace."))
     return out
@@ -279,11 +285,11 @@ def csv_rows(trace, d: dict | None = None) -> list[dict]:
                      "exit_flags": r["flags"], "count": r["count"], "rate_per_s": _rate(r["count"], dur)})
     for r in d["pio"]:
         rows.append({"section": "pio", "device": r["device"], "port": _hex(r["port"], 6), "direction": r["direction"],
-                     "size": r["size"], "handled_by": _handled(r["userspace"], known), "count": r["count"],
+                     "size": r["size"], "handled_by": _handled(r, known), "count": r["count"],
                      "rate_per_s": _rate(r["count"], dur)})
     for r in d["mmio"]:
         rows.append({"section": "mmio", "device": r["device"], "gpa": _hex(r["gpa"]), "direction": r["direction"],
-                     "size": r["len"], "handled_by": _handled(r["userspace"], known), "count": r["count"],
+                     "size": r["len"], "handled_by": _handled(r, known), "count": r["count"],
                      "rate_per_s": _rate(r["count"], dur)})
     lat = ("count", "unpaired", "p50_us", "p90_us", "p99_us", "max_us")
     for r in d.get("vmm_service_by_device", []):

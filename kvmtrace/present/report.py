@@ -2,8 +2,10 @@
 
 The JSON form is a contract: an object with lists ``userspace_exits``
 (reason, code, member, fields, count, rate), ``exits`` (isa, reason, code,
-flags, count, rate), ``pio`` (port, direction, size, count, userspace),
-``mmio`` (gpa, direction, len, count, userspace), and ``lost_events``,
+flags, count, rate), ``pio`` (port, direction, size, device, handled_by,
+userspace, count), ``mmio`` (gpa, direction, len, device, handled_by,
+userspace, count), ``handled_by_method`` (how handled_by was told),
+``memory_maps`` (each re-read of QEMU's map: t_s, reason, status), and ``lost_events``,
 ``duration_s``, ``complete``, ``values_captured``, ``domain``. Latency:
 ``vmm_service`` (and ``exit_handling``) rows of count and p50/p90/p99/max
 in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
@@ -49,8 +51,10 @@ def report_dict(trace: Trace) -> dict:
         "mode": trace.header.get("mode", "events"),
         "userspace_exits": _records(s.userspace_exits),
         "exits": _records(s.exits),
-        "pio": [{**r, "device": _name(trace.device_map.port(r["port"]))} for r in _records(s.pio)],
-        "mmio": [{**r, "device": _name(trace.device_map.mmio(r["gpa"]))} for r in _records(s.mmio)],
+        "pio": _records(trace.io_tables["pio"]),
+        "mmio": _records(trace.io_tables["mmio"]),
+        "handled_by_method": _method(trace),
+        "memory_maps": memory_map_notes(trace),
         "unpaired_userspace_io": s.unpaired_userspace_io,
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
@@ -64,7 +68,44 @@ def report_dict(trace: Trace) -> dict:
 def _domain_counts(trace: Trace) -> dict:
     s = trace.summary
     return {"pid": trace.domains[0]["pid"], "userspace_exits": _records(s.userspace_exits),
-            "exits": _records(s.exits), "pio": _records(s.pio), "mmio": _records(s.mmio)}
+            "exits": _records(s.exits), "pio": _records(trace.io_tables["pio"]),
+            "mmio": _records(trace.io_tables["mmio"])}
+
+
+def _method(trace: Trace) -> str:
+    from kvmtrace.analysis.handlers import DEDUCTION, FROM_IOCTLS
+
+    return FROM_IOCTLS if trace.handled_by_method == "ioctls" else DEDUCTION
+
+
+def memory_map_notes(trace: Trace) -> list[dict]:
+    """Each re-read of QEMU's memory map during the recording: t_s (since the
+    start), domain pid, reason, and status ("read", "unchanged", or why it
+    could not be read: then the names stay those of the maps read before)."""
+    start = trace.start_ns
+    out = []
+    for m in trace.data.memory_maps:
+        status = "read" if m.get("text") else ("unchanged" if m.get("unchanged") else
+                                                f"not read: {m.get('error') or 'no answer'}")
+        out.append({"t_s": round((int(m.get("t_ns", start)) - start) / 1e9, 3), "pid": m.get("pid"),
+                    "reason": m.get("reason", ""), "status": status})
+    return out
+
+
+def memory_map_lines(d: dict) -> list[str]:
+    """The report's sentences on the map versions and on how handled_by was told."""
+    lines = []
+    maps = d.get("memory_maps") or []
+    if maps:
+        read = sum(1 for m in maps if m["status"] != "unchanged" and not m["status"].startswith("not read"))
+        lines.append(f"device names: QEMU's memory map as read at the start, re-read {len(maps)} time(s) "
+                     f"({read} changed); each access is named by the map of its time")
+        for m in maps:
+            if m["status"].startswith("not read"):
+                lines.append(f"WARNING: the memory map could not be re-read at {m['t_s']:.3f} s ({m['reason']}): "
+                             f"{m['status'][len('not read: '):]}; the names kept are those of the maps read before")
+    lines.append("handled by: " + d["handled_by_method"])
+    return lines
 
 
 def _us(x) -> float | None:
@@ -252,12 +293,14 @@ def render_text(trace: Trace, width: int = 80) -> str:
         _log2_latency_text(con, d)
 
     dur = d["duration_s"]
-    rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",
+    for line in memory_map_lines(d):
+        con.print(line)
+    rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), r["handled_by"],
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["pio"]]
     con.print(_table("Port I/O (kvm_pio)", [("port", "left"), ("device", "left"), ("dir", "left"),
                                             ("size", "right"), ("handled by", "left"), ("count", "right"),
                                             ("/s", "right")], rows))
-    rows = [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), "QEMU" if r["userspace"] else "kernel",
+    rows = [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), r["handled_by"],
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["mmio"]]
     con.print(_table("MMIO (kvm_mmio; a read the VMM answers counts once)",
                      [("gpa", "left"), ("device", "left"), ("dir", "left"), ("len", "right"),

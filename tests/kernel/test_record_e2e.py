@@ -114,7 +114,7 @@ def test_counts_agree_with_bpftrace_on_the_same_run(recorded):
 def test_text_report_shows_every_row(recorded):
     out = subprocess.run(kvmtrace_cmd("report", str(recorded["path"])), capture_output=True, text=True, check=True).stdout
     for needle in ("0x0080", "0x0071", "0x0043", "0x0040", "0x00f4", "0xfed00010", "0xfed00000", "0xfec00000",
-                   "QEMU", "kernel", "IO", "MMIO"):
+                   "vmm", "kernel", "IO", "MMIO"):
         assert needle in out
     assert max(len(line) for line in out.splitlines()) <= 80
 

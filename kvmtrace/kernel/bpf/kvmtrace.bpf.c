@@ -321,6 +321,20 @@ struct kt_ioctl {
 	u32 flags;
 };
 
+struct kt_ioeventfd {		/* the head of struct kvm_ioeventfd */
+	u64 datamatch;
+	u64 addr;
+	u32 len;
+	s32 fd;
+	u32 flags;		/* KVM_IOEVENTFD_FLAG_{DATAMATCH,PIO,DEASSIGN,...} */
+};
+
+struct kt_coalesced_zone {	/* struct kvm_coalesced_mmio_zone */
+	u64 addr;
+	u32 size;
+	u32 pio;		/* union { pad; pio; }: 1 for a port zone */
+};
+
 struct kt_mem_region {		/* the head of kvm_userspace_memory_region{,2} */
 	u32 slot;
 	u32 flags;
@@ -418,6 +432,30 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	e->rip = io->userspace_addr;
 	e->size = io->slot;
 	e->count = io->flags;
+	/*
+	 * Who handles an access without a userspace exit: an ioeventfd (gpa
+	 * addr, info1 len, rip datamatch, count flags) or a coalesced zone
+	 * (gpa addr, info1 size, count pio). Read at the return: the kernel
+	 * copied the struct at entry, so it is resident and unchanged.
+	 */
+	if (io->cmd == KT_KVM_IOEVENTFD) {
+		struct kt_ioeventfd ie = {};
+
+		if (bpf_probe_read_user(&ie, sizeof(ie), (void *)io->arg) == 0) {
+			e->gpa = ie.addr;
+			e->info1 = ie.len;
+			e->rip = ie.datamatch;
+			e->count = ie.flags;
+		}
+	} else if (io->cmd == KT_KVM_REGISTER_COALESCED_MMIO || io->cmd == KT_KVM_UNREGISTER_COALESCED_MMIO) {
+		struct kt_coalesced_zone z = {};
+
+		if (bpf_probe_read_user(&z, sizeof(z), (void *)io->arg) == 0) {
+			e->gpa = z.addr;
+			e->info1 = z.size;
+			e->count = z.pio;
+		}
+	}
 	ioctl_open.delete(&tid);
 	kt_submit(e, NULL);
 	return 0;

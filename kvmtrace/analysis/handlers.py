@@ -1,0 +1,224 @@
+"""Who handled each port or MMIO access, four ways: kernel, ioeventfd, coalesced, vmm.
+
+* ``vmm``: KVM_RUN returned to the VMM with it (a userspace exit, paired
+  with the access through its kvm_run fields).
+* ``ioeventfd``: a write KVM matched to an eventfd the VMM registered with
+  KVM_IOEVENTFD: no exit; a QEMU thread is woken (virtio queue notifies).
+* ``coalesced``: a write into a zone the VMM registered with
+  KVM_REGISTER_COALESCED_MMIO (MMIO, or port I/O with its ``pio`` field):
+  KVM appends it to the coalesced ring and QEMU replays it at its next exit.
+* ``kernel``: a device KVM emulates itself (the PIC, PIT, IOAPIC, LAPIC).
+
+Two ways to tell, by what the trace holds:
+
+* ``ioctls``: a recording from the guest's creation (``kvmtrace launch``,
+  ``record --start``) saw every KVM_IOEVENTFD and (UN)REGISTER_COALESCED_MMIO
+  with its argument (the probe reads struct kvm_ioeventfd and
+  kvm_coalesced_mmio_zone into the IOCTL event: gpa = address, info1 =
+  length, count = flags or pio, rip = datamatch): each access is matched
+  against the zones registered at its time.
+* ``deduced``: for a guest that ran before the recording, from the device
+  QEMU's memory map names at the address (see :data:`DEDUCTION`).
+
+Pure numpy and pandas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kvmtrace.kernel.events import EventKind
+from kvmtrace.tables.ioctls import KvmIoctl
+
+__all__ = ["HANDLERS", "DEDUCTION", "classify", "zones"]
+
+HANDLERS = ("kernel", "ioeventfd", "coalesced", "vmm")
+"""The four words, in this order everywhere (a category's order, a code's value)."""
+KERNEL, IOEVENTFD, COALESCED, VMM = range(4)
+
+# uapi linux/kvm.h
+IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+IOEVENTFD_FLAG_PIO = 1 << 1
+IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+#: QEMU 7.2's regions registered as coalesced (memory_region_add_coalescing /
+#: memory_region_set_coalescing): the RTC index port (hw/rtc/mc146818rtc.c,
+#: port 0x70), the VGA low-memory window (hw/display/vga.c) and Cirrus's
+#: (hw/display/cirrus_vga.c).
+COALESCED_REGIONS = frozenset({"rtc-index", "vga-lowmem", "cirrus-low-memory"})
+#: virtio-pci's legacy I/O BAR ("virtio-pci") has its queue notify register at
+#: offset 16 (VIRTIO_PCI_QUEUE_NOTIFY, 2 bytes); the modern notify regions
+#: are named "virtio-pci-notify-<device>". QEMU binds an ioeventfd to each
+#: queue's notify address once the driver sets DRIVER_OK
+#: (hw/virtio/virtio-pci.c: virtio_pci_ioeventfd_assign).
+VIRTIO_LEGACY = "virtio-pci"
+VIRTIO_LEGACY_NOTIFY = 16
+VIRTIO_NOTIFY_PREFIX = "virtio-pci-notify"
+
+DEDUCTION = ("deduced (the guest ran before the recording, so its ioeventfd and coalesced-zone ioctls were "
+             "not seen), from QEMU's device at the address: a userspace exit -> vmm; a kvm-* device -> kernel; "
+             "a write to a virtio notify register -> ioeventfd; a write to a region QEMU 7.2 coalesces "
+             "(rtc-index, vga-lowmem, cirrus-low-memory) -> coalesced; else kernel")
+FROM_IOCTLS = ("from the KVM_IOEVENTFD and KVM_(UN)REGISTER_COALESCED_MMIO ioctls seen since the guest's creation: "
+               "a userspace exit -> vmm; a write matching an ioeventfd or inside a coalesced zone registered at "
+               "its time -> ioeventfd or coalesced; else kernel")
+
+_END = np.iinfo(np.int64).max
+
+
+def zones(ev: pd.DataFrame) -> pd.DataFrame:
+    """The ioeventfds and coalesced zones the VMMs registered, with when each held.
+
+    Columns: pid (uint32), kind (category ioeventfd/coalesced), space
+    (category io/memory), addr (uint64), len (uint64; 0 for an ioeventfd
+    of any length), datamatch (bool), value (uint64: the datamatch value),
+    start_ns, end_ns (int64; end_ns the int64 max while still registered).
+    From successful IOCTL events only; an ioctl the probe could not read
+    leaves addr and len 0 (such a zone matches nothing).
+    """
+    k = ev["kind"].to_numpy()
+    cmd = ev["reason"].to_numpy()
+    want = (k == EventKind.IOCTL) & (ev["err"].to_numpy() == 0) & np.isin(
+        cmd, [int(KvmIoctl.IOEVENTFD), int(KvmIoctl.REGISTER_COALESCED_MMIO), int(KvmIoctl.UNREGISTER_COALESCED_MMIO)])
+    rows = ev[want].sort_values("ts_ns", kind="stable")
+    out: list[dict] = []
+    open_: dict[tuple, list[int]] = {}
+    for r in rows.itertuples(index=False):
+        pid, addr, length, flags, t = int(r.pid), int(r.gpa), int(r.info1), int(r.count), int(r.ts_ns)
+        if r.reason == KvmIoctl.IOEVENTFD:
+            space = "io" if flags & IOEVENTFD_FLAG_PIO else "memory"
+            dm = bool(flags & IOEVENTFD_FLAG_DATAMATCH)
+            key = ("ioeventfd", pid, space, addr, length, dm, int(r.rip) if dm else 0)
+            if flags & IOEVENTFD_FLAG_DEASSIGN:
+                for i in open_.pop(key, []):
+                    out[i]["end_ns"] = t
+                continue
+            open_.setdefault(key, []).append(len(out))
+            out.append({"pid": pid, "kind": "ioeventfd", "space": space, "addr": addr, "len": length,
+                        "datamatch": dm, "value": int(r.rip) if dm else 0, "start_ns": t, "end_ns": _END})
+        elif r.reason == KvmIoctl.REGISTER_COALESCED_MMIO:
+            space = "io" if flags else "memory"
+            key = ("coalesced", pid, space, addr, length, False, 0)
+            open_.setdefault(key, []).append(len(out))
+            out.append({"pid": pid, "kind": "coalesced", "space": space, "addr": addr, "len": length,
+                        "datamatch": False, "value": 0, "start_ns": t, "end_ns": _END})
+        else:  # KVM removes every zone of that space inside the range
+            space = "io" if flags else "memory"
+            for key in [q for q in open_ if q[0] == "coalesced" and q[1] == pid and q[2] == space
+                        and addr <= q[3] and q[3] + q[4] <= addr + length]:
+                for i in open_.pop(key):
+                    out[i]["end_ns"] = t
+    df = pd.DataFrame(out, columns=["pid", "kind", "space", "addr", "len", "datamatch", "value", "start_ns",
+                                    "end_ns"])
+    df = df.astype({"pid": np.uint32, "addr": np.uint64, "len": np.uint64, "datamatch": bool, "value": np.uint64,
+                    "start_ns": np.int64, "end_ns": np.int64})
+    df["kind"] = pd.Categorical(df["kind"], categories=["ioeventfd", "coalesced"])
+    df["space"] = pd.Categorical(df["space"], categories=["io", "memory"])
+    df.index.name = "zone"
+    return df
+
+
+def classify(space: str, *, userspace, write, addr, size, device, offset, in_kernel,
+             ts=None, pid=None, value=None, zone_table: pd.DataFrame | None = None) -> np.ndarray:
+    """Per access: its handler's code (int8, an index into :data:`HANDLERS`).
+
+    ``device`` (names), ``offset`` (into the QEMU region, -1 where none) and
+    ``in_kernel`` come from :meth:`DeviceTimeline.names`. With ``zone_table``
+    (:func:`zones`, for a recording from the guest's creation) the zones
+    decide; without it, the deduction of :data:`DEDUCTION`. ``value`` (the
+    written data, where recorded) checks an ioeventfd's datamatch.
+    """
+    userspace = np.asarray(userspace, dtype=bool)
+    write = np.asarray(write, dtype=bool)
+    n = len(userspace)
+    out = np.full(n, KERNEL, dtype=np.int8)
+    rest = ~userspace
+    if zone_table is not None:
+        addr = np.asarray(addr, dtype=np.uint64)
+        size = np.asarray(size, dtype=np.uint64)
+        ts = np.zeros(n, np.int64) if ts is None else np.asarray(ts).astype(np.int64)
+        pid = None if pid is None else np.asarray(pid)
+        z = zone_table[zone_table["space"] == space]
+        for kind, code in (("ioeventfd", IOEVENTFD), ("coalesced", COALESCED)):
+            for r in z[z["kind"] == kind].itertuples(index=False):
+                cand = rest & write & (ts >= r.start_ns) & (ts < r.end_ns)
+                if pid is not None:
+                    cand &= pid == r.pid
+                if kind == "ioeventfd":
+                    cand &= (addr == r.addr) & ((r.len == 0) | (size == r.len))
+                    if r.datamatch and value is not None:
+                        cand &= np.asarray(value, dtype=np.uint64) == r.value
+                else:
+                    cand &= (addr >= r.addr) & (addr + size <= r.addr + r.len)
+                out[cand] = code
+                rest &= ~cand
+    else:
+        names = pd.Categorical(device)
+        cats = np.asarray(names.categories, dtype=object)
+        codes = names.codes
+        offset = np.asarray(offset, dtype=np.int64)
+        legacy = np.array([c == VIRTIO_LEGACY for c in cats], dtype=bool)
+        modern = np.array([str(c).startswith(VIRTIO_NOTIFY_PREFIX) for c in cats], dtype=bool)
+        coal = np.array([c in COALESCED_REGIONS for c in cats], dtype=bool)
+        ok = codes >= 0
+        notify = np.zeros(n, dtype=bool)
+        notify[ok] = modern[codes[ok]] | (legacy[codes[ok]] & (offset[ok] == VIRTIO_LEGACY_NOTIFY))
+        coalesced = np.zeros(n, dtype=bool)
+        coalesced[ok] = coal[codes[ok]]
+        kernel = np.asarray(in_kernel, dtype=bool)
+        out[rest & ~kernel & write & notify] = IOEVENTFD
+        out[rest & ~kernel & write & coalesced] = COALESCED
+    out[userspace] = VMM
+    return out
+
+
+def as_category(codes: np.ndarray) -> pd.Categorical:
+    """Handler codes as the ``handled_by`` category (all four words as categories)."""
+    return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int8), categories=list(HANDLERS))
+
+
+def label_accesses(ev: pd.DataFrame, sel: np.ndarray, space: str, userspace: np.ndarray, timeline,
+                   zone_table: pd.DataFrame | None) -> tuple[pd.Categorical, np.ndarray]:
+    """Device (by the map in effect at each access: a DeviceTimeline) and handler code of the
+    port (``space`` "io") or MMIO ("memory") accesses at rows ``sel`` of the events frame."""
+    from kvmtrace.kernel.events import EventFlag, MmioOp, PioOp
+
+    addr = ev["port" if space == "io" else "gpa"].to_numpy()[sel]
+    ts = ev["ts_ns"].to_numpy()[sel]
+    pid = ev["pid"].to_numpy()[sel]
+    device, offset, in_kernel = timeline.names(space, addr, ts, pid)
+    write = ev["op"].to_numpy()[sel] == (PioOp.WRITE if space == "io" else MmioOp.WRITE)
+    value = None
+    if "value" in ev.columns and "flags" in ev.columns:
+        flags = ev["flags"].to_numpy()[sel]
+        if ((flags & int(EventFlag.VALUE)) != 0).all() and len(flags):
+            value = ev["value"].to_numpy()[sel]
+    handled = classify(space, userspace=userspace, write=write, addr=addr, size=ev["size"].to_numpy()[sel],
+                       device=device, offset=offset, in_kernel=in_kernel, ts=ts, pid=pid, value=value,
+                       zone_table=zone_table)
+    return device, handled
+
+
+def io_table(addr: np.ndarray, write: np.ndarray, size: np.ndarray, device: pd.Categorical, handled: np.ndarray,
+             w: np.ndarray, names: tuple[str, str]) -> pd.DataFrame:
+    """Accesses summed by (address, direction, size, device, handler).
+
+    ``names``: the address and size columns' names (("port", "size") or
+    ("gpa", "len")). Columns: those two with direction between them, device,
+    handled_by (one of :data:`HANDLERS`), userspace (handled_by == "vmm"),
+    count. Sorted by address, direction, size, then handler from vmm down.
+    """
+    from kvmtrace.analysis.summary import _group_sum
+
+    device = pd.Categorical(device)
+    (a, d, s, dev, h), counts = _group_sum(
+        [np.asarray(addr), np.asarray(write, dtype=np.uint8), np.asarray(size), device.codes.astype(np.int64),
+         np.asarray(handled, dtype=np.int8)], np.asarray(w, dtype=np.int64))
+    cats = np.asarray(device.categories, dtype=object)
+    df = pd.DataFrame({names[0]: a, "direction": np.where(d == 1, "write", "read"), names[1]: s,
+                       "device": [str(cats[c]) if c >= 0 else "unknown" for c in dev],
+                       "handled_by": [HANDLERS[int(x)] for x in h], "userspace": h == VMM, "count": counts})
+    df = df[df["count"] > 0]
+    df["_h"] = -h[df.index] if len(df) else h[:0]
+    return df.sort_values([names[0], "direction", names[1], "_h"], ignore_index=True).drop(columns="_h")
