@@ -173,6 +173,20 @@ def classify(space: str, *, userspace, write, addr, size, device, offset, in_ker
     return out
 
 
+def handler_of(region, userspace: bool, write: bool, address: int) -> str:
+    """One row's handler by the deduction (:data:`DEDUCTION`): ``region`` the
+    tables.devices Region at ``address`` (None where QEMU names none)."""
+    if userspace:
+        return "vmm"
+    if region is None or region.in_kernel or not write:
+        return "kernel"
+    offset = address - region.start + region.offset
+    if region.name.startswith(VIRTIO_NOTIFY_PREFIX) or (region.name == VIRTIO_LEGACY
+                                                          and offset == VIRTIO_LEGACY_NOTIFY):
+        return "ioeventfd"
+    return "coalesced" if region.name in COALESCED_REGIONS else "kernel"
+
+
 def as_category(codes: np.ndarray) -> pd.Categorical:
     """Handler codes as the ``handled_by`` category (all four words as categories)."""
     return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int8), categories=list(HANDLERS))

@@ -31,6 +31,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from kvmtrace.analysis.handlers import handler_of
 from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
 from kvmtrace.errors import UsageError
 from kvmtrace.kernel.events import EventKind, Latency
@@ -92,15 +93,17 @@ class KvmtraceCollector:
     def __init__(self, live: LiveCounter):
         self.live = live
         self._last_rescan = time.monotonic()
-        self._devmaps: dict[int, object] = {}
+        from kvmtrace.record.mapwatch import MapWatch
 
-    def _devmap(self, guest):
-        from kvmtrace.tables.devices import DeviceMap
+        # QEMU's map read again when a port or page it does not name shows up
+        # (a BAR the firmware mapped later); nothing is written anywhere.
+        self._maps = MapWatch(live.guests, write=lambda _version: None)
 
-        if guest.pid not in self._devmaps:
-            text = guest.memory_map_text
-            self._devmaps[guest.pid] = DeviceMap.from_mtree(text) if text else DeviceMap.builtin()
-        return self._devmaps[guest.pid]
+    def _devmap(self, guest, rows):
+        self._maps.ensure([guest])
+        if len(rows):
+            self._maps.observe(rows)
+        return self._maps.devices(guest.pid)
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -113,9 +116,11 @@ class KvmtraceCollector:
                                     labels=["domain", "reason"])
         hw = CounterMetricFamily("kvmtrace_exits", "VM exits by ISA and reason (kvm:kvm_exit)",
                                  labels=["domain", "isa", "reason"])
-        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses, by who handled them (kernel or vmm)",
+        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses, by who handled them "
+                                  "(kernel, ioeventfd, coalesced or vmm)",
                                   labels=["domain", "port", "direction", "device", "handled_by"])
-        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page, by who handled them (kernel or vmm)",
+        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page, by who handled them "
+                                 "(kernel, ioeventfd, coalesced or vmm)",
                                  labels=["domain", "page", "direction", "device", "handled_by"])
         hists = {
             Latency.VMM_SERVICE: HistogramMetricFamily(
@@ -128,10 +133,12 @@ class KvmtraceCollector:
         for guest in self.live.guests:
             r = rows[rows["pid"] == guest.pid]
             dom = guest.name
-            dev = self._devmap(guest)
+            dev = self._devmap(guest, r)
 
-            def handled_by(x):
-                return "vmm" if x["userspace"] else "kernel"
+            def handled_by(x, region):
+                # a live guest ran before the probes: deduced (analysis.handlers.DEDUCTION)
+                address = int(x["port"]) if "port" in x else int(x["gpa"])
+                return handler_of(region, bool(x["userspace"]), x["direction"] == "write", address)
 
             def device(region):
                 return region.name if region else "unknown"
@@ -143,11 +150,12 @@ class KvmtraceCollector:
                                             lambda x: (x["isa"], x["reason"])).items():
                 hw.add_metric([dom, isa, reason], n)
             for labels, n in _summed(port_io(r).to_dict("records"), lambda x: (
-                    f"{x['port']:#06x}", x["direction"], device(dev.port(int(x["port"]))), handled_by(x))).items():
+                    f"{x['port']:#06x}", x["direction"], device(dev.port(int(x["port"]))),
+                    handled_by(x, dev.port(int(x["port"]))))).items():
                 pio.add_metric([dom, *labels], n)
             for labels, n in _summed(mmio(r).to_dict("records"), lambda x: (
                     f"{int(x['gpa']) & ~0xFFF:#x}", x["direction"], device(dev.mmio(int(x["gpa"]))),
-                    handled_by(x))).items():
+                    handled_by(x, dev.mmio(int(x["gpa"]))))).items():
                 mm.add_metric([dom, *labels], n)
             per: dict[tuple, dict[int, int]] = defaultdict(lambda: defaultdict(int))
             h = r[r["k"] == EventKind.HIST]

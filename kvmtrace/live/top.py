@@ -19,6 +19,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kvmtrace.analysis.handlers import handler_of
 from kvmtrace.analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
 from kvmtrace.kernel.events import EventKind
 from kvmtrace.tables.exits import ExitNames
@@ -29,11 +30,21 @@ COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
 DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu"]
 
 
-def _device_names(live: LiveCounter):
-    from kvmtrace.tables.devices import DeviceMap
+class _DeviceNames:
+    """Each live guest's device names, QEMU's map read again when a port or
+    page it does not name shows up (record.mapwatch; nothing is written)."""
 
-    return {g.pid: DeviceMap.from_mtree(g.memory_map_text) if g.memory_map_text else DeviceMap.builtin()
-            for g in live.guests}
+    def __init__(self, live: LiveCounter):
+        from kvmtrace.record.mapwatch import MapWatch
+
+        self.live = live
+        self.watch = MapWatch(live.guests, write=lambda _version: None)
+
+    def update(self, rows: pd.DataFrame) -> dict:
+        self.watch.ensure(self.live.guests)
+        if len(rows):
+            self.watch.observe(rows)
+        return {g.pid: self.watch.devices(g.pid) for g in self.live.guests}
 
 
 def _long(frame: pd.DataFrame, dimension: str, keyfn, domain: str) -> list[dict]:
@@ -51,16 +62,17 @@ def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], d
         out += _long(userspace_exits(r, NAMES, 1.0), "userspace exit", lambda x: x["reason"], name)
         out += _long(hardware_exits(r, NAMES, 1.0), "exit", lambda x: f"{x['isa']} {x['reason']}", name)
 
-        def where(x, place):
-            return "QEMU" if x["userspace"] else "kernel"
+        def where(x, region, address):
+            # a live guest ran before the probes: deduced (analysis.handlers.DEDUCTION)
+            return handler_of(region, bool(x["userspace"]), x["direction"] == "write", address)
 
         def port_key(x):
             dev = devmap.port(int(x["port"])) if devmap else None
-            return f"{x['port']:#06x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+            return f"{x['port']:#06x} {x['direction']} ({dev.name if dev else '?'}, {where(x, dev, int(x['port']))})"
 
         def mmio_key(x):
             dev = devmap.mmio(int(x["gpa"])) if devmap else None
-            return f"{x['gpa']:#x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+            return f"{x['gpa']:#x} {x['direction']} ({dev.name if dev else '?'}, {where(x, dev, int(x['gpa']))})"
 
         out += _long(port_io(r), "port", port_key, name)
         out += _long(mmio(r), "mmio", mmio_key, name)
@@ -107,7 +119,7 @@ def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, ba
     from kvmtrace.record.session import _StopFlag
 
     with LiveCounter(domain, uri, all_domains) as live:
-        devmaps = _device_names(live)
+        names = _DeviceNames(live)
         logf = open(log_path, "a", newline="") if log_path else None
         writer = csv.writer(logf) if logf and as_csv else None
         if writer and logf.tell() == 0:
@@ -121,9 +133,7 @@ def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, ba
                     while time.monotonic() < deadline and not stop.reason:
                         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
                     snap = live.sample()
-                    if len(snap.domains) != len(devmaps):
-                        devmaps = _device_names(live)
-                    df = snapshot_frame(snap, devmaps)
+                    df = snapshot_frame(snap, names.update(snap.delta))
                     n += 1
                     if logf:
                         if writer:

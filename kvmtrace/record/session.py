@@ -122,6 +122,7 @@ class Session:
         self.stop_reason = "error"
         self.counters = None
         self.extra_trailer: dict = {}
+        self.maps = None  # MapWatch: QEMU's memory map read again while recording
         from kvmtrace.kernel.probe import CountsDelta
 
         self._delta = CountsDelta()
@@ -180,6 +181,13 @@ class Session:
             self.probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0))
         self.probes.add_target(guest.pid, index)
 
+    def watch_maps(self) -> None:
+        """Read the traced guests' memory maps again on unnamed accesses and at the end (record.mapwatch)."""
+        from kvmtrace.record.mapwatch import MapWatch
+
+        if self.writer is not None:
+            self.maps = MapWatch(self.guests, self.writer.write_memory_map, self.say)
+
     def mark_start(self) -> None:
         self.start_ns = time.monotonic_ns()
         self.start_wall = dt.datetime.now(dt.timezone.utc)
@@ -208,11 +216,17 @@ class Session:
             events = self._keep(events)
             if len(events):
                 self.writer.write(events, meta)
+                if self.maps is not None:
+                    self.maps.observe(events)
         if self.probes.counts_mode:
             keys, totals = self.probes.read_counts()
             rows = self._keep(self._delta.rows(keys, totals, time.monotonic_ns()))
             if len(rows):
                 self.writer.write(rows, meta)
+                if self.maps is not None:
+                    self.maps.observe(rows)
+        if self.maps is not None:
+            self.maps.poll()
 
     def stream(self, watch_all: bool = True) -> str:
         """Move events to the file until a stop condition; return its name."""
@@ -273,6 +287,8 @@ class Session:
             finally:
                 probes.close()
         c = self.counters
+        if self.maps is not None and writer is not None and not writer.closed:
+            self.maps.finish()  # never raises for a map it cannot read: that is written down
         if writer is not None and not writer.closed:
             writer.close({
                 "start_time_ns": self.start_ns,
@@ -321,6 +337,7 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             return RecordResult(None, 0, 0, s.stop_reason, 0.0)
         for g in guests:
             s.trace(g)
+        s.watch_maps()
         s.mark_start()
         names = ", ".join(f"{g.name} (QEMU pid {g.pid}, vCPU threads "
                           f"{','.join(str(t) for t in g.vcpu_threads.values())})" for g in guests)
