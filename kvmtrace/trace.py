@@ -244,16 +244,19 @@ class Trace:
 
     @cached_property
     def handler_zones(self) -> pd.DataFrame | None:
-        """The ioeventfds and coalesced zones registered (analysis.handlers.zones); None unless launched."""
+        """The ioeventfds and coalesced zones the recording saw registered (analysis.handlers.zones):
+        all of them for a launched guest, those of the recording's time otherwise."""
         from kvmtrace.analysis.handlers import zones
 
-        return zones(self.events) if self.launched else None
+        if "ioctl" not in " ".join(self.header.get("probes", [])) and not self.launched:
+            return None
+        return zones(self.events)
 
     def _access_labels(self, sel: np.ndarray, space: str) -> dict:
         from kvmtrace.analysis.handlers import as_category, label_accesses
 
         device, handled = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                         self.handler_zones)
+                                         self.handler_zones, deduce=not self.launched)
         return {"device": device, "handled_by": as_category(handled)}
 
     @cached_property
@@ -274,7 +277,8 @@ class Trace:
                 write = (rows["direction"] == "write").to_numpy()
                 handled = classify(space, userspace=rows["userspace"].to_numpy(), write=write, addr=addr,
                                    size=rows[cols[1]].to_numpy(), device=device, offset=offset, in_kernel=in_kernel,
-                                   ts=np.full(len(rows), np.iinfo(np.int64).max - 1), zone_table=zt)
+                                   ts=np.full(len(rows), np.iinfo(np.int64).max - 1), zone_table=zt,
+                                   deduce=not self.launched)
                 out[key] = io_table(addr, write, rows[cols[1]].to_numpy(), device, handled,
                                     rows["count"].to_numpy(), cols)
             return out
@@ -286,7 +290,7 @@ class Trace:
             if kind == EventKind.MMIO:
                 sel &= ~self._completions
             device, handled = label_accesses(ev, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                             self.handler_zones)
+                                             self.handler_zones, deduce=not self.launched)
             out[key] = io_table(ev["port" if space == "io" else "gpa"].to_numpy()[sel],
                                 ev["op"].to_numpy()[sel] == write_op, ev["size"].to_numpy()[sel], device, handled,
                                 np.asarray(w)[sel], cols)
@@ -565,8 +569,8 @@ def load_for_report(path: str | os.PathLike) -> Trace:
     from kvmtrace.tracefile import COLUMNS
 
     t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
-    if t.launched:
-        return load(path)
+    if t.launched or (t.data.arrays["kind"] == EventKind.IOCTL).any():
+        return load(path)  # a timeline, or the ioeventfd and coalesced zones (their rip, info1)
     if t.header.get("mode") == "counts" or t.values_captured:
         return load(path, REPORT_COLUMNS)
     kind = t.data.arrays["kind"]

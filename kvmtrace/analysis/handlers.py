@@ -56,8 +56,9 @@ VIRTIO_LEGACY = "virtio-pci"
 VIRTIO_LEGACY_NOTIFY = 16
 VIRTIO_NOTIFY_PREFIX = "virtio-pci-notify"
 
-DEDUCTION = ("deduced (the guest ran before the recording, so its ioeventfd and coalesced-zone ioctls were "
-             "not seen), from QEMU's device at the address: a userspace exit -> vmm; a kvm-* device -> kernel; "
+DEDUCTION = ("deduced (the guest ran before the recording, so not all its ioeventfd and coalesced-zone ioctls "
+             "were seen; those seen come first), from QEMU's device at the address: a userspace exit -> vmm; "
+             "a kvm-* device -> kernel; "
              "a write to a virtio notify register -> ioeventfd; a write to a region QEMU 7.2 coalesces "
              "(rtc-index, vga-lowmem, cirrus-low-memory) -> coalesced; else kernel")
 FROM_IOCTLS = ("from the KVM_IOEVENTFD and KVM_(UN)REGISTER_COALESCED_MMIO ioctls seen since the guest's creation: "
@@ -120,15 +121,21 @@ def zones(ev: pd.DataFrame) -> pd.DataFrame:
 
 
 def classify(space: str, *, userspace, write, addr, size, device, offset, in_kernel,
-             ts=None, pid=None, value=None, zone_table: pd.DataFrame | None = None) -> np.ndarray:
+             ts=None, pid=None, value=None, zone_table: pd.DataFrame | None = None,
+             deduce: bool | None = None) -> np.ndarray:
     """Per access: its handler's code (int8, an index into :data:`HANDLERS`).
 
     ``device`` (names), ``offset`` (into the QEMU region, -1 where none) and
     ``in_kernel`` come from :meth:`DeviceTimeline.names`. With ``zone_table``
-    (:func:`zones`, for a recording from the guest's creation) the zones
-    decide; without it, the deduction of :data:`DEDUCTION`. ``value`` (the
-    written data, where recorded) checks an ioeventfd's datamatch.
+    (:func:`zones`) the zones registered at each access's time decide
+    first; ``deduce`` (default: without a zone table) applies the deduction
+    of :data:`DEDUCTION` to the accesses no zone explained (for a guest
+    running before the recording, whose early ioctls were not seen).
+    ``value`` (the written data, where recorded) checks an ioeventfd's
+    datamatch.
     """
+    if deduce is None:
+        deduce = zone_table is None
     userspace = np.asarray(userspace, dtype=bool)
     write = np.asarray(write, dtype=bool)
     n = len(userspace)
@@ -153,7 +160,7 @@ def classify(space: str, *, userspace, write, addr, size, device, offset, in_ker
                     cand &= (addr >= r.addr) & (addr + size <= r.addr + r.len)
                 out[cand] = code
                 rest &= ~cand
-    else:
+    if deduce:
         names = pd.Categorical(device)
         cats = np.asarray(names.categories, dtype=object)
         codes = names.codes
@@ -193,7 +200,7 @@ def as_category(codes: np.ndarray) -> pd.Categorical:
 
 
 def label_accesses(ev: pd.DataFrame, sel: np.ndarray, space: str, userspace: np.ndarray, timeline,
-                   zone_table: pd.DataFrame | None) -> tuple[pd.Categorical, np.ndarray]:
+                   zone_table: pd.DataFrame | None, deduce: bool | None = None) -> tuple[pd.Categorical, np.ndarray]:
     """Device (by the map in effect at each access: a DeviceTimeline) and handler code of the
     port (``space`` "io") or MMIO ("memory") accesses at rows ``sel`` of the events frame."""
     from kvmtrace.kernel.events import EventFlag, MmioOp, PioOp
@@ -210,7 +217,7 @@ def label_accesses(ev: pd.DataFrame, sel: np.ndarray, space: str, userspace: np.
             value = ev["value"].to_numpy()[sel]
     handled = classify(space, userspace=userspace, write=write, addr=addr, size=ev["size"].to_numpy()[sel],
                        device=device, offset=offset, in_kernel=in_kernel, ts=ts, pid=pid, value=value,
-                       zone_table=zone_table)
+                       zone_table=zone_table, deduce=deduce)
     return device, handled
 
 
