@@ -272,3 +272,22 @@ def test_a_guest_without_a_libvirt_identity_is_never_asked():
     watch.observe(_events(2))
     watch.finish()
     assert written == [] and watch.devices(7).port(0x70).name == "rtc-index"  # the built-in table
+
+
+def test_top_keys_say_who_handled_it():
+    from kvmtrace.kernel.events import AGGREGATE
+    from kvmtrace.live.counter import Snapshot
+    from kvmtrace.live.top import snapshot_frame
+
+    a = np.zeros(2, EVENT_DTYPE)
+    a["pid"] = 7
+    a["kind"] = EventKind.PIO | AGGREGATE
+    a["port"] = [0x70, 0xC010]
+    a["op"] = 1
+    a["size"] = [1, 2]
+    a["value"] = [23, 29]
+    rows = pd.DataFrame({n: a[n] for n in EVENT_DTYPE.names if not n.startswith("pad")})
+    snap = Snapshot(t=1.0, interval_s=1.0, delta=rows, total=rows, domains={7: "g"}, vcpus={})
+    df = snapshot_frame(snap, {7: DeviceMap.from_mtree(LATER)})
+    keys = set(df.loc[df["dimension"] == "port", "key"])
+    assert keys == {"0x0070 write (rtc-index, coalesced)", "0xc010 write (virtio-pci, ioeventfd)"}

@@ -154,7 +154,7 @@ def test_io_metrics_say_who_handled_them(samples):
     for name in ("kvmtrace_pio_total", "kvmtrace_mmio_total"):
         for labels, _ in samples[name]:
             assert "handler" not in labels
-            assert labels["handled_by"] in ("kernel", "vmm")
+            assert labels["handled_by"] in ("kernel", "ioeventfd", "coalesced", "vmm")
     pio = {(l["port"], l["handled_by"]): v for l, v in samples["kvmtrace_pio_total"]}
     assert pio == {("0x0080", "vmm"): 1000, ("0x0040", "kernel"): 37}
     mm = {(l["page"], l["device"], l["handled_by"]): v for l, v in samples["kvmtrace_mmio_total"]}
@@ -223,3 +223,11 @@ def test_cli_bad_port_is_one_line_and_exit_2(port):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(lines) <= 3, r.stderr  # one error line (argparse's adds its usage)
+
+
+def test_handled_by_uses_the_four_words_of_the_report():
+    """A live guest ran before the probes: deduced from the device names, as the report does."""
+    frame = rows({"kind": EventKind.PIO, "port": 0x70, "size": 1, "op": 1, "value": 23},
+                 {"kind": EventKind.PIO, "port": 0x40, "size": 1, "op": 1, "value": 5})
+    pio = {(l["port"], l["device"], l["handled_by"]): v for l, v in scrape(frame)["kvmtrace_pio_total"]}
+    assert pio == {("0x0070", "rtc-index", "coalesced"): 23, ("0x0040", "kvm-pit", "kernel"): 5}
