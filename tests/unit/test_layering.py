@@ -69,10 +69,6 @@ ANALYSIS_NEVER = ("bcc", "libvirt", "libvirt_qemu", "matplotlib", "rich")
 TO_FIX: dict[tuple[str, str], str] = {
     ("tables/exits/names.py", "kvmtrace.kernel.tpformat"):
         "tables (the bottom layer) imports kernel: tracepoint-format parsing belongs below both",
-    ("record/launch.py", "kvmtrace.demo.run"):
-        "record imports demo (which imports record): resume() belongs in record.domain",
-    ("demo/run.py", "libvirt"):
-        "the demo guest's domain is created through libvirt directly, not through record",
 }
 
 
