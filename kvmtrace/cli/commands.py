@@ -62,7 +62,7 @@ def serve(args) -> int:
 
 
 def import_(args) -> int:
-    from kvmtrace.importer.text import default_output, import_text
+    from kvmtrace.importer import default_output, import_text
 
     result = import_text(args.file, args.output or default_output(args.file), fmt=args.fmt, isa=args.isa)
     print(result.message(), file=sys.stderr)

@@ -191,7 +191,7 @@ def test_rules_are_broken_with_a_message_that_names_them():
     assert key == "bcc" and "analysis imports none of bcc" in rule
     up = Import("tracefile.py", "kvmtrace.tracefile", 3, "kvmtrace.trace")
     assert broken_rule(up) == ("kvmtrace.trace", "layer 'tracefile' may import only errors, tables, kernel")
-    probe = Import("importer/text.py", "kvmtrace.importer.text", 9, "kvmtrace.kernel.probe")
+    probe = Import("importer/convert.py", "kvmtrace.importer.convert", 9, "kvmtrace.kernel.probe")
     assert broken_rule(probe)[1] == "kernel.probe (the live kernel) only from record, live, cli"
     assert broken_rule(Import("present/report.py", "kvmtrace.present.report", 1, "kvmtrace")) is None
     assert broken_rule(Import("cli/main.py", "kvmtrace.cli.main", 1, "kvmtrace.record.session")) is None
