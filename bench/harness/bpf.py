@@ -58,7 +58,7 @@ def recursion_misses(prog_ids) -> int:
 TRACER_PROGRAMS = r"^(kvm_|kvm__|tracepoint__|sys_enter_ioctl|syscalls__)"
 #: kvmtrace's own programs on the kvm events and the syscalls' entries, regular
 #: (tracepoint__kvm__kvm_pio) or raw (raw_tracepoint__kvm_pio, cut: raw_tracepoint_).
-KVMTRACE_PROGRAMS = r"^((tracepoint__)?(kvm__kvm_|syscalls__sys_ente)|raw_tracepoint_)"
+KVMTRACE_PROGRAMS = r"^((tracepoint__)?(kvm__kvm_|syscalls__sys_ente)|raw_tracepoint_(_kvm_|$))"
 
 
 def loaded_programs(pattern: str = TRACER_PROGRAMS, prog_type: str | tuple[str, ...] | None = None,
