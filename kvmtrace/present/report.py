@@ -222,6 +222,23 @@ def _launch_text(con: Console, d: dict) -> None:
                                           ("KiB", "right"), ("flags", "left")], rows))
 
 
+def _phrases(con: Console, parts: list[str], sep: str = ", ") -> None:
+    """Print ``parts`` joined by ``sep``, breaking lines only between parts (continuations
+    indented by two spaces): a phrase such as "KVM ISA VMX (kvm_intel)" is never split,
+    unless it alone is wider than the console."""
+    line = ""
+    for i, part in enumerate(parts):
+        piece = part + (sep.rstrip() if i < len(parts) - 1 else "")
+        joined = f"{line} {piece}" if line else piece
+        if line and len(joined) > con.width:
+            con.print(line, soft_wrap=len(line) <= con.width)
+            line = "  " + piece
+        else:
+            line = joined
+    if line:
+        con.print(line, soft_wrap=len(line) <= con.width)
+
+
 def render_text(trace: Trace, width: int = 80) -> str:
     s = trace.summary
     d = report_dict(trace)
@@ -232,7 +249,7 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(f"kvmtrace report: {trace.path}")
     if "import" in trace.header:
         imp = trace.header["import"]
-        con.print(f"domain {dom}; KVM ISA {host.get('isa', '?')}")
+        _phrases(con, [f"domain {dom}", f"KVM ISA {host.get('isa', '?')}"], "; ")
         con.print(f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}")
         if d.get("domains_note"):
             con.print(f"note: {d['domains_note']}")
@@ -243,8 +260,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
                       + ", ".join(f"{k!r} {v:,}" for k, v in lo["reasons"].items()))
     else:
         modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
-        con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
-                  f"KVM ISA {host.get('isa', '?')} ({modules})")
+        _phrases(con, [f"domain {dom} on {host.get('hostname', '?')}", f"Linux {host.get('kernel_release', '?')}",
+                       f"KVM ISA {host.get('isa', '?')} ({modules})"])
     con.print(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         con.print(f"WARNING: the recording was cut short ({trace.data.note}); "
