@@ -245,18 +245,16 @@ class Trace:
     @cached_property
     def handler_zones(self) -> pd.DataFrame | None:
         """The ioeventfds and coalesced zones the recording saw registered (analysis.handlers.zones):
-        all of them for a launched guest, those of the recording's time otherwise."""
+        those QEMU made while a launch watched it build the VM; None for a trace without ioctls."""
         from kvmtrace.analysis.handlers import zones
 
-        if "ioctl" not in " ".join(self.header.get("probes", [])) and not self.launched:
-            return None
-        return zones(self.events)
+        return zones(self.events) if self.launched else None
 
     def _access_labels(self, sel: np.ndarray, space: str) -> dict:
         from kvmtrace.analysis.handlers import as_category, label_accesses
 
         device, handled = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                         self.handler_zones, deduce=not self.launched)
+                                         self.handler_zones, deduce=True)
         return {"device": device, "handled_by": as_category(handled)}
 
     @cached_property
@@ -278,7 +276,7 @@ class Trace:
                 handled = classify(space, userspace=rows["userspace"].to_numpy(), write=write, addr=addr,
                                    size=rows[cols[1]].to_numpy(), device=device, offset=offset, in_kernel=in_kernel,
                                    ts=np.full(len(rows), np.iinfo(np.int64).max - 1), zone_table=zt,
-                                   deduce=not self.launched)
+                                   deduce=True)
                 out[key] = io_table(addr, write, rows[cols[1]].to_numpy(), device, handled,
                                     rows["count"].to_numpy(), cols)
             return out
@@ -290,7 +288,7 @@ class Trace:
             if kind == EventKind.MMIO:
                 sel &= ~self._completions
             device, handled = label_accesses(ev, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                             self.handler_zones, deduce=not self.launched)
+                                             self.handler_zones, deduce=True)
             out[key] = io_table(ev["port" if space == "io" else "gpa"].to_numpy()[sel],
                                 ev["op"].to_numpy()[sel] == write_op, ev["size"].to_numpy()[sel], device, handled,
                                 np.asarray(w)[sel], cols)

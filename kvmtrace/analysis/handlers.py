@@ -12,11 +12,14 @@
 Two ways to tell, by what the trace holds:
 
 * ``ioctls``: a recording from the guest's creation (``kvmtrace launch``,
-  ``record --start``) saw every KVM_IOEVENTFD and (UN)REGISTER_COALESCED_MMIO
-  with its argument (the probe reads struct kvm_ioeventfd and
-  kvm_coalesced_mmio_zone into the IOCTL event: gpa = address, info1 =
-  length, count = flags or pio, rip = datamatch): each access is matched
-  against the zones registered at its time.
+  ``record --start``) saw the KVM_IOEVENTFD and (UN)REGISTER_COALESCED_MMIO
+  QEMU made while building the VM, with their argument (the probe reads
+  struct kvm_ioeventfd and kvm_coalesced_mmio_zone into the IOCTL event: gpa
+  = address, info1 = length, count = flags or pio, rip = datamatch): each
+  access is matched against the zones registered at its time. The probes
+  stop taking ioctls at the guest's first KVM_RUN (no syscall tracepoint
+  stays attached while it runs), so zones registered later (virtio's
+  ioeventfds) are deduced as below.
 * ``deduced``: for a guest that ran before the recording, from the device
   QEMU's memory map names at the address (see :data:`DEDUCTION`).
 
@@ -56,14 +59,16 @@ VIRTIO_LEGACY = "virtio-pci"
 VIRTIO_LEGACY_NOTIFY = 16
 VIRTIO_NOTIFY_PREFIX = "virtio-pci-notify"
 
-DEDUCTION = ("deduced (the guest ran before the recording, so not all its ioeventfd and coalesced-zone ioctls "
-             "were seen; those seen come first), from QEMU's device at the address: a userspace exit -> vmm; "
-             "a kvm-* device -> kernel; "
+DEDUCTION = ("deduced (the guest ran before the recording, so its ioeventfd and coalesced-zone ioctls were "
+             "not seen), from QEMU's device at the address: a userspace exit -> vmm; a kvm-* device -> kernel; "
              "a write to a virtio notify register -> ioeventfd; a write to a region QEMU 7.2 coalesces "
              "(rtc-index, vga-lowmem, cirrus-low-memory) -> coalesced; else kernel")
-FROM_IOCTLS = ("from the KVM_IOEVENTFD and KVM_(UN)REGISTER_COALESCED_MMIO ioctls seen since the guest's creation: "
-               "a userspace exit -> vmm; a write matching an ioeventfd or inside a coalesced zone registered at "
-               "its time -> ioeventfd or coalesced; else kernel")
+FROM_IOCTLS = ("from the KVM_IOEVENTFD and KVM_(UN)REGISTER_COALESCED_MMIO ioctls QEMU made while the launch "
+               "watched it build the VM (a write matching one registered at its time -> ioeventfd or "
+               "coalesced); the zones it registers once the guest runs (virtio's ioeventfds, bound when the "
+               "driver sets DRIVER_OK) are not seen and are deduced from QEMU's device at the address: "
+               "a userspace exit -> vmm; a kvm-* device -> kernel; a write to a virtio notify register -> "
+               "ioeventfd; a write to rtc-index, vga-lowmem or cirrus-low-memory -> coalesced; else kernel")
 
 _END = np.iinfo(np.int64).max
 

@@ -147,7 +147,7 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
     d = report_dict(trace) if d is None else d
     s = trace.summary
     known = bool(s.userspace_fields_known)
-    dur = d["duration_s"]
+    dur = s.duration_s  # exact, as the JSON's rates use (d["duration_s"] is rounded)
     out: list[Section] = []
 
     notes = []
@@ -232,8 +232,22 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
 
 # --------------------------------------------------------------- Markdown
 
+#: Characters Markdown (or the HTML inside it) would read as markup, escaped in text from outside
+#: kvmtrace (domain names, paths, labels, device names).
+_MD_SPECIAL = "\\`*_[]|~"
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def _md_text(text) -> str:
+    """``text`` as literal Markdown: control characters shown as escapes (a newline cannot end a
+    list item or start a heading), HTML escaped (``<script>`` stays text), markup backslashed."""
+    t = html.escape(str(text).translate(_CONTROL), quote=False)
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in t)
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") or " "
+    t = html.escape(str(text).translate(_CONTROL), quote=False)
+    return t.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("*", "\\*") or " "
 
 
 def _md_table(sec: Section) -> list[str]:
@@ -246,9 +260,9 @@ def _md_table(sec: Section) -> list[str]:
 def render_markdown(trace) -> str:
     """The report as GitHub-flavoured Markdown: the text report's facts, then one table per section."""
     d = report_dict(trace)
-    lines = [f"# kvmtrace report: `{trace.label}`", ""]
+    lines = [f"# kvmtrace report: {_md_text(trace.label)}", ""]
     for fact in report_facts(trace, d):
-        lines.append(f"- {fact}")
+        lines.append(f"- {_md_text(fact)}")
     for sec in report_sections(trace, d):
         lines += ["", f"## {sec.title}", ""]
         if sec.rows:
@@ -273,7 +287,7 @@ def _rate(count, dur) -> float | str:
 def csv_rows(trace, d: dict | None = None) -> list[dict]:
     """The rows :func:`render_csv` writes, as dicts keyed by :data:`CSV_COLUMNS` (missing = empty)."""
     d = report_dict(trace) if d is None else d
-    dur = d["duration_s"]
+    dur = trace.summary.duration_s  # exact, as the JSON's rates use (d["duration_s"] is rounded)
     known = bool(trace.summary.userspace_fields_known)
     rows: list[dict] = []
     for r in d["userspace_exits"]:

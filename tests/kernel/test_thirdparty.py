@@ -292,7 +292,7 @@ def test_virtio_notify_writes_are_ioeventfd_and_the_bar_is_named_recorded_runnin
 
 
 def test_virtio_handlers_from_the_ioctls_under_launch(kernel, tmp_path, virtio_rom):
-    """kvmtrace launch sees QEMU register the RTC's coalesced zone and virtio's ioeventfds."""
+    """kvmtrace launch sees QEMU register the RTC's coalesced zone while it builds the VM."""
     name = f"kvmtrace-test-virtio-l-{uuid.uuid4().hex[:6]}"
     xml = tmp_path / "virtio.xml"
     xml.write_text(virtio_xml(name, virtio_rom))
@@ -307,8 +307,9 @@ def test_virtio_handlers_from_the_ioctls_under_launch(kernel, tmp_path, virtio_r
     zones = t.handler_zones
     rtc = zones[(zones["kind"] == "coalesced") & (zones["space"] == "io") & (zones["addr"] == 0x70)]
     assert len(rtc) == 1 and rtc["len"].iloc[0] == 1
-    fds = zones[(zones["kind"] == "ioeventfd") & (zones["space"] == "io") & (zones["addr"] == 0xC010)]
-    assert len(fds) >= 1 and set(fds["len"]) == {2} and fds["datamatch"].all() and 0 in set(fds["value"])
+    # virtio binds its ioeventfds at DRIVER_OK, once the guest runs: the probes
+    # stopped taking ioctls at its first KVM_RUN, so the notify writes are deduced.
+    assert not ((zones["kind"] == "ioeventfd") & (zones["addr"] == 0xC010)).any()
     rep = report_json(out)
     assert rep["handled_by_method"].startswith("from the KVM_IOEVENTFD")
     assert _virtio_rows(rep) == EXPECTED
