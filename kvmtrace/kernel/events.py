@@ -43,7 +43,11 @@ class EventKind(enum.IntEnum):
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
     RUN = 6  # the VMM re-entering: kvm:kvm_fpu load in KVM_RUN (or sys_enter_ioctl KVM_RUN)
     HIST = 7  # counts mode only: a log2 latency histogram bucket
-    IOCTL = 8  # a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl)
+    # IOCTL = a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl): reason cmd, port fd,
+    # err result, info2 duration; KVM_SET_USER_MEMORY_REGION: gpa, info1 size, rip userspace_addr,
+    # size slot, count flags; KVM_IOEVENTFD: gpa addr, info1 len, rip datamatch, count flags;
+    # KVM_(UN)REGISTER_COALESCED_MMIO: gpa addr, info1 size, count pio; others: gpa the argument.
+    IOCTL = 8
     CLOSE = 9  # close() of a KVM fd (the /dev/kvm, VM or vCPU fd)
     PROC_EXIT = 10  # the VMM process ending (sched:sched_process_exit)
 

@@ -68,6 +68,19 @@ def test_port_io_equals_the_rom_exactly(recorded):
     assert got == truth
 
 
+def test_handled_by_is_kernel_or_vmm_exactly_as_the_rom_splits_them(recorded):
+    """The ROM's devices are KVM's (PIT, IOAPIC: kernel) or QEMU's answered by exits
+    (RTC data, port 0x80, HPET, isa-debug-exit: vmm); none is coalesced or an ioeventfd."""
+    for section, key in (("pio", "port"), ("mmio", "gpa")):
+        truth = expected(WORKLOAD)[section]
+        got = {}
+        for r in recorded["report"][section]:
+            assert r["handled_by"] == ("vmm" if r["userspace"] else "kernel"), r
+            k = (r[key], r["direction"], r["size" if section == "pio" else "len"], r["handled_by"] == "vmm")
+            got[k] = got.get(k, 0) + r["count"]
+        assert got == truth
+
+
 def test_mmio_equals_the_rom_exactly_reads_counted_once(recorded):
     truth = expected(WORKLOAD)["mmio"]
     got = {(r["gpa"], r["direction"], r["len"], r["userspace"]): r["count"] for r in recorded["report"]["mmio"]}
