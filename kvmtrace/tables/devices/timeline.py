@@ -157,14 +157,18 @@ class DeviceTimeline:
         offset = np.full(n, -1, dtype=np.int64)
         in_kernel = np.zeros(n, dtype=bool)
         known = set(self._guests)
-        groups = [(p, pids == p) for p in np.unique(pids)] if n else []
+        present = pd.unique(pids) if n else []
+        # one guest (the usual trace): every row, without a mask to copy through
+        groups = [(present[0], slice(None))] if len(present) == 1 else [(p, pids == p) for p in present]
         for pid, rows in groups:
             g = self._guests.get(int(pid))
             if g is None and len(known) == 1 and not (pids[rows] != 0).all():
                 g = next(iter(self._guests.values()))  # a frame without pids: the one guest
             maps = [v.devices for v in g.versions] if g else [self.default]
             times = g.times() if g else np.array([_START], dtype=np.int64)
-            uniq, inv = np.unique(addresses[rows], return_inverse=True)
+            addr_rows = addresses[rows]
+            u, uniq = pd.factorize(addr_rows)  # hashed: no sort of every row
+            uniq = np.asarray(uniq, dtype=np.uint64)
             # per version, per distinct address: region index (-1: none)
             idx = np.stack([dm.index(space, uniq) for dm in maps])
             # from version k on: the first version >= k naming the address
@@ -176,21 +180,24 @@ class DeviceTimeline:
                 nxt_v = pick_v[k + 1] if k + 1 < len(maps) else np.full(len(uniq), -1)
                 pick[k] = np.where(have, idx[k], nxt_i)
                 pick_v[k] = np.where(have, k, nxt_v)
-            at = np.clip(np.searchsorted(times, ts[rows], side="right") - 1, 0, len(maps) - 1)
-            u = inv.reshape(-1)
+            if len(maps) == 1:
+                at = np.zeros(len(u), dtype=np.int64)
+            else:
+                at = np.clip(np.searchsorted(times, ts[rows], side="right") - 1, 0, len(maps) - 1)
             ri, vi = pick[at, u], pick_v[at, u]
             out = np.zeros(len(u), dtype=np.int32)
             off = np.full(len(u), -1, dtype=np.int64)
             ker = np.zeros(len(u), dtype=bool)
             for v in np.unique(vi[vi >= 0]):
                 regs = maps[int(v)].regions(space)
+                name_code = np.array([cats.setdefault(r.name, len(cats)) for r in regs], dtype=np.int32)
+                base = np.array([r.offset - r.start for r in regs], dtype=np.int64)
+                kernel = np.array([r.in_kernel for r in regs], dtype=bool)
                 sel = np.flatnonzero(vi == v)
-                for r_i in np.unique(ri[sel]):
-                    r = regs[int(r_i)]
-                    s2 = sel[ri[sel] == r_i]
-                    out[s2] = cats.setdefault(r.name, len(cats))
-                    off[s2] = addresses[rows][s2].astype(np.int64) - r.start + r.offset
-                    ker[s2] = r.in_kernel
+                r_sel = ri[sel]
+                out[sel] = name_code[r_sel]
+                off[sel] = addr_rows[sel].astype(np.int64) + base[r_sel]
+                ker[sel] = kernel[r_sel]
             code[rows], offset[rows], in_kernel[rows] = out, off, ker
         return pd.Categorical.from_codes(code, categories=list(cats)), offset, in_kernel
 
