@@ -253,17 +253,17 @@ class Trace:
     def _access_labels(self, sel: np.ndarray, space: str) -> dict:
         from kvmtrace.analysis.handlers import as_category, label_accesses
 
-        device, handled = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                         self.handler_zones, deduce=True)
-        return {"device": device, "handled_by": as_category(handled)}
+        labels = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
+                                self.handler_zones, deduce=True)
+        return {"device": labels.device_per_access(), "handled_by": as_category(labels.handled_per_access())}
 
     @cached_property
     def io_tables(self) -> dict[str, pd.DataFrame]:
         """The report's port I/O and MMIO rows, split by device and handler
         (analysis.handlers.io_table): {"pio": ..., "mmio": ...}."""
-        from kvmtrace.analysis.handlers import classify, io_table, label_accesses
+        from kvmtrace.analysis.handlers import classify, io_table, label_accesses, labelled_table
         from kvmtrace.analysis.summary import kinds_and_weights
-        from kvmtrace.kernel.events import EventKind, MmioOp, PioOp
+        from kvmtrace.kernel.events import EventKind
 
         out = {}
         if self.header.get("mode") == "counts":
@@ -282,16 +282,14 @@ class Trace:
             return out
         ev = self.events
         k, w = kinds_and_weights(ev)
-        for key, space, kind, write_op, cols in (("pio", "io", EventKind.PIO, PioOp.WRITE, ("port", "size")),
-                                                 ("mmio", "memory", EventKind.MMIO, MmioOp.WRITE, ("gpa", "len"))):
+        for key, space, kind, cols in (("pio", "io", EventKind.PIO, ("port", "size")),
+                                       ("mmio", "memory", EventKind.MMIO, ("gpa", "len"))):
             sel = k == kind
             if kind == EventKind.MMIO:
                 sel &= ~self._completions
-            device, handled = label_accesses(ev, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
-                                             self.handler_zones, deduce=True)
-            out[key] = io_table(ev["port" if space == "io" else "gpa"].to_numpy()[sel],
-                                ev["op"].to_numpy()[sel] == write_op, ev["size"].to_numpy()[sel], device, handled,
-                                np.asarray(w)[sel], cols)
+            labels = label_accesses(ev, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
+                                    self.handler_zones, deduce=True)
+            out[key] = labelled_table(labels, np.asarray(w)[sel], cols)
         return out
 
     @cached_property
@@ -480,7 +478,10 @@ class Trace:
     def summary(self) -> Summary:
         if self.header.get("mode") == "counts":
             return summarize(self.events, self.names, self.duration_s)
-        return summarize(self.events, self.names, self.duration_s, self._pairing, self._completions)
+        from kvmtrace.analysis.handlers import collapse
+
+        io = (collapse(self.io_tables["pio"], ("port", "size")), collapse(self.io_tables["mmio"], ("gpa", "len")))
+        return summarize(self.events, self.names, self.duration_s, self._pairing, self._completions, io)
 
 
 #: The event columns every report table needs (the others, rip, info1/2,

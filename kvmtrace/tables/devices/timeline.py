@@ -84,9 +84,7 @@ class DeviceTimeline:
                 dm = _parse(m["text"])
                 error = "" if dm is not None else "the map read holds no flat view"
             elif m.get("unchanged"):
-                dm, error = previous.get(pid), ""
-                if dm is None:
-                    continue
+                continue  # the same map as the version before: it changes no name
             else:
                 dm, error = None, str(m.get("error") or "not read")
             if dm is not None:
@@ -140,6 +138,19 @@ class DeviceTimeline:
                 if r is not None:
                     return r
         return self.default.lookup(space, address) if not guests else None
+
+    def epochs(self, ts, pids) -> np.ndarray | None:
+        """Per access: the index of its guest's map version in effect at ``ts`` (int64);
+        None when no guest has more than one version (then time names nothing)."""
+        if all(len(g.versions) <= 1 for g in self._guests.values()):
+            return None
+        ts = np.asarray(ts).astype(np.int64, copy=False)
+        pids = np.asarray(pids)
+        out = np.zeros(len(ts), dtype=np.int64)
+        for pid, g in self._guests.items():
+            rows = slice(None) if len(self._guests) == 1 else pids == pid
+            out[rows] = np.searchsorted(g.times(), ts[rows], side="right") - 1
+        return np.clip(out, 0, None)
 
     def names(self, space: str, addresses, ts=None, pids=None) -> tuple[pd.Categorical, np.ndarray, np.ndarray]:
         """Per access: device name (Categorical, "unknown" where none), offset into its
