@@ -399,6 +399,16 @@ class PlotSpec:
     make: Callable[[], Figure]
 
 
+def _why_not_drawn(e: MissingTraceEventError) -> str:
+    """The refusal in words for a reader of the page (the exception names the Python call)."""
+    names = ", ".join(e.needed)
+    if len(e.needed) > 1:
+        names = ("one of " if e.any_of else "the events ") + names
+    held = f" ({e.holds})" if e.holds else ""
+    fix = f"; {e.fix.rstrip('.')}" if e.fix else ""
+    return f"it needs {names}, which this trace does not hold{held}{fix}."
+
+
 def _figure_html(p: PlotSpec) -> str:
     from kvmtrace.present.plots import figure_svg
 
@@ -406,7 +416,7 @@ def _figure_html(p: PlotSpec) -> str:
         fig = p.make()
     except MissingTraceEventError as e:
         return (f'<figure class="plot missing" id="plot-{p.key}"><figcaption><b>{_esc(p.title)}</b></figcaption>'
-                f"<p>Not drawn for this trace: {_esc(str(e).rstrip('.'))}.</p></figure>")
+                f"<p>Not drawn for this trace: {_esc(_why_not_drawn(e))}</p></figure>")
     svg = figure_svg(fig)
     return (f'<figure class="plot" id="plot-{p.key}" aria-label="{_esc(p.title)}">\n{svg}\n'
             f"<figcaption>{_esc(p.caption)}</figcaption></figure>")
