@@ -43,7 +43,7 @@ def report_dict(trace: Trace) -> dict:
         "domains": [x["name"] for x in domains],
         "complete": trace.complete,
         "duration_s": round(s.duration_s, 6),
-        "events": len(trace.events),
+        "events": trace.event_count,
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
