@@ -310,3 +310,65 @@ def collapse(table: pd.DataFrame, names: tuple[str, str]) -> pd.DataFrame:
     out = out[keys + ["userspace", "count"]]
     return out.sort_values(keys + ["userspace"], ascending=[True] * len(keys) + [False], ignore_index=True)
 
+
+
+def io_tables(ev: pd.DataFrame, timeline, zone_table: pd.DataFrame | None, summary=None, pairing=None,
+              completions: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """The report's port I/O and MMIO rows by device and handler ({"pio", "mmio"}: :func:`io_table`).
+
+    An events trace: each access labelled (``pairing``, ``completions`` as
+    analysis.summary gives them). A counts trace (``summary`` given): its
+    rows labelled, by the map and zones at the recording's end.
+    """
+    from kvmtrace.analysis.summary import kinds_and_weights
+    from kvmtrace.kernel.events import EventKind
+
+    out = {}
+    for key, space, kind, cols in (("pio", "io", EventKind.PIO, ("port", "size")),
+                                   ("mmio", "memory", EventKind.MMIO, ("gpa", "len"))):
+        if summary is not None:
+            rows = getattr(summary, key)
+            addr = rows[cols[0]].to_numpy(np.uint64)
+            device, offset, in_kernel = timeline.names(space, addr)
+            write = (rows["direction"] == "write").to_numpy()
+            handled = classify(space, userspace=rows["userspace"].to_numpy(), write=write, addr=addr,
+                               size=rows[cols[1]].to_numpy(), device=device, offset=offset, in_kernel=in_kernel,
+                               ts=np.full(len(rows), np.iinfo(np.int64).max - 1), zone_table=zone_table,
+                               deduce=True)
+            out[key] = io_table(addr, write, rows[cols[1]].to_numpy(), device, handled, rows["count"].to_numpy(),
+                                cols)
+            continue
+        k, w = kinds_and_weights(ev)
+        sel = k == kind
+        if kind == EventKind.MMIO:
+            sel &= ~completions
+        labels = label_accesses(ev, sel, space, pairing.to_vmm[sel], timeline, zone_table, deduce=True)
+        out[key] = labelled_table(labels, np.asarray(w)[sel], cols)
+    return out
+
+
+class LabelledIo:
+    """:func:`io_tables` of a trace fed piece by piece (analysis.batchwise), per pid."""
+
+    def __init__(self, timeline):
+        self.timeline = timeline
+        self._parts: dict[int, dict[str, list[pd.DataFrame]]] = {}
+
+    def add(self, pid: int, ev: pd.DataFrame, pairing, completions: np.ndarray) -> None:
+        parts = self._parts.setdefault(pid, {"pio": [], "mmio": []})
+        for key, table in io_tables(ev, self.timeline, None, pairing=pairing, completions=completions).items():
+            parts[key].append(table)
+
+    def tables(self, pid: int | None = None) -> dict[str, pd.DataFrame]:
+        out = {}
+        for key, cols in (("pio", ["port", "direction", "size"]), ("mmio", ["gpa", "direction", "len"])):
+            frames = [f for p, parts in self._parts.items() if pid is None or p == pid for f in parts[key] if len(f)]
+            if not frames:
+                out[key] = pd.DataFrame(columns=[*cols, "device", "handled_by", "userspace", "count"])
+                continue
+            df = pd.concat(frames, ignore_index=True)
+            df = df.groupby([*cols, "device", "handled_by", "userspace"], sort=False, observed=True)["count"].sum()
+            df = df.reset_index()
+            df["_h"] = -df["handled_by"].map({h: i for i, h in enumerate(HANDLERS)})
+            out[key] = df.sort_values([*cols, "_h"], ignore_index=True).drop(columns="_h")
+        return out

@@ -125,16 +125,29 @@ def report_facts(trace, d: dict) -> list[str]:
     host = trace.header.get("host", {})
     dom = ", ".join(str(x["name"]) for x in trace.domains) or "?"
     modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
-    lines = [
-        f"trace: {trace.path}",
-        f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
-        f"KVM ISA {host.get('isa', '?')} ({modules})",
-        f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost",
-    ]
+    imp = trace.header.get("import")
+    lines = [f"trace: {trace.path}"]
+    if imp:  # what the imported text could not hold, as the text report says it
+        lines += [f"domain {dom}; KVM ISA {host.get('isa', '?')}",
+                  f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}"]
+        if d.get("domains_note"):
+            lines.append(f"note: {d['domains_note']}")
+        if d.get("import_left_out"):
+            lo = d["import_left_out"]
+            lines.append(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} "
+                         "kvm_exit lines, whose reason has no known name or number")
+        if d.get("timestamp_resolution_ns"):
+            lines.append(f"timestamps of {d['timestamp_resolution_ns']:,} ns resolution: latencies under it read 0.0")
+    else:
+        lines.append(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
+                     f"KVM ISA {host.get('isa', '?')} ({modules})")
+    lines.append(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         lines.append(f"WARNING: the recording was cut short ({trace.data.note}); "
                      "counts cover what was written before it stopped")
-    lines.append("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
+    lines.append("guest data values: " + ("captured" + (" (in the imported text)" if imp else " (--values)")
+                                          if trace.values_captured else "not captured" if not imp
+                                          else "none (the imported text has no kvm_pio or kvm_mmio lines)"))
     if trace.header.get("mode") == "counts":
         lines.append("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
     from kvmtrace.present.report import memory_map_lines
@@ -405,6 +418,16 @@ class PlotSpec:
     make: Callable[[], Figure]
 
 
+def _why_not_drawn(e: MissingTraceEventError) -> str:
+    """The refusal in words for a reader of the page (the exception names the Python call)."""
+    names = ", ".join(e.needed)
+    if len(e.needed) > 1:
+        names = ("one of " if e.any_of else "the events ") + names
+    held = f" ({e.holds})" if e.holds else ""
+    fix = f"; {e.fix.rstrip('.')}" if e.fix else ""
+    return f"it needs {names}, which this trace does not hold{held}{fix}."
+
+
 def _figure_html(p: PlotSpec) -> str:
     from kvmtrace.present.plots import figure_svg
 
@@ -412,7 +435,7 @@ def _figure_html(p: PlotSpec) -> str:
         fig = p.make()
     except MissingTraceEventError as e:
         return (f'<figure class="plot missing" id="plot-{p.key}"><figcaption><b>{_esc(p.title)}</b></figcaption>'
-                f"<p>Not drawn for this trace: {_esc(str(e).rstrip('.'))}.</p></figure>")
+                f"<p>Not drawn for this trace: {_esc(_why_not_drawn(e))}</p></figure>")
     svg = figure_svg(fig)
     return (f'<figure class="plot" id="plot-{p.key}" aria-label="{_esc(p.title)}">\n{svg}\n'
             f"<figcaption>{_esc(p.caption)}</figcaption></figure>")
