@@ -291,3 +291,14 @@ def test_top_keys_say_who_handled_it():
     df = snapshot_frame(snap, {7: DeviceMap.from_mtree(LATER)})
     keys = set(df.loc[df["dimension"] == "port", "key"])
     assert keys == {"0x0070 write (rtc-index, coalesced)", "0xc010 write (virtio-pci, ioeventfd)"}
+
+
+@pytest.mark.parametrize("chunk", [None, 97])
+def test_the_batchwise_report_labels_as_the_whole_trace_does(chunk):
+    from kvmtrace.trace import load, load_for_report
+
+    path = Path(__file__).resolve().parents[2] / "sample-traces" / "demo-finite.kvmtrace"
+    whole, part = load(path).io_tables, load_for_report(path, chunk_events=chunk).io_tables
+    for key in ("pio", "mmio"):
+        pd.testing.assert_frame_equal(part[key].reset_index(drop=True).astype(str),
+                                      whole[key].reset_index(drop=True).astype(str))
