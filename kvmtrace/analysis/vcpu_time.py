@@ -76,6 +76,7 @@ class Timeline:
     start: np.ndarray  # per segment, ns
     end: np.ndarray
     state: np.ndarray  # VcpuState code
+    in_run: np.ndarray  # per segment: inside KVM_RUN (which side of it a preempted segment is on)
 
     def frame(self, merge: bool = True) -> pd.DataFrame:
         """One row per segment (pid, tid, start_ns, end_ns, state); ``merge``
@@ -149,7 +150,7 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
     init = _initial(header)
     sched_tids = np.unique(tid[(k == _SWITCH) | (k == _WAKEUP)])
     threads = sorted(set(init) | set(sched_tids.tolist()))
-    pids, starts, ends, states, bounds = [], [], [], [], [0]
+    pids, starts, ends, states, runs, bounds = [], [], [], [], [], [0]
     for t in threads:
         lo, hi = np.searchsorted(tid, [t, t + 1])
         st = init.get(t, {})
@@ -158,17 +159,18 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
         in_run = _in_run_after(tk, bool(st.get("in_run", True)))
         sched = _sched_after(tk, op[lo:hi], reason[lo:hi], flags[lo:hi], st.get("sched", "on_cpu"))
         # The state before the first event, then after each event.
-        code = state_of(np.r_[in_run[0], in_run[1:]], np.r_[sched[0], sched[1:]])
+        code = state_of(in_run, sched)
         seg_start = np.r_[start_ns, tts]
         seg_end = np.r_[tts, end_ns]
         pids.append(pid)
         starts.append(seg_start)
         ends.append(seg_end)
         states.append(code)
+        runs.append(in_run)
         bounds.append(bounds[-1] + len(code))
     cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
     return Timeline(np.array(pids, dtype=np.int64), np.array(threads, dtype=np.int64), np.array(bounds),
-                    cat(starts, np.int64), cat(ends, np.int64), cat(states, np.int8))
+                    cat(starts, np.int64), cat(ends, np.int64), cat(states, np.int8), cat(runs, bool))
 
 
 def _in_run_after(kind: np.ndarray, recorded: bool) -> np.ndarray:

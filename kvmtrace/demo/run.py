@@ -18,13 +18,14 @@ def _owned_by_us(dom) -> bool:
 
 
 def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, paused: bool = False,
-               replace: bool = True):
+               replace: bool = True, debug_exit: bool = True):
     """Create the demo domain from its XML through libvirt (virDomainCreateXML).
 
     A running domain of the same name that is a kvmtrace demo guest is
     destroyed first (when ``replace``); any other domain of that name is left
     alone and reported. The ROM is built first: without nasm nothing is
-    touched.
+    touched. Without ``debug_exit`` a finite ROM does not end its domain:
+    it stays in its final ``cli; hlt`` for ever (see :data:`HALT`).
     """
     import libvirt
 
@@ -43,7 +44,7 @@ def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, pa
         old.destroy()
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     try:
-        dom = conn.createXML(domain_xml(name=name, rom_path=str(rom)), flags)
+        dom = conn.createXML(domain_xml(name=name, rom_path=str(rom), debug_exit=debug_exit), flags)
     except libvirt.libvirtError as e:
         raise LibvirtError(f"libvirt could not start the demo guest: {e.get_error_message()}") from e
     return conn, dom
