@@ -82,21 +82,17 @@ class Timeline:
         """One row per segment (pid, tid, start_ns, end_ns, state); ``merge``
         joins neighbours of the same state (what a timeline draws)."""
         thread = np.repeat(np.arange(len(self.tid)), np.diff(self.bounds))
-        keep = self.end > self.start
-        if merge and len(self.state):
-            change = np.ones(len(self.state), dtype=bool)
-            change[1:] = (self.state[1:] != self.state[:-1]) | (thread[1:] != thread[:-1])
-            group = np.cumsum(change) - 1
+        keep = self.end > self.start  # an instant between two edges at the same time is no segment
+        start, end, state, thread = self.start[keep], self.end[keep], self.state[keep], thread[keep]
+        if merge and len(state):
+            change = np.ones(len(state), dtype=bool)
+            change[1:] = (state[1:] != state[:-1]) | (thread[1:] != thread[:-1])
             first = np.flatnonzero(change)
-            last = np.r_[first[1:], len(self.state)] - 1
-            start, end, state, thread = self.start[first], self.end[last], self.state[first], thread[first]
-            keep = end > start
-        else:
-            start, end, state = self.start, self.end, self.state
-        df = pd.DataFrame({"pid": self.pid[thread][keep].astype(np.uint32),
-                           "tid": self.tid[thread][keep].astype(np.uint32),
-                           "start_ns": start[keep].astype(np.int64), "end_ns": end[keep].astype(np.int64),
-                           "state": pd.Categorical.from_codes(state[keep], categories=list(STATES))})
+            last = np.r_[first[1:], len(state)] - 1
+            start, end, state, thread = start[first], end[last], state[first], thread[first]
+        df = pd.DataFrame({"pid": self.pid[thread].astype(np.uint32), "tid": self.tid[thread].astype(np.uint32),
+                           "start_ns": start.astype(np.int64), "end_ns": end.astype(np.int64),
+                           "state": pd.Categorical.from_codes(state, categories=list(STATES))})
         df.index.name = "segment"
         return df
 

@@ -159,6 +159,9 @@ TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
     ("sched", "sched_wakeup_new", EventKind.WAKEUP),
 )
 
+#: The raw sched tracepoints, which read task_structs (offsets from kernel/btf.py).
+SCHED_PROBES = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
+
 #: sched_switch's raw tracepoint has carried ``prev_state`` as its fourth
 #: argument since Linux 5.18 (fa2c3254d7cf, "sched/tracing: Don't re-read
 #: p->state when emitting sched_switch event"); before, the probe reads it
@@ -242,13 +245,16 @@ def bpf_defines(
     counts_mode: bool = False,
     max_keys: int = 65536,
     kernel: tuple[int, int] | None = None,
+    task_offsets: dict[str, int] | None = None,
 ) -> list[str]:
     """The -D flags that build kvmtrace/kernel/bpf/kvmtrace.bpf.c.
 
     ``probes`` names the tracepoints to compile (event names, e.g.
     ``"kvm_pio"``); ``fields`` maps each to the field names its format has;
     ``kernel`` is the running kernel's (major, minor), for the raw
-    tracepoints' argument lists (None: a current kernel).
+    tracepoints' argument lists (None: a current kernel); ``task_offsets``
+    gives task_struct's ``pid``, ``tgid`` and ``state`` offsets
+    (kernel/btf.py), which the sched probes need.
     """
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
@@ -281,6 +287,10 @@ def bpf_defines(
         f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
     ]
+    if set(probes) & set(SCHED_PROBES):
+        if not task_offsets:
+            raise ValueError(f"the sched probes ({', '.join(SCHED_PROBES)}) need task_struct's offsets")
+        flags += [f"-DKT_TASK_{name.upper()}_OFF={task_offsets[name]}" for name in ("pid", "tgid", "state")]
     for name in probes:
         flags.append(f"-DKT_PROBE_{name.upper()}")
         for field in OPTIONAL_FIELDS.get(name, ()):

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvmtrace.errors import BccError
-from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, TRACEPOINTS, EventKind, ThreadSched,
-                                    VcpuState, bpf_defines)
-
-#: The raw sched tracepoints, which need task_struct's offsets (kernel/btf.py).
-SCHED_PROBES = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
+from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, SCHED_PROBES, TRACEPOINTS, EventKind,
+                                    ThreadSched, VcpuState, bpf_defines)
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
 DEFAULT_RINGBUF_PAGES = 1 << 13
@@ -202,9 +199,9 @@ class Probes:
             capture_values=capture_values,
             counts_mode=counts_mode,
             kernel=_kernel_version(),
+            task_offsets=task,
             **({"max_vcpus": max_vcpus} if max_vcpus else {}),
         )
-        cflags += [f"-DKT_TASK_{name.upper()}_OFF={off}" for name, off in task.items()]
         self.counts_mode = counts_mode
         pdir = probes_dir()
         cflags.append(f"-I{pdir}")

@@ -17,6 +17,7 @@
  */
 #ifndef KT_SCHED_BPF_H
 #define KT_SCHED_BPF_H
+#if defined(KT_PROBE_SCHED_SWITCH) || defined(KT_PROBE_SCHED_WAKEUP) || defined(KT_PROBE_SCHED_WAKEUP_NEW)
 
 static __always_inline u32 kt_task_u32(const void *task, u32 off)
 {
@@ -116,4 +117,5 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 }
 #endif
 
+#endif /* any sched probe */
 #endif /* KT_SCHED_BPF_H */
