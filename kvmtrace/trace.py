@@ -300,12 +300,20 @@ class Trace:
         """This run as compare/trend consume it (analysis.compare.RunRates)."""
         from kvmtrace.analysis.compare import RunRates
         from kvmtrace.analysis.rates import counts, windows
+        from kvmtrace.analysis.vcpu_time import has_vcpu_time, rate_rows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
-        return RunRates(label=self.label, counts=counts(self.keyed), duration_s=self.duration_s, exits=exits,
-                        windows=windows(self.keyed, self.start_ns, window_s) if window_s else None,
-                        window_s=window_s)
+        table = counts(self.keyed)
+        wins = windows(self.keyed, self.start_ns, window_s) if window_s else None
+        if has_vcpu_time(self.header, self.events):  # the vcpu_time dimension: ms per state
+            table = pd.concat([table, rate_rows(self.df_vcpu_time())], ignore_index=True)
+            if window_s:
+                w = rate_rows(self.df_vcpu_time_intervals(window_s))
+                w.insert(0, "window", np.round(w.pop("t_s") / window_s).astype("int64"))
+                wins = pd.concat([wins, w], ignore_index=True)
+        return RunRates(label=self.label, counts=table, duration_s=self.duration_s, exits=exits,
+                        windows=wins, window_s=window_s)
 
     def df_rates(self, freq: str | float = "1s", by: str = "device") -> pd.DataFrame:
         """Exits per second over time, one column per key of ``by``.

@@ -80,7 +80,14 @@ from kvmtrace.errors import RateTableError
 from kvmtrace.analysis.records import plain_records
 
 #: Dimensions of a rate table, in the order reports show them.
-DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu"]
+DIMENSIONS = ["userspace_exit", "exit", "port", "mmio", "device", "vcpu", "vcpu_time"]
+#: The "vcpu_time" rows (analysis.vcpu_time.rate_rows) count milliseconds of a
+#: vCPU's state, not events: rate / 10 is the state's share in percent. Their
+#: tests treat each millisecond as an event (too confident: use "bootstrap"
+#: with windows where it matters), so a regression there also needs the share
+#: to rise by at least this many percentage points.
+VCPU_TIME = "vcpu_time"
+VCPU_TIME_MIN_POINTS = 5.0
 METHODS = ("poisson", "bootstrap")
 #: Fewest complete windows per run the bootstrap accepts.
 MIN_WINDOWS = 10
@@ -280,8 +287,11 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     p_adj = holm(p)
     significant = np.nan_to_num(p_adj, nan=1.0) < alpha
     regression = significant & (change > threshold_pct)
-
     dims = keys.get_level_values("dimension") if len(keys) else pd.Index([], dtype=str)
+    vt = np.asarray(dims == VCPU_TIME, dtype=bool)
+    if vt.any():  # ms per s -> percentage points of the vCPU's time
+        regression &= ~vt | ((nr - br) / 10.0 >= VCPU_TIME_MIN_POINTS)
+
     knames = keys.get_level_values("key") if len(keys) else pd.Index([], dtype=str)
     df = pd.DataFrame({
         "dimension": pd.Categorical(dims, dtype=_dimension_dtype(dims)),
@@ -317,11 +327,23 @@ def regression_causes(df: pd.DataFrame) -> pd.DataFrame:
 
     A port whose rate rose also raises its device, its KVM_EXIT reason and
     its vCPU's totals; the cause is the port. Where no fine row rose, the
-    coarser rows are the causes. Rows as in the frame, in its order.
+    coarser rows are the causes. A vCPU state's rise (vcpu_time) is always
+    one. Rows as in the frame, in its order.
     """
     reg = df[df["regression"]]
-    fine = reg[reg["dimension"].astype(str).isin(FINE_DIMENSIONS)]
-    return fine if len(fine) else reg
+    dim = reg["dimension"].astype(str)
+    exits = reg[dim != VCPU_TIME]
+    fine = exits[dim[dim != VCPU_TIME].isin(FINE_DIMENSIONS)]
+    # A vCPU state's rise is a cause of its own (the host, not the guest's exits).
+    return reg[(dim == VCPU_TIME) | dim.index.isin((fine if len(fine) else exits).index)]
+
+
+def describe_cause(row) -> str:
+    """One cause as CI prints it: "port 0x0080 write (+42.0%)", or for a
+    vCPU state "vcpu_time vcpu 0 preempted rose from 2% to 30%"."""
+    if row["dimension"] == VCPU_TIME:
+        return f"{row['dimension']} {row['key']} rose from {row['base_rate'] / 10:.0f}% to {row['new_rate'] / 10:.0f}%"
+    return f"{row['dimension']} {row['key']} ({row['change_pct']:+.1f}%)"
 
 
 def natural_key(s: str) -> tuple:
@@ -387,8 +409,13 @@ def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) 
         t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
     shown = df if max_rows is None else df.head(max_rows)
     for _, r in shown.iterrows():
-        t.add_row(str(r["dimension"]), str(r["key"]), _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"]),
-                  _fmt_change(r), _fmt_p(r["p_adjusted"]), _verdict(r))
+        if r["dimension"] == VCPU_TIME:  # a state's share of the vCPU's time, not a rate
+            base, new = f"{r['base_rate'] / 10:.1f}%", f"{r['new_rate'] / 10:.1f}%"
+        else:
+            base, new = _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"])
+        t.add_row(str(r["dimension"]), str(r["key"]), base, new, _fmt_change(r), _fmt_p(r["p_adjusted"]),
+                  _verdict(r))
+
     con.print(t)
     if len(shown) < len(df):
         rest = df.iloc[len(shown):]

@@ -36,7 +36,13 @@ import pandas as pd
 
 from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind, SchedOp, ThreadSched, VcpuState
 
-__all__ = ["STATES", "Timeline", "has_vcpu_time", "segments", "state_of", "vcpu_time", "vcpu_time_intervals"]
+__all__ = ["DIMENSION", "STATES", "Timeline", "has_vcpu_time", "rate_rows", "segments", "state_of", "vcpu_time",
+           "vcpu_time_intervals"]
+
+#: compare's and trend's dimension for the states: key "vcpu N STATE", count
+#: the milliseconds the vCPU spent in it, so its rate (ms per second of the
+#: run) / 10 is the state's share in percent.
+DIMENSION = "vcpu_time"
 
 #: The states' names, in VcpuState order: the JSON's ``<state>_s`` and the frames' columns.
 STATES = tuple(s.name.lower() for s in VcpuState)
@@ -290,3 +296,16 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
     df = df.sort_values(["t_s", "vcpu", "tid"], kind="stable").reset_index(drop=True)
     df.index.name = "interval"
     return df
+
+
+def rate_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`vcpu_time` (or, with its t_s, :func:`vcpu_time_intervals`) frame as
+    compare's rows: dimension "vcpu_time", key "vcpu N STATE", count (int64 ms)."""
+    out = []
+    for r in df.to_dict("records"):
+        who = f"vcpu {r['vcpu']}" if r["vcpu"] != NO_VCPU else f"tid {r['tid']}"
+        for s in STATES:
+            out.append({**({"t_s": r["t_s"]} if "t_s" in r else {}), "dimension": DIMENSION,
+                        "key": f"{who} {s}", "count": int(round(r[f"{s}_s"] * 1e3))})
+    cols = (["t_s"] if "t_s" in df.columns else []) + ["dimension", "key", "count"]
+    return pd.DataFrame(out, columns=cols).astype({"count": "int64"})

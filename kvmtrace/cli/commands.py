@@ -142,7 +142,8 @@ def report(args) -> int:
 def compare(args) -> int:
     import json
 
-    from kvmtrace.analysis.compare import compare, format_text, has_regression, regression_causes, to_json
+    from kvmtrace.analysis.compare import (VCPU_TIME, compare, describe_cause, format_text, has_regression,
+                                           regression_causes, to_json)
     from kvmtrace.trace import load
 
     window = args.window if args.method == "bootstrap" else None
@@ -155,13 +156,15 @@ def compare(args) -> int:
                           "threshold_pct": args.threshold, "regression": regression,
                           "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
                                       "change_pct": round(float(r["change_pct"]), 3)
-                                      if math.isfinite(r["change_pct"]) else None}
+                                      if math.isfinite(r["change_pct"]) else None,
+                                      **({"base_share_pct": round(r["base_rate"] / 10, 3),
+                                          "new_share_pct": round(r["new_rate"] / 10, 3)}
+                                         if r["dimension"] == VCPU_TIME else {})}
                                      for r in causes.to_dict("records")],
                           "rows": to_json(df)}, indent=2, allow_nan=False))
     else:
         if len(causes):
-            print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
-                                               for r in causes.to_dict("records"))
+            print("regression in " + "; ".join(describe_cause(r) for r in causes.to_dict("records"))
                   + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
         sys.stdout.write(format_text(df))
     return ExitCode.REGRESSION if regression else ExitCode.OK

@@ -138,3 +138,40 @@ def test_the_timeline_frame_merges_equal_neighbours():
     assert df["state"].astype(str).tolist() == ["guest", "halted"]
     assert df[["start_ns", "end_ns"]].values.tolist() == [[1000, 3000], [3000, 4000]]
     assert isinstance(df["state"].dtype, pd.CategoricalDtype)
+
+
+def _rates(label, preempted_ms, guest_ms, duration_s=4.0):
+    from kvmtrace.analysis.compare import RunRates
+
+    counts = pd.DataFrame({"dimension": ["vcpu_time", "vcpu_time", "port"],
+                           "key": ["vcpu 0 preempted", "vcpu 0 guest", "0x0080 write"],
+                           "count": [preempted_ms, guest_ms, 40_000]})
+    return RunRates(label=label, counts=counts, duration_s=duration_s, exits=40_000)
+
+
+def test_compare_sees_preempted_rise_from_2_to_30_percent():
+    from kvmtrace.analysis.compare import compare, describe_cause, regression_causes
+
+    df = compare(_rates("base", 80, 3000), _rates("new", 1200, 2000))
+    causes = regression_causes(df)
+    assert [describe_cause(r) for r in causes.to_dict("records")] == [
+        "vcpu_time vcpu 0 preempted rose from 2% to 30%"]
+
+
+def test_a_rise_of_a_few_points_is_no_vcpu_time_regression():
+    from kvmtrace.analysis.compare import compare
+
+    df = compare(_rates("base", 4, 3000), _rates("new", 40, 3000))  # 0.1 % -> 1 %: +900 %, significant
+    row = df[df["key"] == "vcpu 0 preempted"].iloc[0]
+    assert row["significant"] and not row["regression"]
+
+
+def test_rate_rows_are_milliseconds_per_state():
+    from kvmtrace.analysis.vcpu_time import rate_rows
+
+    df = pd.DataFrame({"vcpu": np.array([0], np.uint32), "pid": np.array([1], np.uint32),
+                       "tid": np.array([2], np.uint32), "total_s": [2.0], "guest_s": [1.5], "halted_s": [0.0],
+                       "vmm_s": [0.25], "vmm_waiting_s": [0.0], "preempted_s": [0.25]})
+    rows = rate_rows(df)
+    assert rows.to_dict("list") == {"dimension": ["vcpu_time"] * 5,
+                                    "key": [f"vcpu 0 {s}" for s in STATES], "count": [1500, 0, 250, 0, 250]}
