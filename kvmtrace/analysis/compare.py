@@ -269,6 +269,11 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     if not (0 < alpha < 1):
         raise RateTableError(f"alpha={alpha!r} is not a probability", "give alpha between 0 and 1, e.g. 0.01")
     b, n = run_counts(base), run_counts(new)
+    # A run recorded without the sched probes has no vcpu_time rows: that is
+    # not "0 % of the time", so the dimension is compared only when both have it.
+    has = [(VCPU_TIME in c.index.get_level_values("dimension")) for c in (b, n)]
+    if has[0] != has[1]:
+        b, n = (c[c.index.get_level_values("dimension") != VCPU_TIME] for c in (b, n))
     keys = b.index.union(n.index, sort=False)
     keys = keys.sort_values() if len(keys) else keys
     bc = b.reindex(keys, fill_value=0).to_numpy(dtype=np.int64)

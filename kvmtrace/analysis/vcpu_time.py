@@ -63,9 +63,11 @@ def state_of(in_run, sched) -> np.ndarray:
 
 def has_vcpu_time(header: dict, events: pd.DataFrame) -> bool:
     """Whether the recording can say where its vCPUs' time went: it attached
-    the sched probes (its header's vcpu_states or probes say so), or holds
-    their events or counts."""
-    if header.get("vcpu_states") or "sched_switch" in header.get("probes", ()):
+    the sched probes (its header's probes say so), or, where the header does
+    not list probes, has vcpu_states or holds their events or counts."""
+    if "probes" in header:  # a recording says what it attached
+        return "sched_switch" in header["probes"]
+    if header.get("vcpu_states"):
         return True
     kind = events["kind"].to_numpy() if "kind" in events.columns else np.zeros(0, np.uint8)
     base = kind & ~np.uint8(AGGREGATE)

@@ -29,7 +29,7 @@ def record(args) -> int:
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise UsageError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
     opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
-                           mode=args.mode, label=args.label)
+                           mode=args.mode, label=args.label, vcpu_time=args.vcpu_time)
     if args.start:
         from kvmtrace.record.launch import start_defined
 

@@ -92,6 +92,9 @@ def _record(sub) -> None:
                    help="start the defined, inactive --domain paused and record it from its first instruction")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
     r.add_argument("--label", metavar="TEXT", help="name this run (compare/trend show it; default: the file name)")
+    r.add_argument("--no-vcpu-time", dest="vcpu_time", action="store_false",
+                   help="leave out the scheduler probes (sched_switch, sched_wakeup): no vcpu_time, and no "
+                        "cost to the host's other context switches")
 
 
 def _launch(sub) -> None:

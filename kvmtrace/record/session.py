@@ -51,6 +51,7 @@ class RecordOptions:
     dry_run: bool = False
     argv: list[str] = field(default_factory=list)
     label: str | None = None
+    vcpu_time: bool = True  # attach the sched probes (where each vCPU's time goes)
 
 
 @dataclass
@@ -140,6 +141,10 @@ class Session:
         tracefs = find_tracefs()
         check_kernel_headers()
         self.formats = available_tracepoints(str(tracefs))
+        if not self.opts.vcpu_time:
+            from kvmtrace.kernel.events import SCHED_PROBES
+
+            self.formats = {k: v for k, v in self.formats.items() if k not in SCHED_PROBES}
 
     def header(self, extra: dict | None = None, guests: list[GuestProcess] | None = None) -> dict:
         return {
@@ -189,7 +194,8 @@ class Session:
                                  else ThreadSched.ASLEEP, at_ns=state["at_ns"])
         self.probes.add_target(guest.pid, index)
         if self.writer is not None and not self.writer.header_written:
-            self.writer.amend_header({"vcpu_states": self.vcpu_states})
+            # What was attached (the sched probes need BTF), and the threads' states.
+            self.writer.amend_header({"probes": sorted(self.probes.probes), "vcpu_states": self.vcpu_states})
 
     def mark_start(self) -> None:
         self.start_ns = time.monotonic_ns()

@@ -175,3 +175,12 @@ def test_rate_rows_are_milliseconds_per_state():
     rows = rate_rows(df)
     assert rows.to_dict("list") == {"dimension": ["vcpu_time"] * 5,
                                     "key": [f"vcpu 0 {s}" for s in STATES], "count": [1500, 0, 250, 0, 250]}
+
+
+def test_compare_leaves_vcpu_time_out_when_one_run_lacks_it():
+    from kvmtrace.analysis.compare import RunRates, compare
+
+    old = RunRates(label="old", counts=pd.DataFrame({"dimension": ["port"], "key": ["0x0080 write"],
+                                                     "count": [40_000]}), duration_s=4.0, exits=40_000)
+    df = compare(old, _rates("new", 1200, 2000))
+    assert "vcpu_time" not in set(df["dimension"].astype(str)) and not df["regression"].any()
