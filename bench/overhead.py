@@ -369,11 +369,16 @@ def print_tables(report: dict) -> None:
     if sw and sw.get("summary"):
         lines.append(f"\nContext switches of an untraced process (a pipe ping-pong pinned to CPU {sw['cpu']}, "
                      f"{sw['round_trips']:,} round trips = 2 switches each), while kvmtrace records an idle guest")
-        lines.append(f"{'config':<26}{'runs':>5}{'ns/switch':>11}{'+ns/switch':>12}{'ratio':>7}")
+        lines.append(f"{'config':<26}{'runs':>5}{'ns/switch':>11}{'+ns/switch':>12}{'ratio':>7}"
+                     f"{'switch probe ns':>17}{'wakeup probe ns':>17}")
         for r in sw["summary"]:
             extra = f"{r['extra_ns_per_switch']:+.0f}" if r.get("extra_ns_per_switch") is not None else "-"
+            probe = [f"{r[k]:.0f}" if r.get(k) is not None else "-"
+                     for k in ("sched_switch_ns_per_run_median", "sched_wakeup_ns_per_run_median")]
             lines.append(f"{r['config']:<26}{r['runs']:>5}{r['ns_per_switch_median']:>11.0f}{extra:>12}"
-                         f"{r.get('ratio', 1.0):>7.3f}")
+                         f"{r.get('ratio', 1.0):>7.3f}{probe[0]:>17}{probe[1]:>17}")
+        lines.append("ns/switch: the pair's time per context switch (medians); probe ns: the kernel's own timing\n"
+                     "(bpf_stats) of each run of the sched probes during the ping-pong, every switch on the host.")
     if report.get("leftovers"):
         lines.append(f"\nLEFTOVERS: {report['leftovers']}")
     elif "leftovers" in report:
