@@ -154,14 +154,15 @@ def make_tracer(name: str) -> Tracer | None:
         "kvmtrace-counts-nosched": lambda: Kvmtrace("counts", vcpu_time=False),
         "bpftrace": Bpftrace,
         "bpf-empty": EmptyBpf,
+        "raw-empty": lambda: EmptyBpf(raw=True),
         "perf": Perf,
         "trace-cmd": TraceCmd,
     }[name]()
 
 
 #: Configurations that record nothing: timed, not checked against the ground truth.
-NO_RECORDS = ("untraced", "bpf-empty")
-CONFIGS = ("untraced", "bpf-empty", "kvmtrace-events", "kvmtrace-counts", "kvmtrace-events-nosched",
+NO_RECORDS = ("untraced", "bpf-empty", "raw-empty")
+CONFIGS = ("untraced", "bpf-empty", "raw-empty", "kvmtrace-events", "kvmtrace-counts", "kvmtrace-events-nosched",
            "kvmtrace-counts-nosched", "bpftrace", "perf", "trace-cmd")
 
 

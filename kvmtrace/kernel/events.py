@@ -16,7 +16,7 @@ import numpy as np
 
 from kvmtrace.tables.exits import Isa, KvmExit
 # The type field's place in an ioctl number, as the ioctl table builds them.
-from kvmtrace.tables.ioctls import _IOC_NRBITS, _IOC_TYPEBITS, KVMIO, KvmIoctl
+from kvmtrace.tables.ioctls import IOC_TYPEMASK, IOC_TYPESHIFT, KVMIO, KvmIoctl
 
 __all__ = [
     "EVENT_DTYPE",
@@ -44,7 +44,7 @@ class EventKind(enum.IntEnum):
     PIO = 3  # kvm:kvm_pio, a port I/O access
     MMIO = 4  # kvm:kvm_mmio, an MMIO access
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
-    RUN = 6  # syscalls:sys_enter_ioctl with KVM_RUN, the VMM re-entering
+    RUN = 6  # the VMM re-entering: kvm:kvm_fpu load in KVM_RUN (or sys_enter_ioctl KVM_RUN)
     HIST = 7  # counts mode only: a log2 latency histogram bucket
     IOCTL = 8  # a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl)
     CLOSE = 9  # close() of a KVM fd (the /dev/kvm, VM or vCPU fd)
@@ -136,6 +136,8 @@ class RunIoDirection(enum.IntEnum):
 KVM_RUN = int(KvmIoctl.RUN)
 #: Offset of the union in struct kvm_run (uapi linux/kvm.h).
 KVM_RUN_UNION_OFFSET = 32
+#: __NR_ioctl on x86-64 (kvm_fpu, the RUN edge that checks it, is x86's).
+NR_IOCTL = 16
 #: ``vcpu`` of an event whose tracepoint carries no vCPU id.
 NO_VCPU = 0xFFFFFFFF
 #: Counts mode counts MMIO per guest page of this many bytes: the ``gpa`` of
@@ -149,6 +151,7 @@ TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
     ("kvm", "kvm_pio", EventKind.PIO),
     ("kvm", "kvm_mmio", EventKind.MMIO),
     ("kvm", "kvm_userspace_exit", EventKind.USERSPACE_EXIT),
+    ("kvm", "kvm_fpu", EventKind.RUN),
     ("syscalls", "sys_enter_ioctl", EventKind.RUN),
     ("syscalls", "sys_exit_ioctl", EventKind.IOCTL),
     ("syscalls", "sys_enter_close", EventKind.CLOSE),
@@ -244,6 +247,9 @@ def bpf_defines(
     capture_values: bool = False,
     counts_mode: bool = False,
     max_keys: int = 65536,
+    raw: frozenset[str] | set[str] = frozenset(),
+    launch: bool = False,
+    run_by_syscall: bool = False,
     kernel: tuple[int, int] | None = None,
     task_offsets: dict[str, int] | None = None,
 ) -> list[str]:
@@ -251,10 +257,12 @@ def bpf_defines(
 
     ``probes`` names the tracepoints to compile (event names, e.g.
     ``"kvm_pio"``); ``fields`` maps each to the field names its format has;
-    ``kernel`` is the running kernel's (major, minor), for the raw
-    tracepoints' argument lists (None: a current kernel); ``task_offsets``
-    gives task_struct's ``pid``, ``tgid`` and ``state`` offsets
-    (kernel/btf.py), which the sched probes need.
+    ``raw`` those attached as raw tracepoints; ``launch`` builds the ioctl
+    probes of a launch; ``run_by_syscall`` takes RUN from sys_enter_ioctl
+    (kvmtrace/kernel/layouts.py decides all three). ``kernel`` is the running
+    kernel's (major, minor), for the sched raw tracepoints' argument lists
+    (None: a current kernel); ``task_offsets`` gives task_struct's ``pid``,
+    ``tgid`` and ``state`` offsets (kernel/btf.py), which the sched probes need.
     """
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
@@ -279,13 +287,14 @@ def bpf_defines(
         f"-DKT_MAX_VCPUS={max_vcpus}",
         f"-DKT_MAX_KVM_FDS={max_kvm_fds}",
         f"-DKT_KVM_RUN_UNION={KVM_RUN_UNION_OFFSET}",
-        f"-DKT_IOC_TYPESHIFT={_IOC_NRBITS}",
-        f"-DKT_IOC_TYPEMASK={(1 << _IOC_TYPEBITS) - 1:#x}",
+        f"-DKT_IOC_TYPESHIFT={IOC_TYPESHIFT}",
+        f"-DKT_IOC_TYPEMASK={IOC_TYPEMASK:#x}",
         f"-DKT_KVMIO={KVMIO:#x}",
         *(f"-DKT_KVM_{c.name}={c.value:#x}U" for c in KvmIoctl if c is not KvmIoctl.RUN),
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
         f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
+        f"-DKT_NR_IOCTL={NR_IOCTL}",
     ]
     if set(probes) & set(SCHED_PROBES):
         if not task_offsets:
@@ -296,6 +305,12 @@ def bpf_defines(
         for field in OPTIONAL_FIELDS.get(name, ()):
             if field in fields.get(name, ()):
                 flags.append(f"-DKT_HAVE_{name.upper()}_{field.upper()}")
+        if name in raw:
+            flags.append(f"-DKT_RAW_{name.upper()}")
+    if launch:
+        flags.append("-DKT_LAUNCH")
+    if run_by_syscall:
+        flags.append("-DKT_RUN_BY_SYSCALL")
     if capture_values:
         flags.append("-DKT_CAPTURE_VALUES")
     if counts_mode:
