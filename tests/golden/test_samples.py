@@ -119,3 +119,22 @@ def test_vcpu_time_sample_covers_its_recording_and_matches_its_timeline():
         r["total_s"])
     seg = t.vcpu_timeline().frame()
     assert ((seg["end_ns"] - seg["start_ns"]).sum() / 1e9) == pytest.approx(r["total_s"])
+
+
+def test_vcpu_states_are_slices_on_the_vcpu_track(tmp_path):
+    import collections
+
+    from kvmtrace.present.perfetto import export_perfetto
+
+    t = load(SAMPLES / "demo-vcpu-time.kvmtrace")
+    res = export_perfetto(t, tmp_path / "t.json", format="json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    states = [e for e in events if e.get("cat") == "vcpu_state"]
+    seg = t.vcpu_timeline().frame()
+    assert res.events["vcpu_states"] == len(seg) == len(states)
+    tid = int(t.df_vcpu_time()["tid"].iloc[0])
+    assert {e["tid"] for e in states} <= {tid} | {e["tid"] for e in events if e.get("ph") == "M"
+                                                 and "overlap" in e.get("args", {}).get("name", "")}
+    assert collections.Counter(e["name"] for e in states) == collections.Counter(seg["state"].astype(str))
+    assert sum(e["dur"] for e in states) == pytest.approx((seg["end_ns"] - seg["start_ns"]).sum() / 1e3, rel=1e-6)
