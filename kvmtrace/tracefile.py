@@ -64,7 +64,11 @@ class TraceWriter:
     is attached, so an unwritable path fails early.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "lz4"):
+    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "lz4",
+                 defer_header: bool = False):
+        """``defer_header``: write the header with the first batch (or at close),
+        so that :meth:`amend_header` can add what is only known once the
+        probes are attached; the file is still created here."""
         self.path = Path(path)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -75,12 +79,29 @@ class TraceWriter:
             ) from e
         os.fchmod(fd, 0o600)
         self._file = os.fdopen(fd, "wb")
-        header = {"format_version": FORMAT_VERSION, **header}
-        schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(header)})
-        options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.header = {"format_version": FORMAT_VERSION, **header}
+        self._options = pa.ipc.IpcWriteOptions(compression=compression)
         self.events_written = 0
         self.closed = False
-        self._writer = self._guard(lambda: pa.ipc.new_file(self._file, schema, options=options))
+        self._writer = None
+        if not defer_header:
+            self._start()
+
+    @property
+    def header_written(self) -> bool:
+        return self._writer is not None
+
+    def amend_header(self, extra: dict) -> None:
+        """Add ``extra`` to a deferred header not written yet."""
+        if self._writer is not None:
+            raise RuntimeError(f"the header of {self.path} is written already")
+        self.header.update(extra)
+
+    def _start(self) -> None:
+        if self._writer is not None:
+            return
+        schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(self.header)})
+        self._writer = self._guard(lambda: pa.ipc.new_file(self._file, schema, options=self._options))
         self._guard(self._file.flush)
 
     def _guard(self, op):
@@ -103,6 +124,7 @@ class TraceWriter:
         """Append a batch of EVENT_DTYPE records and flush it to the file."""
         # A field of a structured array is a strided view; pyarrow converts a
         # contiguous copy of it about 4x faster than the view itself.
+        self._start()
         batch = pa.RecordBatch.from_arrays([pa.array(np.ascontiguousarray(events[n])) for n in COLUMNS],
                                            schema=SCHEMA)
         meta = {PROGRESS_KEY: json.dumps({**progress, "events_written": self.events_written + len(events)})}
@@ -126,6 +148,7 @@ class TraceWriter:
         """Write the trailer and the footer: the file is then complete."""
         if self.closed:
             return
+        self._start()
         self.closed = True
         trailer = {**trailer, "events_written": self.events_written}
         batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)

@@ -10,7 +10,9 @@ userspace, count), ``handled_by_method`` (how handled_by was told),
 ``vmm_service`` (and ``exit_handling``) rows of count and p50/p90/p99/max
 in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
 for a counts trace, whose quantiles are the upper bounds of the kernel's
-log2 buckets.
+log2 buckets. ``vcpu_time`` (recordings with the sched probes): one row per
+vCPU thread, ``vcpu``, ``tid``, ``total_s``, ``guest_s``, ``halted_s``,
+``vmm_s``, ``vmm_waiting_s``, ``preempted_s`` (seconds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvmtrace.analysis.records import plain_records
+from kvmtrace.kernel.events import NO_VCPU
 from kvmtrace.trace import Trace
 
 
@@ -61,6 +64,7 @@ def report_dict(trace: Trace) -> dict:
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
         **_latency_dict(trace),
+        **_vcpu_time_dict(trace),
         **({"by_domain": {d["name"]: _domain_counts(trace.for_domain(str(d["pid"]))) for d in domains}}
            if len(domains) > 1 else {}),
     }
@@ -179,6 +183,39 @@ def _latency_dict(trace: Trace) -> dict:
     if len(trace.summary.exits):
         out["exit_handling"] = _latency_rows(trace.df_latency("exit_handling", ("isa", "reason")), ["isa", "reason"])
     return out
+
+
+def _vcpu_time_dict(trace: Trace) -> dict:
+    """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes)."""
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time
+
+    if not has_vcpu_time(trace.header, trace.events):
+        return {}
+    df = trace.df_vcpu_time()
+    rows = []
+    for r in df.to_dict("records"):
+        rows.append({"vcpu": None if r["vcpu"] == NO_VCPU else int(r["vcpu"]), "tid": int(r["tid"]),
+                     **{k: round(float(r[k]), 6) for k in df.columns if k.endswith("_s")}})
+    return {"vcpu_time": rows}
+
+
+def _vcpu_time_text(con: Console, d: dict) -> None:
+    """One section per vCPU thread: seconds and share of each state, with a bar."""
+    from kvmtrace.analysis.vcpu_time import STATES
+
+    meaning = {"guest": "in KVM_RUN, on a CPU", "halted": "in KVM_RUN, asleep", "vmm": "VMM, on a CPU",
+               "vmm_waiting": "VMM, asleep", "preempted": "runnable, no CPU"}
+    for r in d["vcpu_time"]:
+        total = r["total_s"]
+        rows = []
+        for st in STATES:
+            share = r[st + "_s"] / total if total else 0.0
+            rows.append([st, meaning[st], f"{r[st + '_s']:,.3f}", f"{100 * share:5.1f}%", "#" * round(20 * share)])
+        rows.append(["total", "", f"{total:,.3f}", "", ""])
+        vcpu = "?" if r["vcpu"] is None else r["vcpu"]
+        con.print(_table(f"Where vCPU {vcpu}'s time went (thread {r['tid']})",
+                         [("state", "left"), ("meaning", "left"), ("s", "right"), ("share", "right"),
+                          ("", "left")], rows))
 
 
 def _launch_dict(trace: Trace) -> dict:
@@ -347,6 +384,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
         _latency_text(con, d)
     if "vmm_service_log2" in d:
         _log2_latency_text(con, d)
+
+    if "vcpu_time" in d:
+        _vcpu_time_text(con, d)
 
     dur = d["duration_s"]
     for line in memory_map_lines(d):
