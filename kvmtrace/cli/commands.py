@@ -33,7 +33,7 @@ def record(args) -> int:
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise UsageError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
     opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
-                           mode=args.mode, label=args.label)
+                           mode=args.mode, label=args.label, vcpu_time=args.vcpu_time)
     if args.start:
         from kvmtrace.record.launch import start_defined
 
@@ -159,12 +159,14 @@ def report(args) -> int:
 def compare(args) -> int:
     import json
 
-    from kvmtrace.analysis.compare import compare, has_regression, regression_causes, to_json
+    from kvmtrace.analysis.compare import (VCPU_TIME, compare, describe_cause, has_regression, regression_causes,
+                                           to_json)
     from kvmtrace.present.compare import format_text
-    from kvmtrace.trace import load
+    from kvmtrace.trace import load_for_report
 
     window = args.window if args.method == "bootstrap" else None
-    base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
+    # Each run's rate tables gathered batch by batch: memory independent of the runs' lengths.
+    base, new = (load_for_report(p, rates=True, window_s=window).run_rates(window) for p in (args.base, args.new))
     if window is not None:
         _check_windows(base, new, window)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
@@ -175,13 +177,15 @@ def compare(args) -> int:
                           "threshold_pct": args.threshold, "regression": regression,
                           "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
                                       "change_pct": round(float(r["change_pct"]), 3)
-                                      if math.isfinite(r["change_pct"]) else None}
+                                      if math.isfinite(r["change_pct"]) else None,
+                                      **({"base_share_pct": round(r["base_rate"] / 10, 3),
+                                          "new_share_pct": round(r["new_rate"] / 10, 3)}
+                                         if r["dimension"] == VCPU_TIME else {})}
                                      for r in causes.to_dict("records")],
                           "rows": to_json(df)}, indent=2, allow_nan=False))
     else:
         if len(causes):
-            print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
-                                               for r in causes.to_dict("records"))
+            print("regression in " + "; ".join(describe_cause(r) for r in causes.to_dict("records"))
                   + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
         sys.stdout.write(format_text(df))
     return ExitCode.REGRESSION if regression else ExitCode.OK

@@ -20,6 +20,10 @@ same thing, and holds the same names, in every metric):
   ``le`` buckets, :data:`BUCKETS`, in every series, so ``sum by (le)`` and
   ``histogram_quantile`` work across series and domains. Their ``_sum`` is
   estimated from the bucket midpoints (the kernel keeps counts only).
+- ``kvmtrace_vcpu_seconds_total{vcpu,state}``: seconds each vCPU thread
+  spent in each state (``guest``, ``halted``, ``vmm``, ``vmm_waiting``,
+  ``preempted``: see kvmtrace.analysis.vcpu_time), the shape of
+  node_cpu_seconds_total: ``rate()`` of one series is its state's share
 - ``kvmtrace_lost_events_total``: counts the kernel could not keep
 """
 
@@ -35,7 +39,7 @@ from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_e
 from kvmtrace.errors import UsageError
 from kvmtrace.kernel.events import EventKind, Latency
 from kvmtrace.tables.exits import ExitNames, Isa
-from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS
+from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS, vcpu_seconds
 
 NAMES = ExitNames.builtin()
 
@@ -51,7 +55,8 @@ BUCKETS = tuple(2.0 ** b / 1e9 for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
 #: The metric names serve exports (the families; Prometheus adds _total to
 #: counters and _bucket/_count/_sum to histograms).
 METRICS = ("kvmtrace_userspace_exits", "kvmtrace_exits", "kvmtrace_pio", "kvmtrace_mmio",
-           "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_lost_events")
+           "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_vcpu_seconds",
+           "kvmtrace_lost_events")
 
 
 def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
@@ -125,8 +130,14 @@ class KvmtraceCollector:
                 "kvmtrace_exit_handling_seconds", "kvm_exit to kvm_entry (sum estimated)",
                 labels=["domain", "isa", "reason"]),
         }
+        vcpu_time = CounterMetricFamily("kvmtrace_vcpu_seconds", "Seconds each vCPU spent in each state "
+                                        "(guest, halted, vmm, vmm_waiting, preempted)",
+                                        labels=["domain", "vcpu", "state"])
         for guest in self.live.guests:
             r = rows[rows["pid"] == guest.pid]
+            by_tid = {tid: v for v, tid in getattr(guest, "vcpu_threads", {}).items()}
+            for vcpu, tid, state, secs in vcpu_seconds(r, guest.pid, by_tid):
+                vcpu_time.add_metric([guest.name, f"tid{tid}" if vcpu is None else str(vcpu), state], secs)
             dom = guest.name
             dev = self._devmap(guest)
 
@@ -163,7 +174,7 @@ class KvmtraceCollector:
                 hists[lat].add_metric([dom, *labels], buckets, est)
         lost = CounterMetricFamily("kvmtrace_lost_events", "Events or counts the kernel could not keep")
         lost.add_metric([], self.live.session.probes.counters().lost_total)
-        yield from (uexit, hw, pio, mm, *hists.values(), lost)
+        yield from (uexit, hw, pio, mm, *hists.values(), vcpu_time, lost)
 
 
 def check_port(port: int) -> None:

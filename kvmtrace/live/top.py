@@ -22,11 +22,14 @@ from rich.table import Table
 from kvmtrace.analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
 from kvmtrace.kernel.events import EventKind
 from kvmtrace.tables.exits import ExitNames
-from kvmtrace.live.counter import LiveCounter, Snapshot
+from kvmtrace.live.counter import LiveCounter, Snapshot, vcpu_seconds
 
 NAMES = ExitNames.builtin()
 COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
-DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu"]
+DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu", "vcpu time"]
+#: ``vcpu time`` rows (key "vcpu N (tid T) STATE"): rate is the state's share of
+#: the interval (seconds per second), total the milliseconds since the start.
+VCPU_TIME = "vcpu time"
 
 
 def _device_names(live: LiveCounter):
@@ -68,6 +71,9 @@ def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], d
         for tid, n in u.groupby("tid")["w"].sum().items():
             out.append({"domain": name, "dimension": "vcpu", "key": f"vcpu {vcpus.get(int(tid), '?')} (tid {tid})",
                         "count": int(n)})
+        for vcpu, tid, state, secs in vcpu_seconds(r, pid, vcpus):
+            out.append({"domain": name, "dimension": VCPU_TIME,
+                        "key": f"vcpu {'?' if vcpu is None else vcpu} (tid {tid}) {state}", "count": secs * 1e3})
     return pd.DataFrame(out, columns=["domain", "dimension", "key", "count"])
 
 
@@ -78,7 +84,9 @@ def snapshot_frame(snap: Snapshot, devmaps) -> pd.DataFrame:
     keys = ["domain", "dimension", "key"]
     df = total.merge(delta, on=keys, how="left", suffixes=("_total", "_delta")).fillna({"count_delta": 0})
     df["rate"] = df["count_delta"] / snap.interval_s if snap.interval_s > 0 else np.nan
-    df["total"] = df["count_total"].astype("int64")
+    vt = (df["dimension"] == VCPU_TIME).to_numpy()
+    df.loc[vt, "rate"] = df.loc[vt, "rate"] / 1e3  # ms per second -> the state's share
+    df["total"] = df["count_total"].round().astype("int64")
     df["time_s"] = round(snap.t, 3)
     df["dimension"] = pd.Categorical(df["dimension"], categories=DIMENSIONS, ordered=True)
     return df[COLUMNS].sort_values(["domain", "dimension", "rate"], ascending=[True, True, False], ignore_index=True)
@@ -92,6 +100,9 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
               f"userspace exits {n_exits:,.0f}/s")
     con.print(f"domains: {', '.join(sorted(snap.domains.values())) or 'none running'}")
     for (domain, dimension), part in df.groupby(["domain", "dimension"], sort=False, observed=True):
+        if dimension == VCPU_TIME:
+            con.print(_vcpu_time_table(domain, part))
+            continue
         t = Table(title=f"{domain}: {dimension}", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
         t.add_column(dimension, overflow="fold")
         t.add_column("/s", justify="right", no_wrap=True)
@@ -100,6 +111,24 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
             t.add_row(str(r["key"]), f"{r['rate']:,.0f}", f"{r['total']:,}")
         con.print(t)
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def _vcpu_time_table(domain: str, part: pd.DataFrame) -> Table:
+    """One row per vCPU, one column per state: its share of the interval, in %."""
+    from kvmtrace.analysis.vcpu_time import STATES
+
+    t = Table(title=f"{domain}: where each vCPU's time went, % of the interval", box=box.SIMPLE_HEAD,
+              title_justify="left", pad_edge=False)
+    t.add_column("vcpu", overflow="fold")
+    for s in STATES:
+        t.add_column(s.replace("_", " "), justify="right", no_wrap=True)
+    share: dict[str, dict[str, float]] = {}
+    for r in part.to_dict("records"):
+        who, state = str(r["key"]).rsplit(" ", 1)
+        share.setdefault(who, {})[state] = r["rate"]
+    for who, by_state in share.items():
+        t.add_row(who, *(f"{100 * by_state.get(s, 0.0):.0f}" for s in STATES))
+    return t
 
 
 def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, batch: bool,

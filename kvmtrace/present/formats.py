@@ -218,6 +218,20 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
                 [[r["isa"], r["reason"], f"{r['count']:,}", _num(r["p50_us"]), _num(r["p90_us"]),
                   _num(r["p99_us"]), _num(r["max_us"])] for r in d["exit_handling"] if r["count"]]))
 
+    if "vcpu_time" in d:
+        from kvmtrace.analysis.vcpu_time import STATES
+
+        def cell(r, st):
+            return f"{r[st + '_s']:,.3f} ({100 * r[st + '_s'] / r['total_s']:.1f}%)" if r["total_s"] else "-"
+
+        out.append(Section(
+            "vcpu_time", "Where each vCPU's time went, s (share)",
+            ["vcpu", "tid", "total", *(st.replace("_", " ") for st in STATES)], [True] * (3 + len(STATES)),
+            [["?" if r["vcpu"] is None else str(r["vcpu"]), str(r["tid"]), f"{r['total_s']:,.3f}",
+              *(cell(r, st) for st in STATES)] for r in d["vcpu_time"]],
+            ["guest: inside KVM_RUN on a CPU; halted: inside KVM_RUN asleep; vmm: outside it on a CPU; "
+             "vmm waiting: outside it asleep; preempted: runnable, waiting for a CPU."]))
+
     def per_s(n):
         return _num(n / dur if dur else float("nan"))
 
@@ -464,6 +478,7 @@ def html_plots(trace, freq: str | float | None = None) -> dict[str, list[PlotSpe
     falls in under a fifth of the recording (a launch trace: the guest runs
     only at its end), they zoom in on that stretch.
     """
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time
     from kvmtrace.present import plots
 
     zoom = _zoom(trace) if freq is None else None
@@ -498,7 +513,12 @@ def html_plots(trace, freq: str | float | None = None) -> dict[str, list[PlotSpe
             PlotSpec("vcpu-heatmap", "Exit rate per vCPU over time",
                   f"Each row a vCPU, each cell a {wl} window, coloured by exits per second.{where}",
                   lambda: plots.plot_vcpu_heatmap(trace, window, time_range=zoom)),
-        ],
+        ] + ([
+            PlotSpec("vcpu-time", "Where each vCPU's time went",
+                  f"Each vCPU's share of every {wl} window in the guest, halted, in the VMM, waiting in the "
+                  "VMM, and preempted (runnable with no CPU).",
+                  lambda: plots.plot_vcpu_time(trace, window)),
+        ] if has_vcpu_time(trace.header, trace.events) else []),
         "latency": [
             PlotSpec("latency-vmm-service", "VMM service time by device",
                   "How long the VMM took to answer each exit (userspace exit to the next KVM_RUN), as log2 "
@@ -534,6 +554,8 @@ def render_html(trace, freq: str | float | None = None) -> str:
     body.append(("exits", "Hardware exits", _html_section(sections["exits"])))
     body.append(("exit-mix", "Exit mix", '<h2 id="exit-mix">Exit mix</h2>\n' + figures("exit_mix")))
     body.append(("over-time", "Exits over time", '<h2 id="over-time">Exits over time</h2>\n' + figures("over_time")))
+    if "vcpu_time" in sections:
+        body.append(("vcpu_time", "vCPU time", _html_section(sections["vcpu_time"])))
     if "lifecycle" in sections:
         body.append(("lifecycle", "Launch timeline", _html_section(sections["lifecycle"])))
         body.append(("memory_slots", "Memory slots", _html_section(sections["memory_slots"])))

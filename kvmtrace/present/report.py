@@ -8,7 +8,9 @@ flags, count, rate), ``pio`` (port, direction, size, count, userspace),
 ``vmm_service`` (and ``exit_handling``) rows of count and p50/p90/p99/max
 in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
 for a counts trace, whose quantiles are the upper bounds of the kernel's
-log2 buckets.
+log2 buckets. ``vcpu_time`` (recordings with the sched probes): one row per
+vCPU thread, ``vcpu``, ``tid``, ``total_s``, ``guest_s``, ``halted_s``,
+``vmm_s``, ``vmm_waiting_s``, ``preempted_s`` (seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvmtrace.analysis.records import plain_records
+from kvmtrace.kernel.events import NO_VCPU
 from kvmtrace.trace import Trace
 
 
@@ -43,7 +46,7 @@ def report_dict(trace: Trace) -> dict:
         "domains": [x["name"] for x in domains],
         "complete": trace.complete,
         "duration_s": round(s.duration_s, 6),
-        "events": len(trace.events),
+        "events": trace.event_count,
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
@@ -57,6 +60,7 @@ def report_dict(trace: Trace) -> dict:
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
         **_latency_dict(trace),
+        **_vcpu_time_dict(trace),
         **({"by_domain": {d["name"]: _domain_counts(trace.for_domain(str(d["pid"]))) for d in domains}}
            if len(domains) > 1 else {}),
     }
@@ -87,7 +91,7 @@ def _resolution(d: dict) -> str:
     if not ns:
         return ""
     unit = {1_000: "1 µs", 1_000_000: "1 ms", 1_000_000_000: "1 s"}.get(ns, f"{ns:,} ns")
-    return f"; timestamps of {unit} resolution: 0.0 is under {unit}"
+    return f"(the imported text's timestamps have {unit} resolution: 0.0 is under {unit})"
 
 
 def _domain_counts(trace: Trace) -> dict:
@@ -140,6 +144,39 @@ def _latency_dict(trace: Trace) -> dict:
     return out
 
 
+def _vcpu_time_dict(trace: Trace) -> dict:
+    """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes)."""
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time
+
+    if not has_vcpu_time(trace.header, trace.events):
+        return {}
+    df = trace.df_vcpu_time()
+    rows = []
+    for r in df.to_dict("records"):
+        rows.append({"vcpu": None if r["vcpu"] == NO_VCPU else int(r["vcpu"]), "tid": int(r["tid"]),
+                     **{k: round(float(r[k]), 6) for k in df.columns if k.endswith("_s")}})
+    return {"vcpu_time": rows}
+
+
+def _vcpu_time_text(con: Console, d: dict) -> None:
+    """One section per vCPU thread: seconds and share of each state, with a bar."""
+    from kvmtrace.analysis.vcpu_time import STATES
+
+    meaning = {"guest": "in KVM_RUN, on a CPU", "halted": "in KVM_RUN, asleep", "vmm": "VMM, on a CPU",
+               "vmm_waiting": "VMM, asleep", "preempted": "runnable, no CPU"}
+    for r in d["vcpu_time"]:
+        total = r["total_s"]
+        rows = []
+        for st in STATES:
+            share = r[st + "_s"] / total if total else 0.0
+            rows.append([st, meaning[st], f"{r[st + '_s']:,.3f}", f"{100 * share:5.1f}%", "#" * round(20 * share)])
+        rows.append(["total", "", f"{total:,.3f}", "", ""])
+        vcpu = "?" if r["vcpu"] is None else r["vcpu"]
+        con.print(_table(f"Where vCPU {vcpu}'s time went (thread {r['tid']})",
+                         [("state", "left"), ("meaning", "left"), ("s", "right"), ("share", "right"),
+                          ("", "left")], rows))
+
+
 def _launch_dict(trace: Trace) -> dict:
     life = trace.df_lifecycle()
     slots = trace.df_memslots().reset_index()
@@ -179,15 +216,17 @@ def _latency_text(con: Console, d: dict) -> None:
     rows = [[r["reason"], r["device"] or "-", r["direction"] or "-", f"{r['count']:,}", fmt(r["p50_us"]),
              fmt(r["p90_us"]), fmt(r["p99_us"]), fmt(r["max_us"])] for r in d["vmm_service_by_device"]
             if r["count"]]
-    con.print(_table(f"VMM service time, µs (userspace exit -> next KVM_RUN{_resolution(d)})",
+    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)",
                      [("exit", "left"), ("device", "left"), ("dir", "left"), ("count", "right"), ("p50", "right"),
                       ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
     if d.get("exit_handling"):
         rows = [[r["isa"], r["reason"], f"{r['count']:,}", fmt(r["p50_us"]), fmt(r["p90_us"]), fmt(r["p99_us"]),
                  fmt(r["max_us"])] for r in d["exit_handling"] if r["count"]]
-        con.print(_table(f"Exit handling time, µs (kvm_exit -> kvm_entry{_resolution(d)})",
+        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
                          [("isa", "left"), ("reason", "left"), ("count", "right"), ("p50", "right"),
                           ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
+    if _resolution(d) and (rows or any(r["count"] for r in d["vmm_service_by_device"])):
+        con.print(_resolution(d))
     edges = {k: v for k, v in d["unpaired"].items() if v}
     if edges:
         con.print("unpaired at the edges: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in edges.items()))
@@ -304,6 +343,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
         _latency_text(con, d)
     if "vmm_service_log2" in d:
         _log2_latency_text(con, d)
+
+    if "vcpu_time" in d:
+        _vcpu_time_text(con, d)
 
     dur = d["duration_s"]
     rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",

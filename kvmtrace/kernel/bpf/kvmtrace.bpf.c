@@ -15,7 +15,7 @@
  *
  * Headers: kvmtrace.h, the records shared with user space; maps.bpf.h, the
  * maps both modes use; emit_events.bpf.h or emit_counts.bpf.h, what a mode
- * does with an event.
+ * does with an event; sched.bpf.h, the vCPU threads' scheduler probes.
  */
 #include "kvmtrace.h"
 
@@ -581,3 +581,5 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	return KT_PASS;
 }
 #endif
+
+#include "sched.bpf.h"
