@@ -80,17 +80,26 @@ class Trace:
         df.index.name = "event"
         return df
 
-    def for_domain(self, name: str) -> "Trace":
-        """This trace restricted to one recorded domain (by name, UUID or pid)."""
+    @property
+    def event_count(self) -> int:
+        """How many events the trace (or this domain's part of it) holds."""
+        return len(self.events)
+
+    def _domain(self, name: str) -> dict:
         from kvmtrace.errors import UsageError
 
         for d in self.domains:
             if name in (d.get("name"), d.get("uuid"), str(d.get("pid"))):
-                sub = Trace(self.data, events=self.events[self.events["pid"] == d["pid"]])
-                sub._domains = [d]
-                return sub
+                return d
         known = ", ".join(str(d.get("name")) for d in self.domains) or "none"
         raise UsageError(f"{self.path} holds no domain {name!r} (it holds: {known})", "name one of those")
+
+    def for_domain(self, name: str) -> "Trace":
+        """This trace restricted to one recorded domain (by name, UUID or pid)."""
+        d = self._domain(name)
+        sub = Trace(self.data, events=self.events[self.events["pid"] == d["pid"]])
+        sub._domains = [d]
+        return sub
 
     @cached_property
     def names(self) -> ExitNames:
@@ -105,10 +114,13 @@ class Trace:
         start, end = src.get("start_time_ns"), src.get("end_time_ns", src.get("t_ns"))
         if start is not None and end is not None and end > start:
             return (end - start) / 1e9
+        lo, hi = self._ts_range()
+        return (hi - lo) / 1e9 if self.event_count > 1 else 0.0
+
+    def _ts_range(self) -> tuple[int, int]:
+        """The first and last event times (0, 0 without events)."""
         ts = self.events["ts_ns"]
-        if len(ts) > 1:
-            return (int(ts.max()) - int(ts.min())) / 1e9
-        return 0.0
+        return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
 
     def df_events(self) -> pd.DataFrame:
         """Every event, typed: kind as a category of names (EXIT, PIO, ...), ts_ns int64.
@@ -237,10 +249,7 @@ class Trace:
     @property
     def start_ns(self) -> int:
         src = self.data.trailer or self.data.progress
-        if "start_time_ns" in src:
-            return int(src["start_time_ns"])
-        ts = self.events["ts_ns"]
-        return int(ts.min()) if len(ts) else 0
+        return int(src["start_time_ns"]) if "start_time_ns" in src else self._ts_range()[0]
 
     @property
     def end_ns(self) -> int:
@@ -510,76 +519,27 @@ def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Tra
     return Trace(read_trace(path, columns, arrays=True))
 
 
-#: What a report of a recording uses per event, beyond the interpreter: the
-#: event columns it reads (43 bytes) and its analyses' temporaries (725 MB
-#: for 10M events, measured).
+#: What a report uses per event of a chunk (analysis.batchwise.CHUNK_EVENTS
+#: at a time): the columns it reads (43 bytes) and its analyses' temporaries.
 REPORT_BYTES_PER_EVENT = 72
 
 
 def reuse_memory(events: int = 0) -> None:
-    """For a one-shot command on a big trace: memory faulted in once, at once, and used again.
+    """tracefile.reuse_memory for a report of ``events`` events: the heap of
+    its largest chunk (analysis.batchwise.CHUNK_EVENTS) faulted in at once."""
+    from kvmtrace.analysis.batchwise import CHUNK_EVENTS
+    from kvmtrace.tracefile import reuse_memory as reuse
 
-    Memory a process touches for the first time is dear: a page fault per
-    page, and in a VM whose host takes freed pages back (free page
-    reporting, as on the machine this was measured on) one in the host too:
-    800 MB took 0.4-1.2 s to fault in there, 0.03 s to use again. So:
-
-    * one arena (pyarrow's decompression threads' too), no mmap below 1 GiB
-      and no trim: a freed array's pages serve the next one (glibc hands
-      large blocks back when they are freed, and every temporary array of an
-      analysis was new memory again: 40 % of the report's time);
-    * no transparent huge pages for numpy's arrays: faulting in a 2 MiB
-      page the host has taken back costs 4 times as much as 512 small ones;
-    * with ``events``, the heap a report of that many events uses
-      (REPORT_BYTES_PER_EVENT, up to 1 GiB) is faulted in up front by one
-      madvise(MADV_POPULATE_WRITE) (Linux 5.14; older kernels refuse it,
-      harmlessly) rather than page by page as the arrays fill: 0.2 s of 1.6.
-
-    pyarrow allocates with malloc (the system pool), in the same heap.
-    Process-wide: only the CLI calls it, never import.
-    """
-    import ctypes
-    import mmap
-
-    import pyarrow as pa
-
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    _set_madvise_hugepage(False)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to tune
-    heap_max = 1 << 30  # larger blocks are mmap'ed, and unmapped when freed
-    libc.mallopt(-3, heap_max)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
-    size = min(events * REPORT_BYTES_PER_EVENT, heap_max - 1)
-    libc.malloc.restype = ctypes.c_void_p
-    block = libc.malloc(ctypes.c_size_t(size)) if size else None
-    if block:
-        page = -block % mmap.PAGESIZE
-        libc.madvise(ctypes.c_void_p(block + page), ctypes.c_size_t(size - page), 23)  # MADV_POPULATE_WRITE
-        libc.free(ctypes.c_void_p(block))  # back to the heap, which keeps it
+    reuse(min(events, CHUNK_EVENTS) * REPORT_BYTES_PER_EVENT)
 
 
-def load_for_report(path: str | os.PathLike) -> Trace:
-    """The columns `kvmtrace report` needs: for an events trace not even the
-    values (8 bytes an event), nor EXIT_COLUMNS unless it has kvm_exit or
-    kvm_entry events; all of them for a launch timeline, and the counts of a
-    counts-mode trace (held in ``value``)."""
+def _load_columns(path, columns) -> Trace:
+    """load(path, columns), and for an events trace with kvm_exit or kvm_entry
+    events EXIT_COLUMNS too (read after the others, only then)."""
     from kvmtrace.kernel.events import EventKind
     from kvmtrace.tracefile import COLUMNS
 
-    t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
-    if t.launched:
-        return load(path)
-    if t.header.get("mode") == "counts" or t.values_captured:
-        return load(path, REPORT_COLUMNS)
+    t = load(path, columns)
     kind = t.data.arrays["kind"]
     if (kind == EventKind.EXIT).any() or (kind == EventKind.ENTRY).any():
         # A trace file only grows: its first rows, read again, are the same events.
@@ -588,3 +548,96 @@ def load_for_report(path: str | os.PathLike) -> Trace:
         t.data.arrays = {c: have[c] if c in have else more[c][:len(kind)] for c in COLUMNS
                          if c in have or c in more}
     return t
+
+
+def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
+                    rates: bool = False, window_s: float | None = None) -> Trace:
+    """The trace as `kvmtrace report` reads it: for a recording of single
+    events, reduced batch by batch to the report's tables (a
+    :class:`ReportTrace`: memory independent of the trace's length), and
+    with ``rates`` to its rate tables (``run_rates(window_s)``, for compare);
+    a launch or a counts-mode recording (few events) read whole, with the
+    columns the report needs (all of them for a launch timeline)."""
+    from kvmtrace.analysis.batchwise import CHUNK_EVENTS, ReportTables
+    from kvmtrace.kernel.events import AGGREGATE, EventKind
+    from kvmtrace.tracefile import TraceBatches, batch_arrays, scan_batches
+
+    scan, floors, kinds = scan_batches(path)
+    header = scan.header
+    if header.get("launch") is not None:
+        return load(path)
+    if header.get("mode") == "counts" or kinds[AGGREGATE:].any():
+        return load(path, REPORT_COLUMNS)
+    exits = bool(kinds[EventKind.EXIT] or kinds[EventKind.ENTRY])
+    if not floors:
+        return _load_columns(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
+    # later[i]: the earliest time of the batches after the i-th (that hold events)
+    later = np.minimum.accumulate(np.array(floors[1:] + [2**63 - 1], dtype=np.int64)[::-1])[::-1].tolist()
+    reader = TraceBatches(path, tuple(c for c in REPORT_COLUMNS
+                                      if c != "value" and (exits or rates or c not in EXIT_COLUMNS)))
+    t = Trace(scan.data())
+    tables = ReportTables(t.names, t.device_map, chunk_events or CHUNK_EVENTS)
+    if rates:
+        src = t.data.trailer or t.data.progress  # as Trace.start_ns, whose fallback is the first event's time
+        tables.gather_rates(t.vcpu_by_tid, int(src.get("start_time_ns", min(floors))), window_s,
+                            bool(kinds[EventKind.EXIT]))
+    i = 0
+    for batch in reader:
+        if batch.num_rows:
+            i += 1
+            tables.add(batch_arrays(batch), later[i - 1] if i < len(floors) else None)
+    return ReportTrace(reader.data(), tables.finish())
+
+
+class ReportTrace(Trace):
+    """A trace reduced batch by batch to what `kvmtrace report` shows
+    (analysis.batchwise.ReportTables), whole and per domain, without its
+    events in memory; what else needs them reads them on first use."""
+
+    def __init__(self, data: TraceData, tables, pid: int | None = None):
+        super().__init__(data)
+        self.tables = tables
+        self._pid = pid
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        ev = load(self.path).events
+        return ev if self._pid is None else ev[ev["pid"] == self._pid]
+
+    @property
+    def event_count(self) -> int:
+        return self.tables.events(self._pid)
+
+    def _ts_range(self) -> tuple[int, int]:
+        return self.tables.ts_range(self._pid) or (0, 0)
+
+    @cached_property
+    def summary(self) -> Summary:
+        return self.tables.summary(self.duration_s, self._pid)
+
+    def df_latency(self, which: str = "vmm_service", by: tuple[str, ...] = ("reason",)) -> pd.DataFrame:
+        if which == "vmm_service" and tuple(by) in (("reason",), ("reason", "device", "direction")):
+            return self.tables.vmm_service(tuple(by), self._pid)
+        if which == "exit_handling" and tuple(by) == ("isa", "reason"):
+            return self.tables.exit_handling(self._pid)
+        return super().df_latency(which, by)
+
+    def unpaired(self) -> dict[str, int]:
+        return self.tables.unpaired(self._pid)
+
+    def run_rates(self, window_s: float | None = None):
+        if not self.tables.has_rates(window_s):
+            return super().run_rates(window_s)
+        from kvmtrace.analysis.compare import RunRates
+
+        s = self.summary
+        exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
+        counts, windows = self.tables.rates(self._pid)
+        return RunRates(label=self.label, counts=counts, duration_s=self.duration_s, exits=exits,
+                        windows=windows, window_s=window_s)
+
+    def for_domain(self, name: str) -> "ReportTrace":
+        d = self._domain(name)
+        sub = ReportTrace(self.data, self.tables, int(d["pid"]))
+        sub._domains = [d]
+        return sub

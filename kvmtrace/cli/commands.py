@@ -162,10 +162,11 @@ def compare(args) -> int:
     from kvmtrace.analysis.compare import (VCPU_TIME, compare, describe_cause, has_regression, regression_causes,
                                            to_json)
     from kvmtrace.present.compare import format_text
-    from kvmtrace.trace import load
+    from kvmtrace.trace import load_for_report
 
     window = args.window if args.method == "bootstrap" else None
-    base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
+    # Each run's rate tables gathered batch by batch: memory independent of the runs' lengths.
+    base, new = (load_for_report(p, rates=True, window_s=window).run_rates(window) for p in (args.base, args.new))
     if window is not None:
         _check_windows(base, new, window)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)

@@ -46,7 +46,7 @@ def report_dict(trace: Trace) -> dict:
         "domains": [x["name"] for x in domains],
         "complete": trace.complete,
         "duration_s": round(s.duration_s, 6),
-        "events": len(trace.events),
+        "events": trace.event_count,
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
@@ -91,7 +91,7 @@ def _resolution(d: dict) -> str:
     if not ns:
         return ""
     unit = {1_000: "1 µs", 1_000_000: "1 ms", 1_000_000_000: "1 s"}.get(ns, f"{ns:,} ns")
-    return f"; timestamps of {unit} resolution: 0.0 is under {unit}"
+    return f"(the imported text's timestamps have {unit} resolution: 0.0 is under {unit})"
 
 
 def _domain_counts(trace: Trace) -> dict:
@@ -216,15 +216,17 @@ def _latency_text(con: Console, d: dict) -> None:
     rows = [[r["reason"], r["device"] or "-", r["direction"] or "-", f"{r['count']:,}", fmt(r["p50_us"]),
              fmt(r["p90_us"]), fmt(r["p99_us"]), fmt(r["max_us"])] for r in d["vmm_service_by_device"]
             if r["count"]]
-    con.print(_table(f"VMM service time, µs (userspace exit -> next KVM_RUN{_resolution(d)})",
+    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)",
                      [("exit", "left"), ("device", "left"), ("dir", "left"), ("count", "right"), ("p50", "right"),
                       ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
     if d.get("exit_handling"):
         rows = [[r["isa"], r["reason"], f"{r['count']:,}", fmt(r["p50_us"]), fmt(r["p90_us"]), fmt(r["p99_us"]),
                  fmt(r["max_us"])] for r in d["exit_handling"] if r["count"]]
-        con.print(_table(f"Exit handling time, µs (kvm_exit -> kvm_entry{_resolution(d)})",
+        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
                          [("isa", "left"), ("reason", "left"), ("count", "right"), ("p50", "right"),
                           ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
+    if _resolution(d) and (rows or any(r["count"] for r in d["vmm_service_by_device"])):
+        con.print(_resolution(d))
     edges = {k: v for k, v in d["unpaired"].items() if v}
     if edges:
         con.print("unpaired at the edges: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in edges.items()))
