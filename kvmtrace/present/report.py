@@ -189,7 +189,11 @@ def _vcpu_time_dict(trace: Trace) -> dict:
     """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes)."""
     from kvmtrace.analysis.vcpu_time import has_vcpu_time
 
-    if not has_vcpu_time(trace.header, trace.events):
+    header = trace.header
+    # A recording's header says whether it can: its events are read only when it does not
+    # (a ReportTrace reads them whole on first use: memory as the trace's length).
+    says = "probes" in header or header.get("vcpu_states")
+    if not has_vcpu_time(header, pd.DataFrame({"kind": []}) if says else trace.events):
         return {}
     df = trace.df_vcpu_time()
     rows = []

@@ -19,7 +19,7 @@ plot_rates           per-event records (not ``record --mode counts``) and the
                      events of ``by`` (device: kvm_pio/kvm_mmio, exit:
                      kvm_exit, ...)
 plot_latency_hist    per-event records; vmm_service: kvm_userspace_exit and
-                     KVM_RUN (sys_enter_ioctl); exit_handling: kvm_exit and
+                     KVM_RUN (kvm_fpu); exit_handling: kvm_exit and
                      kvm_entry
 plot_vcpu_heatmap    per-event records with kvm_exit or kvm_userspace_exit
 plot_vcpu_time       the sched probes (sched_switch; both modes)
