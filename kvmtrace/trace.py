@@ -404,6 +404,21 @@ class Trace:
         return pair_userspace(self.events, self._completions, self._order)
 
     @cached_property
+    def exit_details(self) -> dict[int, list[dict]]:
+        """Userspace exits grouped by their kvm_run member's values, per KVM_EXIT_* code
+        (see analysis.runfields.exit_details)."""
+        from kvmtrace.analysis.runfields import exit_details
+
+        return exit_details(self.events)
+
+    def vcpu_counts(self) -> list[dict]:
+        """One dict per vCPU of the guest(s), idle ones included (see analysis.vcpus.vcpu_counts)."""
+        from kvmtrace.analysis.vcpus import vcpu_counts
+
+        aggregate = self.header.get("mode") == "counts"
+        return vcpu_counts(self.events, self.domains, None if aggregate else self._completions)
+
+    @cached_property
     def summary(self) -> Summary:
         if self.header.get("mode") == "counts":
             return summarize(self.events, self.names, self.duration_s)
@@ -485,6 +500,14 @@ def reuse_memory(events: int = 0) -> None:
         libc.free(ctypes.c_void_p(block))  # back to the heap, which keeps it
 
 
+def _has_union_words(cols: dict) -> bool:
+    """An events recording with userspace exits whose kvm_run union words (rip, info1, ...) it keeps."""
+    from kvmtrace.kernel.events import EventFlag, EventKind
+
+    kind, flags = cols["kind"], cols["flags"]
+    return bool(((kind == EventKind.USERSPACE_EXIT) & ((flags & int(EventFlag.RUN_UNION)) != 0)).any())
+
+
 def load_for_report(path: str | os.PathLike) -> Trace:
     """The columns `kvmtrace report` needs: for an events trace not even the
     values (8 bytes an event), nor EXIT_COLUMNS unless it has kvm_exit or
@@ -494,7 +517,7 @@ def load_for_report(path: str | os.PathLike) -> Trace:
     from kvmtrace.tracefile import COLUMNS
 
     t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
-    if t.launched:
+    if t.launched or _has_union_words(t.data.arrays):
         return load(path)
     if t.header.get("mode") == "counts" or t.values_captured:
         return load(path, REPORT_COLUMNS)

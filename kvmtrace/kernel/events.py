@@ -246,7 +246,7 @@ def bpf_defines(
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
         f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
         f"-DKT_RUN_UNION_BYTES={RUN_UNION_BYTES}",
-        f"-DKT_KVM_EXIT_MEMBERS={_member_mask():#x}ULL",
+        f"-DKT_KVM_EXIT_MEMBERS={_member_mask():#x}U",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
     ]
     for name in probes:

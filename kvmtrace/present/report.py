@@ -47,7 +47,9 @@ def report_dict(trace: Trace) -> dict:
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
-        "userspace_exits": _records(s.userspace_exits),
+        "userspace_exits": [{**r, "details": trace.exit_details.get(r["code"], [])}
+                            for r in _records(s.userspace_exits)],
+        "vcpus": trace.vcpu_counts(),
         "exits": _records(s.exits),
         "pio": [{**r, "device": _name(trace.device_map.port(r["port"]))} for r in _records(s.pio)],
         "mmio": [{**r, "device": _name(trace.device_map.mmio(r["gpa"]))} for r in _records(s.mmio)],
@@ -121,6 +123,22 @@ def _launch_dict(trace: Trace) -> dict:
                       for r in life.to_dict("records")],
         "memory_slots": _records(slots),
     }
+
+
+def member_value_rows(d: dict) -> list[list[str]]:
+    """The report's userspace exits other than IO/MMIO, one row per distinct value of their member."""
+    return [[r["reason"], x["member"], x["text"] + ("" if x["bytes"] >= 40 else f" (first {x['bytes']} bytes)"),
+             f"{x['count']:,}"]
+            for r in d["userspace_exits"] if r["reason"] not in ("IO", "MMIO") for x in r["details"]]
+
+
+def vcpu_rows(d: dict) -> list[list[str]]:
+    """The report's per-vCPU counts as text cells ("-" where a counts trace has none)."""
+    def n(x):
+        return "-" if x is None else f"{x:,}"
+
+    return [[str(v["vcpu"]), str(v["tid"] or "-"), n(v["userspace_exits"]), n(v["pio"]), n(v["mmio"])]
+            for v in d["vcpus"]]
 
 
 def render_json(trace: Trace) -> str:
@@ -224,6 +242,10 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(_table("Userspace exits (KVM_RUN returning to the VMM)",
                      [("KVM_EXIT_", "left"), ("code", "right"), ("kvm_run member", "left"),
                       ("fields", "left"), ("count", "right"), ("/s", "right")], rows))
+    rows = member_value_rows(d)
+    if rows:
+        con.print(_table("kvm_run members' values (exits other than IO/MMIO, by value)",
+                         [("KVM_EXIT_", "left"), ("member", "left"), ("values", "left"), ("count", "right")], rows))
     if s.interrupted_runs or s.failed_runs:
         con.print(f"KVM_RUN interrupted by signals (-EINTR, not exits): {s.interrupted_runs:,}; "
                   f"failed: {s.failed_runs:,}")
@@ -234,6 +256,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
         con.print("note: the kvm_run members were not read in this trace; "
                   "I/O rows cannot be split into kernel and userspace")
 
+    if len(d["vcpus"]) > 1:
+        con.print(_table("Per vCPU", [("vcpu", "right"), ("thread", "right"), ("userspace exits", "right"),
+                                      ("port I/O", "right"), ("MMIO", "right")], vcpu_rows(d)))
     if d["exits"]:
         rows = [[r["isa"], r["reason"] + (f" [{r['flags']}]" if r["flags"] else ""), str(r["code"]),
                  f"{r['count']:,}", _rate(r["rate"])] for r in d["exits"]]
