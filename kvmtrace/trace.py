@@ -213,6 +213,29 @@ class Trace:
         return memory_slots(self.events)
 
     @property
+    def mmio_granularity(self) -> str:
+        """"address" (MMIO counted per exact address: events mode, and counts mode since it
+        keeps addresses) or "page" (a counts recording from before: per 4 KiB page)."""
+        if self.header.get("mode") != "counts":
+            return "address"
+        return str(self.header.get("mmio_granularity", "page"))
+
+    def mmio_note(self) -> str | None:
+        """What the report says of MMIO counted per page, or None when every row is an address."""
+        from kvmtrace.kernel.events import MAX_MMIO_ADDRESSES
+
+        if self.mmio_granularity == "page":
+            return "MMIO counted per 4 KiB page (a counts recording made before counts mode kept addresses)"
+        m = self.summary.mmio
+        if "per_page" in m.columns and m["per_page"].any():
+            n = int(m.loc[m["per_page"], "count"].sum())
+            pages = m.loc[m["per_page"], "gpa"].nunique()
+            limit = self.header.get("max_mmio_addresses", MAX_MMIO_ADDRESSES)
+            return (f"{n:,} MMIO accesses counted per 4 KiB page ({pages:,} pages): the in-kernel table of "
+                    f"{limit:,} exact addresses was full")
+        return None
+
+    @property
     def launched(self) -> bool:
         """Recorded from before KVM_CREATE_VM (kvmtrace launch / record --start)."""
         return "launch" in self.header
@@ -249,16 +272,25 @@ class Trace:
 
         return keyed(self.events, self.names, self.device_map, self.vcpu_by_tid)
 
-    def run_rates(self, window_s: float | None = None):
-        """This run as compare/trend consume it (analysis.compare.RunRates)."""
+    def run_rates(self, window_s: float | None = None, mmio: str | None = None):
+        """This run as compare/trend consume it (analysis.compare.RunRates).
+
+        ``mmio="page"`` keys MMIO by 4 KiB page, as a counts recording that
+        kept no addresses does (``mmio_granularity``), so the two compare.
+        """
         from kvmtrace.analysis.compare import RunRates
-        from kvmtrace.analysis.rates import counts, windows
+        from kvmtrace.analysis.rates import counts, keyed, windows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
-        return RunRates(label=self.label, counts=counts(self.keyed), duration_s=self.duration_s, exits=exits,
-                        windows=windows(self.keyed, self.start_ns, window_s) if window_s else None,
-                        window_s=window_s)
+        k = self.keyed
+        granularity = self.mmio_granularity
+        if mmio == "page" and granularity != "page":
+            k = keyed(self.events, self.names, self.device_map, self.vcpu_by_tid, mmio_page=True)
+            granularity = "page"
+        return RunRates(label=self.label, counts=counts(k), duration_s=self.duration_s, exits=exits,
+                        windows=windows(k, self.start_ns, window_s) if window_s else None,
+                        window_s=window_s, mmio_granularity=granularity)
 
     def df_rates(self, freq: str | float = "1s", by: str = "device") -> pd.DataFrame:
         """Exits per second over time, one column per key of ``by``.

@@ -110,6 +110,7 @@ class RunRates:
     exits: int
     windows: pd.DataFrame | None = None
     window_s: float | None = None
+    mmio_granularity: str = "address"  # or "page": MMIO keys are 4 KiB pages
 
 
 def _dimension_dtype(values) -> pd.CategoricalDtype:
@@ -262,6 +263,7 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     if not (0 < alpha < 1):
         raise RateTableError(f"alpha={alpha!r} is not a probability", "give alpha between 0 and 1, e.g. 0.01")
     b, n = run_counts(base), run_counts(new)
+    b, n, left_out = common_ground(base, new, b, n)
     keys = b.index.union(n.index, sort=False)
     keys = keys.sort_values() if len(keys) else keys
     bc = b.reindex(keys, fill_value=0).to_numpy(dtype=np.int64)
@@ -299,8 +301,33 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     df = df.drop(columns="_abs")
     df.index.name = "row"
     df.attrs.update(base_label=str(base.label), new_label=str(new.label), method=method,
-                    alpha=float(alpha), threshold_pct=float(threshold_pct))
+                    alpha=float(alpha), threshold_pct=float(threshold_pct), left_out=left_out)
     return df
+
+
+def common_ground(base: RunRates, new: RunRates, b: pd.Series, n: pd.Series) -> tuple[pd.Series, pd.Series, list[str]]:
+    """The counts both runs can be compared on, and a sentence per thing left out.
+
+    A dimension only one run has (hardware exits recorded in one, devices
+    named in one) would show every key as new or gone: it is left out, as
+    is MMIO when one run keyed it by address and the other by 4 KiB page
+    (Trace.run_rates(mmio="page") gives both the same keys instead).
+    """
+    left: list[str] = []
+    drop: set[str] = set()
+    if base.mmio_granularity != new.mmio_granularity:
+        drop.add("mmio")
+        coarse = base.label if base.mmio_granularity == "page" else new.label
+        left.append(f"mmio: {coarse} counted MMIO per 4 KiB page, the other run per address")
+    have = [set(x.index.get_level_values("dimension")) if len(x) else set() for x in (b, n)]
+    for dim in sorted((have[0] ^ have[1]) - drop, key=lambda d: DIMENSIONS.index(d) if d in DIMENSIONS else 99):
+        only, other = (base.label, new.label) if dim in have[0] else (new.label, base.label)
+        drop.add(dim)
+        left.append(f"{dim}: only {only} has it ({other} recorded none)")
+    if drop:
+        b = b[~b.index.get_level_values("dimension").isin(drop)] if len(b) else b
+        n = n[~n.index.get_level_values("dimension").isin(drop)] if len(n) else n
+    return b, n, left
 
 
 def has_regression(df: pd.DataFrame) -> bool:
@@ -381,6 +408,8 @@ def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) 
         con.print(f"{a.get('method', '?')} test, Holm-corrected alpha {a.get('alpha', float('nan')):g}; "
                   f"regression = significant rise above {a.get('threshold_pct', float('nan')):g}%")
     con.print(f"{n_reg} regression(s), {n_sig} significant change(s) in {len(df)} rows")
+    for note in a.get("left_out", []) if a else []:
+        con.print(f"left out: {note}")
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name, justify in [("dimension", "left"), ("key", "left"), ("base/s", "right"), ("new/s", "right"),
                           ("change", "right"), ("p (Holm)", "right"), ("verdict", "left")]:

@@ -146,13 +146,17 @@ def compare(args) -> int:
     from kvmtrace.trace import load
 
     window = args.window if args.method == "bootstrap" else None
-    base, new = load(args.base).run_rates(window), load(args.new).run_rates(window)
+    tb, tn = load(args.base), load(args.new)
+    # MMIO by page in both when one run kept no addresses (an old counts recording).
+    mmio = "page" if "page" in (tb.mmio_granularity, tn.mmio_granularity) else None
+    base, new = tb.run_rates(window, mmio), tn.run_rates(window, mmio)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
     regression = has_regression(df)
     causes = regression_causes(df)
     if args.format == "json":
         print(json.dumps({"base": base.label, "new": new.label, "method": args.method, "alpha": args.alpha,
                           "threshold_pct": args.threshold, "regression": regression,
+                          "mmio_granularity": base.mmio_granularity, "left_out": df.attrs.get("left_out", []),
                           "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
                                       "change_pct": round(float(r["change_pct"]), 3)
                                       if math.isfinite(r["change_pct"]) else None}
@@ -163,6 +167,9 @@ def compare(args) -> int:
             print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
                                                for r in causes.to_dict("records"))
                   + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
+        if mmio == "page":
+            coarse = " and ".join(t.label for t in (tb, tn) if t.mmio_granularity == "page")
+            print(f"note: MMIO compared per 4 KiB page ({coarse} counted no finer)")
         sys.stdout.write(format_text(df))
     return ExitCode.REGRESSION if regression else ExitCode.OK
 

@@ -138,7 +138,9 @@ def report_facts(trace, d: dict) -> list[str]:
                      "counts cover what was written before it stopped")
     lines.append("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
     if trace.header.get("mode") == "counts":
-        lines.append("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
+        lines.append("mode: counts (aggregated in the kernel)")
+    if trace.mmio_note():
+        lines.append(f"note: {trace.mmio_note()}")
     return lines
 
 

@@ -53,6 +53,8 @@ def report_dict(trace: Trace) -> dict:
         "exits": _records(s.exits),
         "pio": [{**r, "device": _name(trace.device_map.port(r["port"]))} for r in _records(s.pio)],
         "mmio": [{**r, "device": _name(trace.device_map.mmio(r["gpa"]))} for r in _records(s.mmio)],
+        "mmio_granularity": trace.mmio_granularity,
+        **({"mmio_note": trace.mmio_note()} if trace.mmio_note() else {}),
         "unpaired_userspace_io": s.unpaired_userspace_io,
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
@@ -235,7 +237,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
                                                      " (in the imported text)")
                                         if trace.values_captured else "not captured"))
     if trace.header.get("mode") == "counts":
-        con.print("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
+        con.print("mode: counts (aggregated in the kernel)")
+    if trace.mmio_note():
+        con.print(f"note: {trace.mmio_note()}")
 
     rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"].replace(",", ", ") or "-", f"{r['count']:,}", _rate(r["rate"])]
             for r in d["userspace_exits"]]

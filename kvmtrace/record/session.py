@@ -60,6 +60,12 @@ class RecordResult:
     duration_s: float
 
 
+def _max_mmio_addresses() -> int:
+    from kvmtrace.kernel.events import MAX_MMIO_ADDRESSES
+
+    return MAX_MMIO_ADDRESSES
+
+
 def default_output(name: str) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
@@ -147,6 +153,8 @@ class Session:
             "domains": [g.as_dict() for g in (self.guests if guests is None else guests)],
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
+            **({"mmio_granularity": "address", "max_mmio_addresses": _max_mmio_addresses()}
+               if self.opts.mode == "counts" else {}),
             "clock": "CLOCK_MONOTONIC",
             "label": self.opts.label,
             **(extra or {}),
