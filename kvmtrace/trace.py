@@ -290,7 +290,15 @@ class Trace:
             granularity = "page"
         return RunRates(label=self.label, counts=counts(k), duration_s=self.duration_s, exits=exits,
                         windows=windows(k, self.start_ns, window_s) if window_s else None,
-                        window_s=window_s, mmio_granularity=granularity)
+                        window_s=window_s, mmio_granularity=granularity, dimensions=self._dimensions())
+
+    def _dimensions(self) -> tuple[str, ...]:
+        """The rate dimensions this trace could count: hardware exits only where kvm_exit was probed."""
+        from kvmtrace.analysis.rates import DIMENSIONS
+
+        probes = self.header.get("probes")
+        hw = probes is None or "kvm_exit" in probes or "import" in self.header
+        return tuple(d for d in DIMENSIONS if d != "exit" or hw)
 
     def df_rates(self, freq: str | float = "1s", by: str = "device") -> pd.DataFrame:
         """Exits per second over time, one column per key of ``by``.

@@ -111,6 +111,8 @@ class RunRates:
     windows: pd.DataFrame | None = None
     window_s: float | None = None
     mmio_granularity: str = "address"  # or "page": MMIO keys are 4 KiB pages
+    #: The dimensions this run could have counted (its probes); None: every one.
+    dimensions: tuple[str, ...] | None = None
 
 
 def _dimension_dtype(values) -> pd.CategoricalDtype:
@@ -308,8 +310,8 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
 def common_ground(base: RunRates, new: RunRates, b: pd.Series, n: pd.Series) -> tuple[pd.Series, pd.Series, list[str]]:
     """The counts both runs can be compared on, and a sentence per thing left out.
 
-    A dimension only one run has (hardware exits recorded in one, devices
-    named in one) would show every key as new or gone: it is left out, as
+    A dimension only one run could count (kvm_exit recorded in one only)
+    would show every key as new or gone: it is left out, as
     is MMIO when one run keyed it by address and the other by 4 KiB page
     (Trace.run_rates(mmio="page") gives both the same keys instead).
     """
@@ -319,11 +321,11 @@ def common_ground(base: RunRates, new: RunRates, b: pd.Series, n: pd.Series) -> 
         drop.add("mmio")
         coarse = base.label if base.mmio_granularity == "page" else new.label
         left.append(f"mmio: {coarse} counted MMIO per 4 KiB page, the other run per address")
-    have = [set(x.index.get_level_values("dimension")) if len(x) else set() for x in (b, n)]
+    have = [set(r.dimensions) if r.dimensions is not None else set(DIMENSIONS) for r in (base, new)]
     for dim in sorted((have[0] ^ have[1]) - drop, key=lambda d: DIMENSIONS.index(d) if d in DIMENSIONS else 99):
         only, other = (base.label, new.label) if dim in have[0] else (new.label, base.label)
         drop.add(dim)
-        left.append(f"{dim}: only {only} has it ({other} recorded none)")
+        left.append(f"{dim}: only {only} could count it ({other} did not record what it needs)")
     if drop:
         b = b[~b.index.get_level_values("dimension").isin(drop)] if len(b) else b
         n = n[~n.index.get_level_values("dimension").isin(drop)] if len(n) else n
