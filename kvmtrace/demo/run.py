@@ -18,7 +18,7 @@ def _owned_by_us(dom) -> bool:
 
 
 def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, paused: bool = False,
-               replace: bool = True):
+               replace: bool = True, irqchip: str = "kernel"):
     """Create the demo domain from its XML through libvirt (virDomainCreateXML).
 
     A running domain of the same name that is a kvmtrace demo guest is
@@ -43,7 +43,7 @@ def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, pa
         old.destroy()
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     try:
-        dom = conn.createXML(domain_xml(name=name, rom_path=str(rom)), flags)
+        dom = conn.createXML(domain_xml(name=name, rom_path=str(rom), vcpus=workload.vcpus, irqchip=irqchip), flags)
     except libvirt.libvirtError as e:
         raise LibvirtError(f"libvirt could not start the demo guest: {e.get_error_message()}") from e
     return conn, dom
