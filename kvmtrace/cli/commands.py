@@ -28,8 +28,11 @@ def record(args) -> int:
 
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise UsageError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
+    if args.mmio_addresses is not None and args.mode != "counts":
+        raise UsageError("--mmio-addresses applies to --mode counts only",
+                         "add --mode counts, or drop it (events mode keeps every address)")
     opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
-                           mode=args.mode, label=args.label)
+                           mode=args.mode, label=args.label, max_mmio_addresses=args.mmio_addresses)
     if args.start:
         from kvmtrace.record.launch import start_defined
 

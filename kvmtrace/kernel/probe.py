@@ -179,6 +179,7 @@ class Probes:
         capture_values: bool = False,
         counts_mode: bool = False,
         max_vcpus: int | None = None,
+        max_mmio_addresses: int | None = None,
     ):
         try:
             from bcc import BPF
@@ -197,6 +198,7 @@ class Probes:
             capture_values=capture_values,
             counts_mode=counts_mode,
             **({"max_vcpus": max_vcpus} if max_vcpus else {}),
+            **({"max_mmio_addresses": max_mmio_addresses} if max_mmio_addresses else {}),
         )
         self.counts_mode = counts_mode
         pdir = probes_dir()

@@ -49,6 +49,7 @@ class RecordOptions:
     dry_run: bool = False
     argv: list[str] = field(default_factory=list)
     label: str | None = None
+    max_mmio_addresses: int | None = None  # counts mode: exact MMIO addresses (None: the default)
 
 
 @dataclass
@@ -153,7 +154,8 @@ class Session:
             "domains": [g.as_dict() for g in (self.guests if guests is None else guests)],
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
-            **({"mmio_granularity": "address", "max_mmio_addresses": _max_mmio_addresses()}
+            **({"mmio_granularity": "address",
+                "max_mmio_addresses": self.opts.max_mmio_addresses or _max_mmio_addresses()}
                if self.opts.mode == "counts" else {}),
             "clock": "CLOCK_MONOTONIC",
             "label": self.opts.label,
@@ -176,6 +178,7 @@ class Session:
             ringbuf_pages=self.opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
             capture_values=self.opts.capture_values,
             counts_mode=self.opts.mode == "counts",
+            max_mmio_addresses=self.opts.max_mmio_addresses,
         )
 
     def trace(self, guest: GuestProcess) -> None:

@@ -48,7 +48,7 @@ EXIT_NAMES = {2: "IO", 5: "HLT", 6: "MMIO", 7: "IRQ_WINDOW_OPEN", 8: "SHUTDOWN",
 
 
 def _record(workload: Workload, tmp: Path, *, irqchip: str = "kernel", mode: str = "events",
-            until_paused: bool = False) -> dict:
+            until_paused: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """Start the ROM's domain paused, attach kvmtrace and bpftrace, resume it and
     record until it ends (or, ``until_paused``, until QEMU stops it after an
     internal error: then SIGINT). Returns the JSON report, bpftrace's maps and
@@ -62,7 +62,7 @@ def _record(workload: Workload, tmp: Path, *, irqchip: str = "kernel", mode: str
         guest = resolve(conn, name)
         bpf = BpftraceRun(PER_THREAD % {"pid": guest.pid})
         bpf.start({"kvm_pio", "kvm_mmio", "kvm_userspace_exit"}, start_timeout=60, attach_timeout=30)
-        rec = subprocess.Popen(kvmtrace_cmd("record", "--mode", mode, "--domain", name, "-o", str(out)),
+        rec = subprocess.Popen(kvmtrace_cmd("record", "--mode", mode, *extra, "--domain", name, "-o", str(out)),
                                stderr=subprocess.PIPE)
         wait_for_line(rec.stderr, "recording", 60)
         resume(dom)
@@ -195,6 +195,19 @@ def test_counts_mode_mmio_rows_are_the_events_mode_rows(kernel, tmp_path):
         assert _rows(run["report"]) == truth, mode
         assert run["report"]["mmio_granularity"] == "address"
         assert "mmio_note" not in run["report"]
+
+
+def test_counts_mode_overflow_of_the_address_table_is_counted_per_page(kernel, tmp_path):
+    """With room for 2 exact addresses, the ROM's third (the IOAPIC's, first touched
+    last) is counted per page: every access still counted, the overflow reported."""
+    w = Workload(**PRIMES)
+    run = _record(w, tmp_path, mode="counts", extra=("--mmio-addresses", "2"))
+    rep = run["report"]
+    assert _rows(rep) == expected(w)
+    per_page = {r["gpa"]: r["count"] for r in rep["mmio"] if r.get("per_page")}
+    assert per_page == {0xFEC00000: w.ioapic_writes}
+    assert rep["mmio_note"].startswith(f"{w.ioapic_writes:,} MMIO accesses counted per 4 KiB page (1 pages)")
+    assert "the in-kernel table of 2 exact addresses was full" in run["text"].replace("\n", " ")
 
 
 def test_four_vcpus_each_exact(kernel, tmp_path):
