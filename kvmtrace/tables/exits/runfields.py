@@ -139,7 +139,7 @@ _LAYOUTS: dict[KvmExit, Layout] = {
                                                  _F("is_write", 20, 1))),
     KvmExit.MEMORY_FAULT: Layout("memory_fault", (_F("flags", 0, names=VALUE_NAMES["KVM_MEMORY_EXIT_FLAG_"],
                                                      bits=True), _F("gpa", 8), _F("size", 16))),
-    KvmExit.TDX: Layout("tdx", (_F("flags", 0), _F("nr", 8), _ARGS("data", 16, 3))),
+    KvmExit.TDX: Layout("tdx", (_F("flags", 0), _F("nr", 8), _ARGS("u", 16, 3))),  # u: its union, as words
     KvmExit.ARM_SEA: Layout("arm_sea", (_F("flags", 0), _F("esr", 8), _F("gva", 16), _F("gpa", 24))),
 }
 _LAYOUTS[KvmExit.X86_WRMSR] = _LAYOUTS[KvmExit.X86_RDMSR]
