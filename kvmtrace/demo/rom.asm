@@ -101,9 +101,9 @@
 ;      the domain.
 ;
 ; FINITE INTERRUPTS (STEADY=0, IRQS=n > 0, needs TICK_HZ): after the paced
-; mode's setup (below), wait for n PIT interrupts, one per "sti; hlt", before
-; the pass; every odd one is first left pending: a spin of SPIN iterations
-; with IF=0 that outlasts a tick.  With the irqchip in the kernel nothing of
+; mode's setup (below), wait for n PIT interrupts, one per "sti; nop; nop;
+; hlt", before the pass; every odd one is first left pending: a spin of SPIN
+; iterations with IF=0 that outlasts a tick.  With the irqchip in the kernel nothing of
 ; the wait leaves the kernel but the n EOIs; with kernel_irqchip=off every
 ; PIC/PIT/IOAPIC/LAPIC access is QEMU's and each of the n waits is one
 ; userspace exit, KVM_EXIT_HLT (the vCPU halted before the tick) or
@@ -246,7 +246,9 @@ ICR_INIT    equ 0x000C4500      ; INIT, level assert, all excluding self
 ICR_SIPI    equ 0x000C4600      ; start-up IPI, all excluding self (| vector)
 TRAMPOLINE  equ 0x8000          ; the APs' real-mode start (SIPI vector 0x08)
 AP_DONE     equ 0x7000          ; RAM: APs that have finished
-SPIN        equ 20000           ; IRQS: iterations that outlast a tick here
+%ifndef SPIN
+  %define SPIN 20000            ; IRQS: iterations that outlast a tick here
+%endif
 
 SEL_CODE    equ 0x08
 SEL_DATA    equ 0x10
@@ -396,8 +398,10 @@ tick_wait:
         dec     ecx
         jnz     .spin
 .now:
-        sti
-        hlt
+        sti                             ; IF = 1 after the next instruction:
+        nop                             ; ... this one
+        nop                             ; a pending tick is taken here (or before)
+        hlt                             ; else the vCPU halts until it comes
         cli
         jmp     tick_wait
 irqs_done:
