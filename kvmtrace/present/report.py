@@ -20,6 +20,7 @@ import math
 import pandas as pd
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kvmtrace.analysis.records import plain_records
@@ -246,7 +247,7 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(_table("Userspace exits (KVM_RUN returning to the VMM)",
                      [("KVM_EXIT_", "left"), ("code", "right"), ("kvm_run member", "left"),
                       ("fields", "left"), ("count", "right"), ("/s", "right")], rows))
-    rows = member_value_rows(d)
+    rows = [[escape(c) for c in r] for r in member_value_rows(d)]  # "[cc fa ...]" is not rich markup
     if rows:
         con.print(_table("kvm_run members' values (exits other than IO/MMIO, by value)",
                          [("KVM_EXIT_", "left"), ("member", "left"), ("values", "left"), ("count", "right")], rows))

@@ -127,9 +127,10 @@ def _qemu_extra_data(log: str) -> list[int]:
     return [int(v, 16) for _i, v in re.findall(r"extra data\[(\d+)\]: 0x([0-9a-f]+)", log)]
 
 
-def test_emulation_failure_shows_its_suberror_and_data(kernel, tmp_path):
+@pytest.mark.parametrize("mode", ["events", "counts"])
+def test_emulation_failure_shows_its_suberror_and_data(kernel, tmp_path, mode):
     w = Workload(**PRIMES, ending="emulation_failure")
-    run = _record(w, tmp_path, until_paused=True)
+    run = _record(w, tmp_path, until_paused=True, mode=mode)
     rep, truth = run["report"], expected(w)
     assert _rows(rep) == truth
     assert _bpf_totals(run["bpf"])["userspace_exits"] == truth["userspace_exits"]
@@ -144,6 +145,9 @@ def test_emulation_failure_shows_its_suberror_and_data(kernel, tmp_path):
     assert "KVM internal error. Suberror: 1" in run["log"]
     assert detail["ndata"] == len(data)
     assert detail["flags"] == data[0]
+    if mode == "counts":  # its keys hold the first 16 bytes: suberror, ndata, flags
+        assert detail["bytes"] == 16 and "insn_size" not in detail
+        return
     raw = data[1].to_bytes(8, "little") + data[2].to_bytes(8, "little")
     assert detail["insn_size"] == raw[0] and bytes(detail["insn_bytes"]) == raw[1:1 + raw[0]]
     assert detail["insn_bytes"][0] == 0xCC  # int3
@@ -210,9 +214,10 @@ def test_counts_mode_overflow_of_the_address_table_is_counted_per_page(kernel, t
     assert "the in-kernel table of 2 exact addresses was full" in run["text"].replace("\n", " ")
 
 
-def test_four_vcpus_each_exact(kernel, tmp_path):
+@pytest.mark.parametrize("mode", ["events", "counts"])
+def test_four_vcpus_each_exact(kernel, tmp_path, mode):
     w = Workload(**PRIMES, vcpus=4)
-    run = _record(w, tmp_path)
+    run = _record(w, tmp_path, mode=mode)
     rep = run["report"]
     truth = expected_by_vcpu(w)
     assert _rows(rep) == expected(w)

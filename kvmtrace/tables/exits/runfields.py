@@ -199,6 +199,11 @@ def decode(code: int, words: Sequence[int], nbytes: int = UNION_BYTES) -> tuple[
     return member, out
 
 
+#: Fields that are counts, sizes or small codes: shown in decimal (the others in hex).
+_DECIMAL = frozenset({"ndata", "insn_size", "cpu", "len", "is_write", "error", "vector", "exception", "type",
+                      "suberror", "error_code", "longmode", "cpl", "dequeued", "icptcode", "ar", "fc"})
+
+
 def describe(values: Mapping[str, object]) -> str:
     """Decoded fields as one line: ``suberror=1 (EMULATION), ndata=8, insn_bytes=cc eb fe``."""
     parts = []
@@ -210,7 +215,7 @@ def describe(values: Mapping[str, object]) -> str:
             parts.append(f"{k}=[{text}]")
         else:
             name = values.get(f"{k}_name")
-            parts.append(f"{k}={v:#x}" if v > 9 else f"{k}={v}")
+            parts.append(f"{k}={v}" if k in _DECIMAL or v < 10 else f"{k}={v:#x}")
             if name:
                 parts[-1] += f" ({name})"
     return ", ".join(parts)
