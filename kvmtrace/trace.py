@@ -390,11 +390,14 @@ class Trace:
         """One row per hardware exit (kvm_exit), correlated through the run loop.
 
         See analysis.runloop.correlate for the columns. Raises
-        MissingTraceEventError on traces without kvm_exit (nested PVM hosts).
+        MissingTraceEventError on traces without kvm_exit (nested PVM hosts),
+        saying whether it was probed.
         """
-        from kvmtrace.analysis.runloop import correlate
+        from kvmtrace.analysis.requirements import require_events
+        from kvmtrace.analysis.runloop import WITHOUT_KVM_EXIT, correlate
+        from kvmtrace.kernel.events import EventKind
 
-        self._need_events("df_exits")
+        require_events(self, [EventKind.EXIT] if len(self.events) else (), "df_exits", instead=WITHOUT_KVM_EXIT)
         return correlate(self.events, self._order)
 
     def df_latency(self, which: str = "vmm_service", by: tuple[str, ...] = ("reason",)) -> pd.DataFrame:

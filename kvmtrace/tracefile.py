@@ -177,6 +177,19 @@ def _check_header(path: Path, schema: pa.Schema, options=None) -> dict:
     return header
 
 
+def _refuse_foreign(path: Path, source) -> None:
+    """A complete Arrow file of other columns fails a column projection: say it is not a trace
+    (rather than "cut short"), reading its schema without the projection."""
+    source.seek(0)
+    try:
+        schema = pa.ipc.open_file(source).schema
+    except pa.ArrowException:
+        schema = None  # no footer: a trace cut short, read as a stream
+    source.seek(0)
+    if schema is not None:
+        _check_header(path, schema)
+
+
 #: What a damaged file can make pyarrow, zstd or the JSON metadata raise.
 _DAMAGE = (pa.ArrowException, OSError, ValueError, KeyError, TypeError, IndexError, OverflowError)
 
@@ -286,6 +299,7 @@ def _read_trace(path: Path, options=None, arrays: bool = False) -> TraceData:
     try:
         reader = pa.ipc.open_file(source, options=options)
     except pa.ArrowException:
+        _refuse_foreign(path, source)
         return _read_partial(path, source, options, arrays)
     header = _check_header(path, reader.schema, options)
     rows = None

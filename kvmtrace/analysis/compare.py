@@ -65,16 +65,12 @@ not tests (they cannot be significant) and do not count in the family.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from kvmtrace.errors import RateTableError
 from kvmtrace.analysis.records import plain_records
@@ -356,75 +352,6 @@ def regression_causes(df: pd.DataFrame) -> pd.DataFrame:
 def natural_key(s: str) -> tuple:
     """Sort key putting "run2" before "run10" (digit runs compare as numbers)."""
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", str(s)))
-
-
-def _fmt_rate(x: float) -> str:
-    if not math.isfinite(x):
-        return "-"
-    if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 1:
-        return f"{x:.1f}"
-    return "0" if x == 0 else f"{x:.2g}"
-
-
-def _fmt_change(row) -> str:
-    c = row["change_pct"]
-    if math.isinf(c):
-        return "new"
-    if row["base_count"] == 0 and row["new_count"] == 0:
-        return "-"
-    return f"{c:+.1f}%"
-
-
-def _fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "-"
-    if p < 1e-4:
-        return "<1e-4"
-    return f"{p:.4f}"
-
-
-def _verdict(row) -> str:
-    if row["regression"]:
-        return "REGRESSION"
-    if row["significant"]:
-        return "up" if row["change_pct"] > 0 else "down"
-    return ""
-
-
-def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) -> str:
-    """A :func:`compare` frame as a text table that fits ``width`` columns.
-
-    Shows dimension, key, both rates (/s), the change, the Holm-adjusted p
-    and a verdict: REGRESSION, "up" (significant, below the threshold),
-    "down" (significant decrease) or blank. ``max_rows`` cuts the table
-    (the frame is sorted with regressions first) and says how many it left out.
-    """
-    a = df.attrs
-    buf = io.StringIO()
-    con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False)
-    n_reg, n_sig = int(df["regression"].sum()), int(df["significant"].sum())
-    if a:
-        con.print(f"compare: {a.get('base_label', 'BASE')} (base) -> {a.get('new_label', 'NEW')} (new)")
-        con.print(f"{a.get('method', '?')} test, Holm-corrected alpha {a.get('alpha', float('nan')):g}; "
-                  f"regression = significant rise above {a.get('threshold_pct', float('nan')):g}%")
-    con.print(f"{n_reg} regression(s), {n_sig} significant change(s) in {len(df)} rows")
-    for note in a.get("left_out", []) if a else []:
-        con.print(f"left out: {note}")
-    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for name, justify in [("dimension", "left"), ("key", "left"), ("base/s", "right"), ("new/s", "right"),
-                          ("change", "right"), ("p (Holm)", "right"), ("verdict", "left")]:
-        t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
-    shown = df if max_rows is None else df.head(max_rows)
-    for _, r in shown.iterrows():
-        t.add_row(str(r["dimension"]), str(r["key"]), _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"]),
-                  _fmt_change(r), _fmt_p(r["p_adjusted"]), _verdict(r))
-    con.print(t)
-    if len(shown) < len(df):
-        rest = df.iloc[len(shown):]
-        con.print(f"... {len(rest)} more rows not shown ({int(rest['significant'].sum())} significant)")
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).rstrip("\n") + "\n"
 
 
 def to_json(df: pd.DataFrame) -> list[dict]:

@@ -4,9 +4,11 @@
 (userspace exit -> the thread's next KVM_RUN; kvm_exit -> kvm_entry) into a
 log2 histogram in the kernel, written as HIST rows (``op`` the
 :class:`~kvmtrace.kernel.events.Latency`, ``reason`` the exit reason, ``isa``,
-``port`` the bucket b for [2^b, 2^(b+1)) ns, ``value`` the count). The
-quantiles here are therefore bucket bounds: the q-quantile is the upper bound
-2^(b+1) ns of the bucket holding it, never more than 2x the true value.
+``port`` the bucket b, ``value`` the count). The bucket is bcc's
+``bpf_log2l(ns)``, which is floor(log2(ns)) + 1: bucket b holds
+[2^(b-1), 2^b) ns (and 0 ns in bucket 1). The quantiles here are therefore
+bucket bounds: the q-quantile is the upper bound 2^b ns of the bucket
+holding it, never more than 2x the true value and never less.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ def _quantile_bound(buckets: np.ndarray, counts: np.ndarray, q: float) -> int:
     """Upper bound (ns) of the bucket holding the q-quantile of a histogram."""
     cum = np.cumsum(counts)
     i = int(np.searchsorted(cum, q * cum[-1], side="left"))
-    return 2 ** (int(buckets[min(i, len(buckets) - 1)]) + 1)
+    return upper_bound(int(buckets[min(i, len(buckets) - 1)]))
+
+
+def upper_bound(bucket: int) -> int:
+    """The exclusive upper bound (ns) of in-kernel log2 bucket ``bucket``: 2^bucket.
+
+    The probes bucket an interval with bcc's ``bpf_log2l(v)`` = floor(log2 v) + 1
+    (1 for v = 0), so bucket b holds [2^(b-1), 2^b).
+    """
+    return 1 << bucket
 
 
 def log2_latency(ev: pd.DataFrame, names: ExitNames, which: Latency) -> pd.DataFrame:
@@ -47,6 +58,6 @@ def log2_latency(ev: pd.DataFrame, names: ExitNames, which: Latency) -> pd.DataF
             isa_name, reason_name = Isa.coerce(int(isa)).name, names.hw(int(isa), int(reason))
         rows.append({"isa": isa_name, "reason": reason_name, "count": int(n.sum()),
                      **{f"p{int(q * 100)}": _quantile_bound(b, n, q) for q in (0.5, 0.9, 0.99)},
-                     "max": 2 ** (int(b[n > 0].max()) + 1)})
+                     "max": upper_bound(int(b[n > 0].max()))})
     df = pd.DataFrame(rows, columns=list(LOG2_LATENCY_COLUMNS))
     return df.sort_values(["count", "reason"], ascending=[False, True], ignore_index=True)

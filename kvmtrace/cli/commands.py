@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 import sys
 
+from kvmtrace.cli.outputs import check_output, emit, output_error
 from kvmtrace.errors import ExitCode, UsageError
+
+#: --width 0: no wrap limit (a width no line reaches).
+NO_WRAP = 100_000
 
 
 def _record_options(args, **kw):
@@ -65,7 +69,7 @@ def serve(args) -> int:
 
 
 def import_(args) -> int:
-    from kvmtrace.importer.text import default_output, import_text
+    from kvmtrace.importer import default_output, import_text
 
     result = import_text(args.file, args.output or default_output(args.file), fmt=args.fmt, isa=args.isa)
     print(result.message(), file=sys.stderr)
@@ -77,13 +81,18 @@ def export(args) -> int:
         return _export_parquet(args)
     from kvmtrace.present.perfetto import export_perfetto
 
+    which, out, fmt = (("--perfetto", args.perfetto, "proto") if args.perfetto else
+                       ("--chrome-json", args.chrome_json, "json"))
     if len(args.trace) > 1:
-        raise UsageError(f"--perfetto takes one trace, not {len(args.trace)}", "export them one at a time")
+        raise UsageError(f"{which} takes one trace, not {len(args.trace)}", "export them one at a time")
     args.trace = args.trace[0]
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError(f"--end {args.end:g} is before --start {args.start:g}", "give --end after --start")
-    res = export_perfetto(args.trace, args.perfetto, start_s=args.start, end_s=args.end, max_events=args.max_events)
-    print(f"kvmtrace: wrote {res.path} ({res.bytes:,} bytes) in {res.seconds:.1f} s; open it at ui.perfetto.dev",
+    check_output(out, "the timeline")
+    res = export_perfetto(args.trace, out, format=fmt, start_s=args.start, end_s=args.end,
+                          max_events=args.max_events)
+    where = "ui.perfetto.dev" if fmt == "proto" else "chrome://tracing or ui.perfetto.dev"
+    print(f"kvmtrace: wrote {res.path} ({res.bytes:,} bytes) in {res.seconds:.1f} s; open it at {where}",
           file=sys.stderr)
     return ExitCode.OK
 
@@ -94,7 +103,8 @@ def _export_parquet(args) -> int:
     which = "--parquet" if args.parquet else "--dataset"
     for opt, value in (("--start", args.start), ("--end", args.end), ("--max-events", args.max_events)):
         if value is not None:
-            raise UsageError(f"{opt} is for --perfetto; {which} exports every event", f"leave out {opt}")
+            raise UsageError(f"{opt} is for --perfetto and --chrome-json; {which} exports every event",
+                             f"leave out {opt}")
     if args.parquet:
         if len(args.trace) > 1:
             raise UsageError(f"--parquet takes one trace, not {len(args.trace)}", "use --dataset DIR for several")
@@ -107,12 +117,18 @@ def _export_parquet(args) -> int:
     return ExitCode.OK
 
 
-def _emit(text: str, output: str | None) -> None:
-    if output:
-        with open(output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+def _text_width(args) -> int:
+    """The text report's wrap width: --width (0: no limit); else the terminal's width on a
+    terminal, no limit into a file (-o), and 80 into a pipe (stable for scripts and diffs)."""
+    if args.width is not None:
+        return args.width or NO_WRAP
+    if args.output:
+        return NO_WRAP
+    if sys.stdout.isatty():
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return 80
 
 
 def report(args) -> int:
@@ -128,24 +144,26 @@ def report(args) -> int:
 
     gc.freeze()
     gc.enable()
+    check_output(args.output, "the report")
     reuse_memory(count_events(args.trace))
     trace = load_for_report(args.trace) if args.format in ("text", "json") else load(args.trace)
     if args.domain:
         trace = trace.for_domain(args.domain)
     if args.format in ("text", "json"):
-        text = render_json(trace) if args.format == "json" else render_text(trace)
+        text = render_json(trace) if args.format == "json" else render_text(trace, width=_text_width(args))
     else:
         from kvmtrace.present.formats import render
 
         text = render(trace, args.format)
-    _emit(text, args.output)
+    emit(text, args.output, "the report")
     return ExitCode.OK
 
 
 def compare(args) -> int:
     import json
 
-    from kvmtrace.analysis.compare import compare, format_text, has_regression, regression_causes, to_json
+    from kvmtrace.analysis.compare import compare, has_regression, regression_causes, to_json
+    from kvmtrace.present.compare import format_text
     from kvmtrace.trace import load
 
     window = args.window if args.method == "bootstrap" else None
@@ -153,6 +171,8 @@ def compare(args) -> int:
     # MMIO by page in both when one run kept no addresses (an old counts recording).
     mmio = "page" if "page" in (tb.mmio_granularity, tn.mmio_granularity) else None
     base, new = tb.run_rates(window, mmio), tn.run_rates(window, mmio)
+    if window is not None:
+        _check_windows(base, new, window)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
     regression = has_regression(df)
     causes = regression_causes(df)
@@ -177,18 +197,40 @@ def compare(args) -> int:
     return ExitCode.REGRESSION if regression else ExitCode.OK
 
 
+def _check_windows(base, new, window: float) -> None:
+    """--method bootstrap needs MIN_WINDOWS complete windows in each run: say so in options."""
+    from kvmtrace.analysis.compare import MIN_WINDOWS
+
+    for run in (base, new):
+        n = int(math.floor(run.duration_s / window + 1e-9))
+        if n < MIN_WINDOWS:
+            longest = math.floor(min(base.duration_s, new.duration_s) / MIN_WINDOWS * 1000) / 1000
+            fix = (f"give --window {longest:g} or less, or use --method poisson" if longest > 0
+                   else "use --method poisson")
+            raise UsageError(f"--method bootstrap needs at least {MIN_WINDOWS} windows of --window {window:g} s "
+                             f"in each run, and run {run.label!r} lasts {run.duration_s:.3f} s ({n} windows)", fix)
+
+
 def trend(args) -> int:
     import json
 
-    from kvmtrace.analysis.trend import save_trend, trend_frame
+    from kvmtrace.analysis.trend import trend_frame
+    from kvmtrace.present.trend import save_trend
     from kvmtrace.trace import load
 
+    if args.baseline is not None and args.baseline > len(args.traces):
+        raise UsageError(f"--baseline {args.baseline} is more runs than the {len(args.traces)} given",
+                         f"give --baseline between 1 and {len(args.traces)}")
+    check_output(args.output, "the trend graph")
     traces = [load(p) for p in args.traces]
     times = [(t.data.trailer or t.data.progress).get("start_wall", "") for t in traces]
     frame = trend_frame([t.run_rates() for t in traces], order_by=args.order, times=times,
-                        baseline=min(args.baseline, len(traces)))
+                        baseline=args.baseline or min(3, len(traces)))
     if args.output:
-        save_trend(frame, args.output, dimension=args.dimension, log=args.log)
+        try:
+            save_trend(frame, args.output, dimension=args.dimension, log=args.log)
+        except OSError as e:
+            raise output_error(args.output, e, "the trend graph") from e
         print(f"kvmtrace: trend graph of {len(traces)} runs in {args.output}", file=sys.stderr)
     flagged = frame[frame["flagged"]]
     if args.format == "json":

@@ -10,14 +10,22 @@ Nothing is parsed, and no handler's modules imported, until ``main`` runs.
 from __future__ import annotations
 
 import argparse
+import math
 
 from kvmtrace import __version__
 from kvmtrace.cli import commands
-from kvmtrace.errors import exit_code_table
+from kvmtrace.errors import ExitCode, exit_code_table
 from kvmtrace.record.domain import DEFAULT_URI
 from kvmtrace.record.host import REQUIREMENTS
 
 DESCRIPTION = "Trace a KVM guest's vCPU run loop with eBPF: every exit, named and decoded."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a bad command line is one line on stderr (exit 2), as every other error."""
+
+    def error(self, message: str):
+        self.exit(int(ExitCode.USAGE), f"kvmtrace: error: {message} (see {self.prog} --help)\n")
 
 
 def _count(text: str) -> int:
@@ -31,13 +39,46 @@ def _count(text: str) -> int:
     return n
 
 
-def _positive(text: str) -> float:
+def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+#: The longest --duration: a year (a trace's times are int64 nanoseconds; 1e308 s is not a duration).
+MAX_DURATION_S = 365 * 24 * 3600
+
+
+def _duration(text: str) -> float:
+    value = _positive(text)
+    if value > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"{text} s is more than a year ({MAX_DURATION_S:,} s); "
+                                         "leave --duration out to record until Ctrl-C")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1 (exclusive), e.g. 0.01, not {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (a percentage increase), not {text}")
     return value
 
 
@@ -48,6 +89,20 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text) if text.lstrip("-").isdigit() else None
+    if value is None or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port: give a port from 1 to 65535")
     return value
 
 
@@ -67,8 +122,8 @@ def add_connect(p: argparse.ArgumentParser) -> None:
 
 def add_recording(p: argparse.ArgumentParser, output_help: str) -> None:
     """How long to record, where to, what to keep, how much to say: record and launch."""
-    p.add_argument("--duration", type=_positive, metavar="S",
-                   help="stop after S seconds (default: Ctrl-C, SIGTERM or the domain stopping)")
+    p.add_argument("--duration", type=_duration, metavar="S",
+                   help="stop after S seconds, at most a year (default: Ctrl-C, SIGTERM or the domain stopping)")
     p.add_argument("-o", "--output", metavar="FILE", help=output_help)
     p.add_argument("--values", action="store_true",
                    help="also store the data of port and MMIO accesses (guest data: off by default)")
@@ -127,7 +182,7 @@ def _top(sub) -> None:
     t.add_argument("--interval", "-i", type=_positive, default=1.0, metavar="S",
                    help="refresh every S seconds (default 1)")
     t.add_argument("--batch", "-b", action="store_true", help="print one snapshot after one interval and exit")
-    t.add_argument("--iterations", "-n", type=int, metavar="N", help="stop after N refreshes")
+    t.add_argument("--iterations", "-n", type=_at_least_one, metavar="N", help="stop after N refreshes")
     t.add_argument("--log", "-l", metavar="FILE", help="append every interval to FILE (for a service)")
     t.add_argument("--csv", action="store_true", help="with --log: CSV rows (time_s,domain,dimension,key,rate,total)")
 
@@ -138,7 +193,7 @@ def _serve(sub) -> None:
                     "scrape reads exact cumulative counts.", commands.serve, requirements=True)
     add_domains(sv, "every running domain (rescanned)")
     add_connect(sv)
-    sv.add_argument("--port", "-p", type=int, default=9464, help="TCP port (default 9464)")
+    sv.add_argument("--port", "-p", type=_port, default=9464, help="TCP port (default 9464)")
     sv.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for a remote Prometheus)")
 
@@ -151,9 +206,10 @@ def _compare(sub) -> None:
                    "the threshold exists, so CI can gate on it.", commands.compare)
     c.add_argument("base", metavar="BASE")
     c.add_argument("new", metavar="NEW")
-    c.add_argument("--threshold", type=float, default=10.0, metavar="PCT",
-                   help="flag increases above PCT percent (default 10)")
-    c.add_argument("--alpha", type=float, default=0.01, help="significance level after Holm (default 0.01)")
+    c.add_argument("--threshold", type=_non_negative, default=10.0, metavar="PCT",
+                   help="flag increases above PCT percent, 0 or more (default 10)")
+    c.add_argument("--alpha", type=_probability, default=0.01,
+                   help="significance level after Holm, between 0 and 1 (default 0.01)")
     c.add_argument("--method", choices=["poisson", "bootstrap"], default="poisson")
     c.add_argument("--window", type=_positive, default=0.25, metavar="S",
                    help="window length for --method bootstrap (default 0.25 s)")
@@ -169,7 +225,9 @@ def _trend(sub) -> None:
     tr.add_argument("--dimension", default="device",
                     choices=["userspace_exit", "exit", "port", "mmio", "device", "vcpu"])
     tr.add_argument("--order", choices=["label", "time"], default="label")
-    tr.add_argument("--baseline", type=int, default=3, metavar="N", help="the first N runs are the baseline (3)")
+    tr.add_argument("--baseline", type=_at_least_one, metavar="N",
+                    help="the first N runs are the baseline, at most the number of runs (default 3, or all runs "
+                         "when fewer)")
     tr.add_argument("--log", action="store_true", help="logarithmic rate axis")
     add_format(tr, ["text", "json"])
 
@@ -189,19 +247,22 @@ def _import(sub) -> None:
 
 def _export(sub) -> None:
     ex = _subparser(sub, "export", "export a trace as a Perfetto timeline, or traces as Parquet",
-                    "--perfetto: the run loop as Chrome trace-event JSON for ui.perfetto.dev: a track per vCPU "
-                    "thread, exits as slices named by reason with the kvm_run fields as arguments, VMM service "
-                    "time nested inside. --parquet / --dataset: every event with its names decoded, and the "
-                    "header and trailer in the file metadata, for DuckDB, Spark or Trino; --dataset adds any "
-                    "number of traces to a dataset partitioned by host, domain and date.", commands.export)
+                    "--perfetto: the run loop as a native Perfetto trace (protobuf) for ui.perfetto.dev and "
+                    "trace_processor: a track per vCPU thread, exits as slices named by reason with the kvm_run "
+                    "fields as arguments, VMM service time nested inside. --chrome-json: the same timeline as "
+                    "Chrome trace-event JSON, for chrome://tracing. --parquet / --dataset: every event with its "
+                    "names decoded, and the header and trailer in the file metadata, for DuckDB, Spark or Trino; "
+                    "--dataset adds any number of traces to a dataset partitioned by host, domain and date.",
+                    commands.export)
     ex.add_argument("trace", metavar="FILE", nargs="+", help="trace file (several with --dataset)")
     out = ex.add_mutually_exclusive_group(required=True)
-    out.add_argument("--perfetto", metavar="OUT", help="output .json or .json.gz")
+    out.add_argument("--perfetto", metavar="OUT", help="Perfetto protobuf trace (.pftrace; .gz compresses it)")
+    out.add_argument("--chrome-json", metavar="OUT", help="Chrome trace-event JSON (.json or .json.gz)")
     out.add_argument("--parquet", metavar="OUT", help="one Parquet file of the trace's events")
     out.add_argument("--dataset", metavar="DIR",
                      help="add the traces to the Parquet dataset in DIR (host=/domain=/date= partitions)")
-    ex.add_argument("--start", type=float, metavar="S", help="from S seconds after the recording start")
-    ex.add_argument("--end", type=float, metavar="S", help="up to S seconds after the recording start")
+    ex.add_argument("--start", type=_number, metavar="S", help="from S seconds after the recording start")
+    ex.add_argument("--end", type=_number, metavar="S", help="up to S seconds after the recording start")
     ex.add_argument("--max-events", type=_count, metavar="N", help="stop after N slices")
 
 
@@ -213,6 +274,9 @@ def _report(sub) -> None:
                help="html: one self-contained file with every table and plot, readable offline")
     rep.add_argument("--domain", "-d", help="only this domain of a multi-domain trace (record --all)")
     rep.add_argument("-o", "--output", metavar="FILE", help="write the report here instead of stdout")
+    rep.add_argument("--width", type=_count, metavar="COLUMNS",
+                     help="text: wrap at COLUMNS, 0 for no limit (default: the terminal's width on a terminal, "
+                          "no limit with -o, 80 into a pipe)")
 
 
 def _demo(sub) -> None:
@@ -232,7 +296,7 @@ SUBCOMMANDS = (_record, _launch, _top, _serve, _compare, _trend, _import, _expor
 
 def build_parser() -> argparse.ArgumentParser:
     """The `kvmtrace` parser; each subcommand's namespace carries its handler as ``run``."""
-    p = argparse.ArgumentParser(prog="kvmtrace", description=DESCRIPTION,
+    p = _Parser(prog="kvmtrace", description=DESCRIPTION,
                                 epilog=f"{REQUIREMENTS}\n\n{exit_code_table()}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"kvmtrace {__version__}")

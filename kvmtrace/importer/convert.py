@@ -24,6 +24,7 @@ import pandas as pd
 
 from kvmtrace import __version__
 from kvmtrace.errors import OutputError, TraceFileError
+from kvmtrace.importer.checks import check_isa, process_ids, timestamp_resolution_ns
 from kvmtrace.importer.result import ImportResult
 from kvmtrace.importer.rows import (
     _ENTRY_K,
@@ -430,6 +431,7 @@ def import_text(path: str | os.PathLike, output: str | os.PathLike, *, fmt: str 
 
 def _write(path: Path, output: Path, detected: str, st: _State, lines: int, override: Isa | None,
            spill, t0: float) -> ImportResult:
+    check_isa(path, st.reasons, override)
     trace_isa = _trace_isa(st, override)
     # Exits whose ISA the whole trace decides: numbers, and names two vendors share.
     fixes: list[tuple[int, int, int]] = []  # (row, isa, code); isa -1: cannot be decoded, dropped
@@ -467,7 +469,11 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         "truncated_last_line": st.truncated,
         "lost_marks_without_count": st.lost_marks_without_count,
         "isa_from": "--isa" if override is not None else "exit-reason names",
+        "exit_lines": kinds.get("kvm_exit", 0) + sum(undecodable.values()),
+        "process_ids": process_ids(st.threads, detected),
     }
+    if not st.raw_clock:
+        info["timestamp_resolution_ns"] = timestamp_resolution_ns(spill, st.rows_total, BATCH_EVENTS)
     host = {"isa": isa_name}
     if st.cpus is not None:
         host["cpus"] = st.cpus
@@ -479,7 +485,8 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         "tracepoint_formats": {},
         "probes": list(kinds),
         "domains": domains,
-        "values_captured": True,
+        # The data of port and MMIO accesses, where the text has such lines.
+        "values_captured": bool(kinds.get("kvm_pio") or kinds.get("kvm_mmio")),
         "clock": ("the source's trace clock, raw counts (not nanoseconds)" if st.raw_clock
                   else "the source's trace clock"),
     }
@@ -527,6 +534,7 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         unknown_examples=list(st.unknown_examples), undecodable_exits=info["undecodable_exits"],
         truncated_last_line=st.truncated, lost_events=st.lost,
         lost_marks_without_count=st.lost_marks_without_count, domains=domains,
+        exit_lines=info["exit_lines"], process_ids=info["process_ids"],
         seconds=time.perf_counter() - t0,
     )
 

@@ -31,6 +31,8 @@ class ImportResult:
     lost_marks_without_count: int  # "[LOST EVENTS]" markers (some lost, how many unknown)
     domains: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    exit_lines: int = 0  # kvm_exit lines read, stored or not
+    process_ids: str = "tgid"  # or "thread ids only": the text names no process (trace-cmd)
 
     @property
     def lines_per_second(self) -> float:
@@ -48,13 +50,18 @@ class ImportResult:
             out.append(f"skipped: not kvmtrace events: {skipped:,} lines ({names})")
         if self.undecodable_exits:
             names = ", ".join(f"{k!r} {v:,}" for k, v in sorted(self.undecodable_exits.items()))
-            out.append(f"left out: kvm_exit lines whose reason has no known name or number: {names} "
+            n = sum(self.undecodable_exits.values())
+            out.append(f"left out {n:,} of {self.exit_lines:,} kvm_exit lines, whose reason has no known name or "
+                       f"number: {names} "
                        "(give --isa vmx|svm if the names are of one vendor, or print the trace "
                        "with the kernel's own format, trace-cmd report -N)")
         if self.unknown_lines:
             where = ", ".join(map(str, self.unknown_examples))
             more = ", ..." if self.unknown_lines > len(self.unknown_examples) else ""
             out.append(f"unknown: {self.unknown_lines:,} lines could not be read (lines {where}{more})")
+        if self.process_ids != "tgid" and len(self.domains) > 1:
+            out.append(f"{len(self.domains)} tasks, each listed as its own domain: {self.format} text has no tgid "
+                       "to join the threads of one VM")
         if self.truncated_last_line:
             out.append("the last line has no end (the file was cut short?): it was left out")
         if self.lost_events:

@@ -32,6 +32,8 @@ DETECT_LINES = 2000
 # --------------------------------------------------------------------------
 
 _COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"\xfd7zXZ\x00", lzma.open), (b"BZh", bz2.open))
+#: The command that decompresses each, keeping the compressed file.
+_DECOMPRESS = {gzip.open: "gunzip -k", lzma.open: "unxz -k", bz2.open: "bunzip2 -k"}
 _BINARY_HINTS = (
     (b"\x17\x08\x44tracing", "a trace-cmd trace.dat (binary)",
      "print it as text first: trace-cmd report -i {p} > {p}.txt (add -N for the kernel's own "
@@ -88,6 +90,12 @@ def _open_text(path: Path):
                 raise TraceFileError(f"{path} is compressed but cannot be decompressed: {e}",
                                      "decompress it yourself and import the text") from e
             break
+    if opener is not None and head.startswith(b"ARROW1"):
+        # kvmtrace report reads a trace file as it is (memory-mapped): decompress it first.
+        plain = path.with_name(path.name.rsplit(".", 1)[0]) if "." in path.name else path
+        raise TraceFileError(f"{path} is a compressed kvmtrace trace file, not a text trace",
+                             f"decompress it, then report it: {_DECOMPRESS[opener]} {path} && "
+                             f"kvmtrace report {plain}")
     for magic, what, fix in _BINARY_HINTS:
         if head.startswith(magic):
             raise TraceFileError(f"{path} is {what}, not a text trace", fix.format(p=path))

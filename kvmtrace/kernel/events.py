@@ -16,7 +16,7 @@ import numpy as np
 
 from kvmtrace.tables.exits import Isa, KvmExit
 # The type field's place in an ioctl number, as the ioctl table builds them.
-from kvmtrace.tables.ioctls import _IOC_NRBITS, _IOC_TYPEBITS, KVMIO, KvmIoctl
+from kvmtrace.tables.ioctls import IOC_TYPEMASK, IOC_TYPESHIFT, KVMIO, KvmIoctl
 
 __all__ = [
     "EVENT_DTYPE",
@@ -239,8 +239,8 @@ def bpf_defines(
         f"-DKT_MAX_VCPUS={max_vcpus}",
         f"-DKT_MAX_KVM_FDS={max_kvm_fds}",
         f"-DKT_KVM_RUN_UNION={KVM_RUN_UNION_OFFSET}",
-        f"-DKT_IOC_TYPESHIFT={_IOC_NRBITS}",
-        f"-DKT_IOC_TYPEMASK={(1 << _IOC_TYPEBITS) - 1:#x}",
+        f"-DKT_IOC_TYPESHIFT={IOC_TYPESHIFT}",
+        f"-DKT_IOC_TYPEMASK={IOC_TYPEMASK:#x}",
         f"-DKT_KVMIO={KVMIO:#x}",
         *(f"-DKT_KVM_{c.name}={c.value:#x}U" for c in KvmIoctl if c is not KvmIoctl.RUN),
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",

@@ -79,7 +79,7 @@ def available_tracepoints(tracefs: str) -> dict[str, str]:
 
 def format_fields(text: str) -> set[str]:
     """Field names declared in a tracepoint format file's text."""
-    from kvmtrace.kernel.tpformat import parse_format
+    from kvmtrace.tables.tpformat import parse_format
 
     return {f.name for f in parse_format(text).fields}
 

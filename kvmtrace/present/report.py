@@ -48,6 +48,7 @@ def report_dict(trace: Trace) -> dict:
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
+        **_import_dict(trace),
         "userspace_exits": [{**r, "details": trace.exit_details.get(r["code"], [])}
                             for r in _records(s.userspace_exits)],
         "vcpus": trace.vcpu_counts(),
@@ -64,6 +65,34 @@ def report_dict(trace: Trace) -> dict:
         **({"by_domain": {d["name"]: _domain_counts(trace.for_domain(str(d["pid"]))) for d in domains}}
            if len(domains) > 1 else {}),
     }
+
+
+def _import_dict(trace: Trace) -> dict:
+    """What an imported text could not hold: the exits it left out, its timestamps' resolution
+    (trace-cmd and ftrace print µs), and tasks it could not join into VMs (no tgid)."""
+    imp = trace.header.get("import")
+    if not imp:
+        return {}
+    out: dict = {}
+    left = imp.get("undecodable_exits") or {}
+    if left:
+        out["import_left_out"] = {"kvm_exit": sum(left.values()), "of_kvm_exit_lines": imp.get("exit_lines"),
+                                  "reasons": left}
+    if imp.get("timestamp_resolution_ns", 1) > 1:
+        out["timestamp_resolution_ns"] = imp["timestamp_resolution_ns"]
+    if imp.get("process_ids") == "thread ids only" and len(trace.domains) > 1:
+        out["domains_note"] = (f"{len(trace.domains)} tasks, each listed as its own domain: {imp.get('format')} "
+                               "text has no tgid to join the threads of one VM")
+    return out
+
+
+def _resolution(d: dict) -> str:
+    """The latency tables' note on an imported text's timestamp resolution ("" for ns)."""
+    ns = d.get("timestamp_resolution_ns")
+    if not ns:
+        return ""
+    unit = {1_000: "1 µs", 1_000_000: "1 ms", 1_000_000_000: "1 s"}.get(ns, f"{ns:,} ns")
+    return f"; timestamps of {unit} resolution: 0.0 is under {unit}"
 
 
 def _domain_counts(trace: Trace) -> dict:
@@ -171,13 +200,13 @@ def _latency_text(con: Console, d: dict) -> None:
     rows = [[r["reason"], r["device"] or "-", r["direction"] or "-", f"{r['count']:,}", fmt(r["p50_us"]),
              fmt(r["p90_us"]), fmt(r["p99_us"]), fmt(r["max_us"])] for r in d["vmm_service_by_device"]
             if r["count"]]
-    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)",
+    con.print(_table(f"VMM service time, µs (userspace exit -> next KVM_RUN{_resolution(d)})",
                      [("exit", "left"), ("device", "left"), ("dir", "left"), ("count", "right"), ("p50", "right"),
                       ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
     if d.get("exit_handling"):
         rows = [[r["isa"], r["reason"], f"{r['count']:,}", fmt(r["p50_us"]), fmt(r["p90_us"]), fmt(r["p99_us"]),
                  fmt(r["max_us"])] for r in d["exit_handling"] if r["count"]]
-        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
+        con.print(_table(f"Exit handling time, µs (kvm_exit -> kvm_entry{_resolution(d)})",
                          [("isa", "left"), ("reason", "left"), ("count", "right"), ("p50", "right"),
                           ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
     edges = {k: v for k, v in d["unpaired"].items() if v}
@@ -224,8 +253,15 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(f"kvmtrace report: {trace.path}")
     if "import" in trace.header:
         imp = trace.header["import"]
-        con.print(f"domain {dom}, imported from {imp.get('format', '?')} text {imp.get('path', '?')}, "
-                  f"KVM ISA {host.get('isa', '?')}")
+        con.print(f"domain {dom}; KVM ISA {host.get('isa', '?')}")
+        con.print(f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}")
+        if d.get("domains_note"):
+            con.print(f"note: {d['domains_note']}")
+        if d.get("import_left_out"):
+            lo = d["import_left_out"]
+            con.print(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} kvm_exit "
+                      "lines, whose reason has no known name or number: "
+                      + ", ".join(f"{k!r} {v:,}" for k, v in lo["reasons"].items()))
     else:
         modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
         con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
@@ -236,7 +272,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
                   "counts cover what was written before it stopped")
     con.print("guest data values: " + ("captured" + (" (--values)" if "import" not in trace.header else
                                                      " (in the imported text)")
-                                        if trace.values_captured else "not captured"))
+                                        if trace.values_captured else "not captured" if "import" not in trace.header
+                                        else "none (the imported text has no kvm_pio or kvm_mmio lines)"))
     if trace.header.get("mode") == "counts":
         con.print("mode: counts (aggregated in the kernel)")
     if trace.mmio_note():

@@ -9,6 +9,7 @@ Nothing here parses ``ps``.
 from __future__ import annotations
 
 import json
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,3 +203,66 @@ def running_domains(conn) -> list[GuestProcess]:
         except (DomainNotRunningError, DomainNotFoundError):
             continue  # stopped meanwhile
     return guests
+
+
+# --------------------------------------------------------------------------
+# Domain life: creating, resuming and stopping (launch, the demo guest)
+# --------------------------------------------------------------------------
+
+def find(conn, name: str):
+    """The domain called ``name``, or None when libvirt knows none."""
+    libvirt = _libvirt()
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return None
+
+
+def create(conn, xml: str, paused: bool = False):
+    """Create a transient domain from its XML (virDomainCreateXML), paused if asked."""
+    libvirt = _libvirt()
+    try:
+        return conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+    except libvirt.libvirtError as e:
+        raise LibvirtError(f"libvirt could not start the domain: {e.get_error_message()}") from e
+
+
+def resume(dom) -> None:
+    """Resume a paused domain; a guest that ends itself at once is not an error.
+
+    A short finite guest can run to its end (isa-debug-exit makes QEMU exit)
+    before QEMU answers libvirt's "cont", and libvirt then reports the
+    monitor connection reset. If the domain is gone by then, that is what
+    happened.
+    """
+    libvirt = _libvirt()
+    try:
+        dom.resume()
+    except libvirt.libvirtError:
+        # libvirt may not have noticed QEMU's exit yet: give it a moment.
+        if not wait_stopped(dom, 5.0):
+            raise
+
+
+def destroy(dom) -> None:
+    """Destroy the domain if it still runs (a transient domain then vanishes)."""
+    libvirt = _libvirt()
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+
+
+def wait_stopped(dom, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the domain to stop; True when it has."""
+    libvirt = _libvirt()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not dom.isActive():
+                return True
+        except libvirt.libvirtError:
+            return True
+        time.sleep(0.05)
+    return False

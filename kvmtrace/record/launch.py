@@ -16,8 +16,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Callable, TextIO
 
-from kvmtrace.demo.run import resume
-from kvmtrace.record.domain import connect, lookup, resolve
+from kvmtrace.record.domain import connect, lookup, resolve, resume
 from kvmtrace.errors import DomainXmlError, LibvirtError, OutputError
 from kvmtrace.record.session import RecordOptions, RecordResult, Session, default_output
 

@@ -31,6 +31,8 @@ KVMIO = 0xAE
 # linux/ioctl.h (asm-generic): nr in bits 0-7, type in 8-15, size in 16-29,
 # direction in 30-31.
 _IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+#: Where _IOC_TYPE sits in an ioctl number (the BPF side extracts it with these).
+IOC_TYPESHIFT, IOC_TYPEMASK = _IOC_NRBITS, (1 << _IOC_TYPEBITS) - 1
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 _DIR_NAMES = {_IOC_NONE: "NONE", _IOC_WRITE: "W", _IOC_READ: "R", _IOC_READ | _IOC_WRITE: "RW"}
 

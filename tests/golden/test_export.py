@@ -46,7 +46,7 @@ def test_demo_trace_exports_quickly_and_validly(tmp_path):
 @pytest.mark.skipif(not (REAL / "hip24-vmx-6.5-2vm-tracedat.native-render.txt").exists(),
                     reason="shared/real-traces not present")
 def test_real_vmx_trace_with_entries(tmp_path):
-    importer = pytest.importorskip("kvmtrace.importer.text")
+    importer = pytest.importorskip("kvmtrace.importer")
     src = REAL / "hip24-vmx-6.5-2vm-tracedat.native-render.txt"
     importer.import_text(src, tmp_path / "r.kvmtrace")
     t = load(tmp_path / "r.kvmtrace")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvmtrace.kernel.tpformat import EventFormat, TracefsPermissionError, TracepointNotFoundError, read_format
+from kvmtrace.tables.tpformat import EventFormat, TracefsPermissionError, TracepointNotFoundError, read_format
 
 from ..support.exit_tables import disagreements as _disagreements
 

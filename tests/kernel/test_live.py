@@ -48,10 +48,10 @@ def test_prometheus_scrape_gives_the_roms_counts(kernel, domain_name):
     d = domain_name
     assert m[f'kvmtrace_userspace_exits_total{{domain="{d}",reason="IO"}}'] == truth["userspace_exits"]["IO"]
     assert m[f'kvmtrace_userspace_exits_total{{domain="{d}",reason="MMIO"}}'] == truth["userspace_exits"]["MMIO"]
-    assert m[f'kvmtrace_pio_total{{device="ioport80",direction="write",domain="{d}",handler="vmm",port="0x0080"}}'] == 23
-    assert m[f'kvmtrace_pio_total{{device="kvm-pit",direction="read",domain="{d}",handler="kernel",port="0x0040"}}'] == 37
-    assert m[f'kvmtrace_mmio_total{{device="hpet",direction="read",domain="{d}",handler="vmm",page="0xfed00000"}}'] == 43
-    assert m[f'kvmtrace_mmio_total{{device="kvm-ioapic",direction="write",domain="{d}",handler="kernel",page="0xfec00000"}}'] == 47
+    assert m[f'kvmtrace_pio_total{{device="ioport80",direction="write",domain="{d}",handled_by="vmm",port="0x0080"}}'] == 23
+    assert m[f'kvmtrace_pio_total{{device="kvm-pit",direction="read",domain="{d}",handled_by="kernel",port="0x0040"}}'] == 37
+    assert m[f'kvmtrace_mmio_total{{device="hpet",direction="read",domain="{d}",handled_by="vmm",page="0xfed00000"}}'] == 43
+    assert m[f'kvmtrace_mmio_total{{device="kvm-ioapic",direction="write",domain="{d}",handled_by="kernel",page="0xfec00000"}}'] == 47
     # Every userspace exit but the last (QEMU exits on it) is served and re-entered.
     served = m[f'kvmtrace_vmm_service_seconds_count{{domain="{d}",reason="IO"}}'] + \
         m[f'kvmtrace_vmm_service_seconds_count{{domain="{d}",reason="MMIO"}}']

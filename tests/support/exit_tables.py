@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmtrace.kernel.tpformat import EventFormat
+from kvmtrace.tables.tpformat import EventFormat
 from kvmtrace.tables.exits import (
     VMX_EXIT_FLAG_NAMES,
     Isa,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvmtrace.importer.text import import_text
+from kvmtrace.importer import import_text
 from kvmtrace.kernel.events import EventKind
 from kvmtrace.trace import load
 

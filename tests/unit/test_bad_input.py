@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from kvmtrace.errors import KvmtraceError, TraceFileError
 from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
-from kvmtrace.importer.text import import_text
+from kvmtrace.importer import import_text
 from kvmtrace.trace import load
 from kvmtrace.tracefile import TraceWriter, read_trace
 
@@ -125,7 +125,7 @@ def test_gigabyte_line_imports_in_bounded_memory(tmp_path):
         f.write(b"\n")
         f.write(GOOD_LINES[0].encode())
     out = tmp_path / "huge.kvmtrace"
-    code = ("import resource, sys; from kvmtrace.importer.text import import_text; "
+    code = ("import resource, sys; from kvmtrace.importer import import_text; "
             f"r = import_text({str(p)!r}, {str(out)!r}); "
             "print(r.events, r.unknown_lines, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

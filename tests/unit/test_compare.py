@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kvmtrace.present.compare import format_text
 from kvmtrace.analysis.compare import (
-    COLUMNS, RateTableError, RunRates, compare, format_text, has_regression, holm, poisson_rate_test,
+    COLUMNS, RateTableError, RunRates, compare, has_regression, holm, poisson_rate_test,
     regression_causes, to_json,
 )
 

@@ -16,7 +16,7 @@ from kvmtrace.analysis.requirements import SINGLE_EVENTS, require_events
 from kvmtrace.cli import build_parser
 from kvmtrace.errors import ExitCode, KvmtraceError, MissingTraceEventError
 from kvmtrace.kernel.events import AGGREGATE, EventKind
-from kvmtrace.kernel.tpformat import parse_format, read_format
+from kvmtrace.tables.tpformat import parse_format, read_format
 
 from ..support.cli import run
 from ..support.evbuild import Ev

@@ -40,7 +40,7 @@ from kvmtrace.tables.exits import (
     kvm_exit_names_from_format,
     tables_from_format,
 )
-from kvmtrace.kernel.tpformat import (
+from kvmtrace.tables.tpformat import (
     EventFormat,
     eval_c_int,
     parse_format,

@@ -1,4 +1,4 @@
-"""Tests for kvmtrace.kernel.tpformat: format files, print-format tables, tracefs reading.
+"""Tests for kvmtrace.tables.tpformat: format files, print-format tables, tracefs reading.
 
 Fixtures under tests/data/formats/ mirror tracefs (``events/<system>/<name>/format``):
 ``linux-6.18`` holds files copied from a 6.18 host, ``linux-5.4`` a hand-written
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.kernel.tpformat import (
+from kvmtrace.tables.tpformat import (
     EventFormat,
     Field,
     FormatParseError,

@@ -9,7 +9,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from kvmtrace.analysis.compare import RateTableError, RunRates
-from kvmtrace.analysis.trend import COLUMNS, plot_trend, save_trend, trend_frame
+from kvmtrace.analysis.trend import COLUMNS, trend_frame
+from kvmtrace.present.trend import plot_trend, save_trend
 
 RATES = {
     ("port", "0x0080 write"): 30_000,

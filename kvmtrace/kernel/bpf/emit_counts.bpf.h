@@ -87,7 +87,7 @@ static __always_inline void kt_hist(struct kt_event *e, u32 which, u32 reason, u
 	k.op = which;
 	k.reason = reason;
 	k.isa = isa;
-	k.port = bpf_log2l(e->ts_ns - since);	/* bucket: [2^port, 2^(port+1)) ns */
+	k.port = bpf_log2l(e->ts_ns - since);	/* bcc: floor(log2)+1, so [2^(port-1), 2^port) ns */
 	kt_bump(&k, KT_KIND_HIST);
 }
 

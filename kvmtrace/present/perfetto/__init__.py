@@ -1,6 +1,8 @@
 """A trace as a timeline for the Perfetto UI (ui.perfetto.dev) and chrome://tracing.
 
-:func:`export_perfetto` writes the Chrome Trace Event Format, JSON object
+:func:`export_perfetto` writes Perfetto's native protobuf trace
+(``format="proto"``, see :mod:`.proto`; ``kvmtrace export --perfetto``) or
+the Chrome Trace Event Format (``format="json"``; ``--chrome-json``), JSON object
 form (``{"traceEvents": [...], "otherData": {...}}``), which both viewers
 open; a path ending in ``.gz`` is gzip-compressed (Perfetto opens
 ``.json.gz``).  Layout:
@@ -42,7 +44,7 @@ where lost events break it, the offending slice moves to an extra track
 Modules by step: ``sources`` (what to draw: rows of each kind of slice or
 instant, and how to write their JSON), ``tracks`` (where: track names, vCPU
 order, overlap lanes), ``counters`` (how many per window), ``writer`` (the
-streamed file) and ``export`` (:func:`export_perfetto`, which runs them).
+streamed JSON), ``proto`` (the protobuf trace) and ``export`` (:func:`export_perfetto`, which runs them).
 """
 
 from kvmtrace.present.perfetto.export import FORMATS, ExportResult, export_perfetto

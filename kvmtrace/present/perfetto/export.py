@@ -22,12 +22,13 @@ from kvmtrace.present.perfetto.sources import (
     _userspace_exits,
 )
 from kvmtrace.present.perfetto.tracks import _process_name, _Tracks, _vcpus
+from kvmtrace.present.perfetto.proto import _write_proto
 from kvmtrace.present.perfetto.writer import _write
 
 __all__ = ["FORMATS", "ExportResult", "export_perfetto"]
 
-#: Output formats :func:`export_perfetto` writes.
-FORMATS = ("json",)
+#: Output formats :func:`export_perfetto` writes: Chrome trace-event JSON, Perfetto's protobuf.
+FORMATS = ("json", "proto")
 
 
 @dataclass
@@ -85,10 +86,10 @@ def export_perfetto(trace, out_path: str | os.PathLike, *, format: str = "json",
                     in_kernel: bool = True) -> ExportResult:
     """Write ``trace`` (a :class:`~kvmtrace.trace.Trace` or a trace file path) as a timeline.
 
-    ``format``: "json" (Chrome Trace Event Format; Perfetto's protobuf
-    format is not written: the JSON opens in ui.perfetto.dev, and
-    chrome://tracing opens only JSON).  ``out_path`` ending in ``.gz`` is
-    gzip-compressed.  ``start_s`` / ``end_s`` keep the events that start in
+    ``format``: "json" (Chrome Trace Event Format: ui.perfetto.dev and
+    chrome://tracing open it) or "proto" (Perfetto's native protobuf trace,
+    see :mod:`.proto`: ui.perfetto.dev and trace_processor).  ``out_path``
+    ending in ``.gz`` is gzip-compressed.  ``start_s`` / ``end_s`` keep the events that start in
     that window (seconds since the recording started); ``max_events`` then
     keeps the earliest that many slices and instants (counters and track
     names are not counted), cutting the timeline at the first one left out.
@@ -103,7 +104,7 @@ def export_perfetto(trace, out_path: str | os.PathLike, *, format: str = "json",
     t0 = time.perf_counter()
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r} "
-                         "(the Perfetto UI opens the JSON, and so does chrome://tracing)")
+                         "(json: Chrome trace-event JSON; proto: Perfetto's protobuf trace)")
     if max_events is not None and max_events < 0:
         raise ValueError(f"max_events must be >= 0, not {max_events}")
     if counter_window_ms <= 0:
@@ -193,7 +194,10 @@ def export_perfetto(trace, out_path: str | os.PathLike, *, format: str = "json",
         "lost_events": int(trace.lost_events), "complete": bool(trace.complete),
         "kernel_release": (trace.header.get("host") or {}).get("kernel_release"),
     }
-    _write(out_path, meta, sources, tids, origin, counters, other)
+    if format == "proto":
+        _write_proto(out_path, meta, sources, tids, origin, counters, other, tracks)
+    else:
+        _write(out_path, meta, sources, tids, origin, counters, other)
     return ExportResult(
         path=out_path, format=format, bytes=out_path.stat().st_size, seconds=time.perf_counter() - t0,
         events=counts, metadata=len(meta), tracks=len(used), overlap_moved=overlap_moved,

@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from kvmtrace.kernel.tpformat import EventFormat, parse_format
+from kvmtrace.tables.tpformat import EventFormat, parse_format
 from kvmtrace.tables.exits.common import _U32, Isa, unknown_name
 from kvmtrace.tables.exits.kvm import KVM_EXITS
 from kvmtrace.tables.exits.svm import SVM_EXIT_NAMES, SvmExit, _svm_key

@@ -17,7 +17,9 @@ This module turns that text into an :class:`EventFormat` and extracts the
 is how the kernel itself names exit reasons.  The recorder stores the raw text
 of each format in the trace file (:attr:`EventFormat.text`) so that a trace can
 be decoded later, on another machine, with the tables of the kernel that
-produced it.
+produced it. It sits with the tables because that is what a format file is:
+the kernel's own layout and name tables for one event (tables/exits reads
+them), read by the probe loader and the decoders alike.
 
 Only the standard library (and kvmtrace's errors) is used and importing the
 module touches nothing outside it: tracefs is read only by :func:`read_format`
