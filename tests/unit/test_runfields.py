@@ -190,3 +190,38 @@ def test_member_mask_names_every_member_but_io_and_mmio():
 def test_mmio_addresses_needs_counts_mode():
     r = run("record", "--domain", "x", "--mmio-addresses", "2")
     assert r.returncode == 2 and "--mode counts" in one_error_line(r)
+
+
+def test_every_format_shows_member_values_and_vcpus(tmp_path):
+    """A trace with an emulation failure on one of two vCPUs: the text, markdown,
+    csv and html reports show the decoded values and the per-vCPU rows."""
+    import csv
+    import io
+
+    from kvmtrace.kernel.events import EVENT_DTYPE
+    from kvmtrace.present.formats import render
+    from kvmtrace.trace import load_for_report
+    from kvmtrace.tracefile import TraceWriter
+
+    e = Ev()
+    union = dict(zip(("rip", "info1", "info2", "gpa", "value"), EMULATION_WORDS))
+    e.pio(0x80, True, tid=11).uexit_io(0x80, True, tid=11).run(tid=11)
+    e.uexit(17, tid=11, flags=int(EventFlag.RUN_FIELDS | EventFlag.RUN_UNION), **union)
+    f = e.frame()
+    a = np.zeros(len(f), EVENT_DTYPE)
+    for name in f.columns:
+        a[name] = f[name].to_numpy()
+    p = tmp_path / "t.kvmtrace"
+    w = TraceWriter(p, {"domains": [{"name": "g", "pid": 100, "vcpu_threads": {"0": 11, "1": 12}}]})
+    w.write(a, {})
+    w.close({"start_time_ns": 0, "end_time_ns": 10**9})
+    t = load_for_report(p)
+    text = render(t, "text")
+    assert "suberror=1 (EMULATION)," in text and "insn_bytes=[cc" in text  # wrapped in its column
+    assert "Per vCPU" in text and max(len(x) for x in text.splitlines()) <= 80
+    assert "emulation_failure" in render(t, "markdown") and "emulation_failure" in render(t, "html")
+    rows = list(csv.DictReader(io.StringIO(render(t, "csv"))))
+    (v,) = [r for r in rows if r["section"] == "userspace_exit_values"]
+    assert v["reason"] == "INTERNAL_ERROR" and v["member"] == "emulation_failure" and v["count"] == "1"
+    assert [(r["vcpu"], r["tid"], r["count"], r["pio"]) for r in rows if r["section"] == "vcpus"] == [
+        ("0", "11", "2", "1"), ("1", "12", "0", "0")]
