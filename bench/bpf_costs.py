@@ -6,7 +6,7 @@ with ``kernel.bpf_stats_enabled=1``, which makes the kernel time every run of
 every program, and reports nanoseconds per run:
 
 1. **primitives**: one small program per helper or map operation kvmtrace's
-   probes use, all attached to ``kvm:kvm_pio``;
+   probes use, all attached to ``kvm:kvm_pio`` (``r_*``: raw tracepoint programs);
 2. **kvmtrace's probes** in events and counts mode, as ``kvmtrace record``
    loads them (through kvmtrace.kernel.probe.Probes).
 
@@ -99,15 +99,33 @@ int p_hash_update_delete(void *ctx)
 """
 
 
-def prog_stats(names: set[str] | None = None, ids: set[int] | None = None) -> dict[str, dict]:
-    """Runs and ns per run of the loaded programs named in ``names`` or with an id in ``ids``."""
+#: Raw tracepoint programs on kvm_pio: the floor of a raw probe, and the check
+#: kvmtrace's kvm_fpu probe makes that it runs inside ioctl(KVM_RUN).
+RAW_PRIMITIVES = r"""
+#include <asm/ptrace.h>
+int r_empty(struct bpf_raw_tracepoint_args *ctx) { return 0; }
+int r_task_pt_regs_read(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 r[3];
+
+	if (bpf_probe_read_kernel(r, sizeof(r), &regs->si))
+		return 0;
+	return r[2] == 16;
+}
+"""
+
+
+def prog_stats(names: set[str] | None = None, ids: set[int] | None = None, key: str = "name") -> dict:
+    """Runs and ns per run of the loaded programs named in ``names`` or with an id in ``ids``,
+    keyed by name (or by id)."""
     progs = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
                                       check=True).stdout)
     out = {}
     for p in progs:
         if (names and p.get("name") in names) or (ids and p["id"] in ids):
             cnt = p.get("run_cnt", 0)
-            out[p.get("name", str(p["id"]))] = {"runs": cnt, "ns_per_run": round(p["run_time_ns"] / cnt, 1)
+            out[p["id"] if key == "id" else p.get("name", str(p["id"]))] = {"runs": cnt, "ns_per_run": round(p["run_time_ns"] / cnt, 1)
                                                 if cnt else None}
     return out
 
@@ -127,14 +145,22 @@ def primitives(writes: int) -> dict[str, dict]:
     from bcc import BPF
 
     b = BPF(text=PRIMITIVES)
+    # bcc attaches one raw program per tracepoint per BPF object: one object each.
+    rs = []
     names = [line.split("(")[0].split()[-1] for line in PRIMITIVES.splitlines() if line.startswith("int p_")]
+    raw = [line.split("(")[0].split()[-1] for line in RAW_PRIMITIVES.splitlines() if line.startswith("int r_")]
     try:
         for n in names:
             b.attach_tracepoint(tp=b"kvm:kvm_pio", fn_name=n.encode())
+        for n in raw:
+            rs.append(BPF(text=RAW_PRIMITIVES))
+            rs[-1].attach_raw_tracepoint(tp=b"kvm_pio", fn_name=n.encode())
         run_guest(writes, lambda g: b[b"targets"].__setitem__(ctypes.c_uint32(g.pid), ctypes.c_uint32(0)))
-        return prog_stats(names=set(names))
+        return prog_stats(names=set(names) | set(raw))
     finally:
         b.cleanup()
+        for r in rs:
+            r.cleanup()
 
 
 def kvmtrace_probes(writes: int, mode: str) -> dict[str, dict]:
@@ -145,7 +171,10 @@ def kvmtrace_probes(writes: int, mode: str) -> dict[str, dict]:
 
     probes = Probes(available_tracepoints("/sys/kernel/tracing"), counts_mode=mode == "counts")
     try:
-        ids = set(bpf_attachments(os.getpid()).values())  # the programs this process attached: kvmtrace's
+        # The programs this process attached (kvmtrace's), by tracepoint: bpftool's
+        # names of raw tracepoint programs are cut or taken from BTF, not reliable.
+        attached = bpf_attachments(os.getpid())
+        ids = set(attached.values())
 
         def trace(g):
             for vcpu, tid in g.vcpu_threads.items():
@@ -166,7 +195,9 @@ def kvmtrace_probes(writes: int, mode: str) -> dict[str, dict]:
         finally:
             stop.set()
             t.join()
-        return {k: v for k, v in prog_stats(ids=ids).items() if v["runs"]}
+        by_id = prog_stats(ids=ids, key="id")
+        return {f"{tp} ({'raw' if tp in probes.plan.raw or tp == 'kvm_fpu' else 'tracepoint'})": by_id[pid]
+                for tp, pid in attached.items() if pid in by_id and by_id[pid]["runs"]}
     finally:
         probes.close()
 

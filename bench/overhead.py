@@ -144,14 +144,15 @@ def make_tracer(name: str) -> Tracer | None:
         "kvmtrace-counts": lambda: Kvmtrace("counts"),
         "bpftrace": Bpftrace,
         "bpf-empty": EmptyBpf,
+        "raw-empty": lambda: EmptyBpf(raw=True),
         "perf": Perf,
         "trace-cmd": TraceCmd,
     }[name]()
 
 
 #: Configurations that record nothing: timed, not checked against the ground truth.
-NO_RECORDS = ("untraced", "bpf-empty")
-CONFIGS = ("untraced", "bpf-empty", "kvmtrace-events", "kvmtrace-counts", "bpftrace", "perf", "trace-cmd")
+NO_RECORDS = ("untraced", "bpf-empty", "raw-empty")
+CONFIGS = ("untraced", "bpf-empty", "raw-empty", "kvmtrace-events", "kvmtrace-counts", "bpftrace", "perf", "trace-cmd")
 
 
 def overhead(args, report: dict) -> None:

@@ -300,6 +300,20 @@ class Trace:
         hw = probes is None or "kvm_exit" in probes or "import" in self.header
         return tuple(d for d in DIMENSIONS if d != "exit" or hw)
 
+    def compare(self, new: "Trace", threshold_pct: float = 10.0, alpha: float = 0.01, method: str = "poisson",
+                window_s: float = 0.25) -> pd.DataFrame:
+        """This run (the base) against ``new``, as ``kvmtrace compare`` does: one row per
+        (dimension, key) with both rates, the change and its significance (the columns of
+        :func:`kvmtrace.analysis.compare.compare`). ``attrs["regression"]``: whether any
+        row is a significant increase above ``threshold_pct``. ``window_s``: the windows of
+        ``method="bootstrap"``."""
+        from kvmtrace.analysis.compare import compare, has_regression
+
+        w = window_s if method == "bootstrap" else None
+        df = compare(self.run_rates(w), new.run_rates(w), threshold_pct=threshold_pct, alpha=alpha, method=method)
+        df.attrs["regression"] = has_regression(df)
+        return df
+
     def df_rates(self, freq: str | float = "1s", by: str = "device") -> pd.DataFrame:
         """Exits per second over time, one column per key of ``by``.
 
@@ -475,6 +489,16 @@ REPORT_COLUMNS = ("ts_ns", "tid", "pid", "vcpu", "kind", "op", "flags", "reason"
 #: Of those, the ones only kvm_exit/kvm_entry events use (the hardware exit
 #: table, exit handling times): not read for a trace without such events.
 EXIT_COLUMNS = ("isa", "vcpu", "count")
+
+
+def trend(traces, baseline: int | str | list[str] = 3, order_by: str = "label") -> pd.DataFrame:
+    """Rates of every key across ``traces`` (Trace objects), with the baseline runs' band and the
+    runs above it flagged, as ``kvmtrace trend`` does (the columns of
+    :func:`kvmtrace.analysis.trend.trend_frame`). ``baseline``: the first N runs, or labels."""
+    from kvmtrace.analysis.trend import trend_frame
+
+    times = [(t.data.trailer or t.data.progress).get("start_wall", "") for t in traces]
+    return trend_frame([t.run_rates() for t in traces], order_by=order_by, times=times, baseline=baseline)
 
 
 def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Trace:

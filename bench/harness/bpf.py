@@ -12,13 +12,13 @@ OUR_PROGS: set[int] = set()  # every BPF program id our tracers attached, for th
 
 
 def bpf_attachments(pid: int) -> dict[str, int]:
-    """Tracepoint name -> BPF program id, for the tracepoints process ``pid`` has attached."""
+    """Tracepoint name -> BPF program id, for the tracepoints (regular or raw) process ``pid`` has attached."""
     r = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.strip():
         return {}
     found = {}
     for entry in json.loads(r.stdout):
-        if entry.get("pid") == pid and entry.get("fd_type") == "tracepoint":
+        if entry.get("pid") == pid and entry.get("fd_type") in ("tracepoint", "raw_tracepoint"):
             found[entry["tracepoint"]] = entry["prog_id"]
     return found
 
@@ -56,11 +56,12 @@ def recursion_misses(prog_ids) -> int:
 # to 15 characters: kvm__kvm_pio); bpftrace's start with the probe type too.
 #: kvmtrace- and bpftrace-like programs.
 TRACER_PROGRAMS = r"^(kvm_|kvm__|tracepoint__|sys_enter_ioctl|syscalls__)"
-#: kvmtrace's own programs on the kvm events and the syscalls' entries.
-KVMTRACE_PROGRAMS = r"^(tracepoint__)?(kvm__kvm_|syscalls__sys_ente)"
+#: kvmtrace's own programs on the kvm events and the syscalls' entries, regular
+#: (tracepoint__kvm__kvm_pio) or raw (raw_tracepoint__kvm_pio, cut: raw_tracepoint_).
+KVMTRACE_PROGRAMS = r"^((tracepoint__)?(kvm__kvm_|syscalls__sys_ente)|raw_tracepoint_(_kvm_|$))"
 
 
-def loaded_programs(pattern: str = TRACER_PROGRAMS, prog_type: str | None = None,
+def loaded_programs(pattern: str = TRACER_PROGRAMS, prog_type: str | tuple[str, ...] | None = None,
                     check: bool = False) -> list[str]:
     """"ID NAME" of every BPF program loaded now whose name matches ``pattern``
     (and whose type is ``prog_type``, e.g. "tracepoint"): anyone's, since others
@@ -70,5 +71,6 @@ def loaded_programs(pattern: str = TRACER_PROGRAMS, prog_type: str | None = None
     if r.returncode != 0 or not r.stdout.strip():
         return []
     pat = re.compile(pattern)
+    types = (prog_type,) if isinstance(prog_type, str) else prog_type
     return [f"{p['id']} {p.get('name', '')}" for p in json.loads(r.stdout)
-            if pat.match(p.get("name", "")) and prog_type in (None, p.get("type"))]
+            if pat.match(p.get("name", "")) and (types is None or p.get("type") in types)]

@@ -260,6 +260,10 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
         raise RateTableError(f"unknown comparison method {method!r}", f"use one of {', '.join(METHODS)}")
     if not (0 < alpha < 1):
         raise RateTableError(f"alpha={alpha!r} is not a probability", "give alpha between 0 and 1, e.g. 0.01")
+    if not (threshold_pct >= 0 and math.isfinite(threshold_pct)):
+        # A negative threshold would call a drop a regression (-20: a 16 % drop "rose").
+        raise RateTableError(f"threshold_pct={threshold_pct!r} is not a percentage increase",
+                             "give threshold_pct 0 or more, e.g. 10")
     b, n = run_counts(base), run_counts(new)
     b, n, left_out = common_ground(base, new, b, n)
     keys = b.index.union(n.index, sort=False)

@@ -41,7 +41,7 @@ class EventKind(enum.IntEnum):
     PIO = 3  # kvm:kvm_pio, a port I/O access
     MMIO = 4  # kvm:kvm_mmio, an MMIO access
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
-    RUN = 6  # syscalls:sys_enter_ioctl with KVM_RUN, the VMM re-entering
+    RUN = 6  # the VMM re-entering: kvm:kvm_fpu load in KVM_RUN (or sys_enter_ioctl KVM_RUN)
     HIST = 7  # counts mode only: a log2 latency histogram bucket
     IOCTL = 8  # a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl)
     CLOSE = 9  # close() of a KVM fd (the /dev/kvm, VM or vCPU fd)
@@ -104,6 +104,8 @@ class RunIoDirection(enum.IntEnum):
 KVM_RUN = int(KvmIoctl.RUN)
 #: Offset of the union in struct kvm_run (uapi linux/kvm.h).
 KVM_RUN_UNION_OFFSET = 32
+#: __NR_ioctl on x86-64 (kvm_fpu, the RUN edge that checks it, is x86's).
+NR_IOCTL = 16
 #: ``vcpu`` of an event whose tracepoint carries no vCPU id.
 NO_VCPU = 0xFFFFFFFF
 #: Counts mode counts MMIO per exact address for the first MAX_MMIO_ADDRESSES
@@ -125,6 +127,7 @@ TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
     ("kvm", "kvm_pio", EventKind.PIO),
     ("kvm", "kvm_mmio", EventKind.MMIO),
     ("kvm", "kvm_userspace_exit", EventKind.USERSPACE_EXIT),
+    ("kvm", "kvm_fpu", EventKind.RUN),
     ("syscalls", "sys_enter_ioctl", EventKind.RUN),
     ("syscalls", "sys_exit_ioctl", EventKind.IOCTL),
     ("syscalls", "sys_enter_close", EventKind.CLOSE),
@@ -216,11 +219,17 @@ def bpf_defines(
     counts_mode: bool = False,
     max_keys: int = 65536,
     max_mmio_addresses: int = MAX_MMIO_ADDRESSES,
+    raw: frozenset[str] | set[str] = frozenset(),
+    launch: bool = False,
+    run_by_syscall: bool = False,
 ) -> list[str]:
     """The -D flags that build kvmtrace/kernel/bpf/kvmtrace.bpf.c.
 
     ``probes`` names the tracepoints to compile (event names, e.g.
-    ``"kvm_pio"``); ``fields`` maps each to the field names its format has.
+    ``"kvm_pio"``); ``fields`` maps each to the field names its format has;
+    ``raw`` those attached as raw tracepoints; ``launch`` builds the ioctl
+    probes of a launch; ``run_by_syscall`` takes RUN from sys_enter_ioctl
+    (kvmtrace/kernel/layouts.py decides all three).
     """
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
@@ -248,12 +257,19 @@ def bpf_defines(
         f"-DKT_RUN_UNION_BYTES={RUN_UNION_BYTES}",
         f"-DKT_KVM_EXIT_MEMBERS={_member_mask():#x}U",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
+        f"-DKT_NR_IOCTL={NR_IOCTL}",
     ]
     for name in probes:
         flags.append(f"-DKT_PROBE_{name.upper()}")
         for field in OPTIONAL_FIELDS.get(name, ()):
             if field in fields.get(name, ()):
                 flags.append(f"-DKT_HAVE_{name.upper()}_{field.upper()}")
+        if name in raw:
+            flags.append(f"-DKT_RAW_{name.upper()}")
+    if launch:
+        flags.append("-DKT_LAUNCH")
+    if run_by_syscall:
+        flags.append("-DKT_RUN_BY_SYSCALL")
     if capture_values:
         flags.append("-DKT_CAPTURE_VALUES")
     if counts_mode:

@@ -11,6 +11,7 @@ import ctypes
 import importlib.resources
 import mmap
 import os
+import platform
 import re
 import select
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvmtrace.errors import BccError
+from kvmtrace.kernel.layouts import ProbePlan, plan_probes
 from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, TRACEPOINTS, EventKind, bpf_defines
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
@@ -180,7 +182,10 @@ class Probes:
         counts_mode: bool = False,
         max_vcpus: int | None = None,
         max_mmio_addresses: int | None = None,
+        plan: ProbePlan | None = None,
     ):
+        """``plan``: which probes, raw or regular (kvmtrace/kernel/layouts.py);
+        by default this kernel's plan for a recording of running guests."""
         try:
             from bcc import BPF
         except ImportError as e:
@@ -189,11 +194,18 @@ class Probes:
                 "apt-get install python3-bpfcc and run kvmtrace from a virtualenv "
                 "made by /usr/bin/python3 -m venv --system-site-packages (./setup.sh)",
             ) from e
-        self.probes = list(formats)
         fields = {name: format_fields(text) for name, text in formats.items()}
+        if plan is None:
+            plan = plan_probes(fields, platform.release())
+        self.plan = plan
+        self.probes = list(plan.probes)
+        self._held = list(plan.launch_only)  # detached at the first KVM_RUN
         cflags = bpf_defines(
             probes=self.probes,
             fields=fields,
+            raw=plan.raw,
+            launch=plan.launch,
+            run_by_syscall=plan.run_edge == "sys_enter_ioctl",
             ringbuf_pages=1 if counts_mode else ringbuf_pages,
             capture_values=capture_values,
             counts_mode=counts_mode,
@@ -204,7 +216,7 @@ class Probes:
         pdir = probes_dir()
         cflags.append(f"-I{pdir}")
         try:
-            # TRACEPOINT_PROBE programs attach as they load.
+            # TRACEPOINT_PROBE and RAW_TRACEPOINT_PROBE programs attach as they load.
             source = bpf_source(os.path.join(pdir, "kvmtrace.bpf.c"))
             self.bpf = BPF(text=source.encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile/load/attach
@@ -226,7 +238,25 @@ class Probes:
         self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(1)
 
     def disarm(self) -> None:
-        self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+        if self.plan.launch:
+            self.bpf[b"armed"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+
+    @property
+    def held(self) -> list[str]:
+        """The launch's syscall probes still attached (until the first KVM_RUN)."""
+        return list(self._held)
+
+    def release_launch_probes(self, force: bool = False) -> bool:
+        """Detach the launch's syscall probes once the traced VMM has entered
+        KVM_RUN (or now, with ``force``); True if it detached them now."""
+        if not self._held:
+            return False
+        if not force and not self.bpf[b"ran"][ctypes.c_int(0)].value:
+            return False
+        for name in self._held:
+            self.bpf.detach_tracepoint(tp=f"syscalls:{name}".encode())
+        self._held = []
+        return True
 
     def stop_matching(self) -> None:
         """Match no new event (of any target, armed or not): what is in the
@@ -278,6 +308,7 @@ class Probes:
         bpf = getattr(self, "bpf", None)
         if bpf is not None:
             self.bpf = None
+            self._held = []
             self.ring.close()
             bpf.cleanup()
 

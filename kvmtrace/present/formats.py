@@ -127,16 +127,29 @@ def report_facts(trace, d: dict) -> list[str]:
     host = trace.header.get("host", {})
     dom = ", ".join(str(x["name"]) for x in trace.domains) or "?"
     modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
-    lines = [
-        f"trace: {trace.path}",
-        f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
-        f"KVM ISA {host.get('isa', '?')} ({modules})",
-        f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost",
-    ]
+    imp = trace.header.get("import")
+    lines = [f"trace: {trace.path}"]
+    if imp:  # what the imported text could not hold, as the text report says it
+        lines += [f"domain {dom}; KVM ISA {host.get('isa', '?')}",
+                  f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}"]
+        if d.get("domains_note"):
+            lines.append(f"note: {d['domains_note']}")
+        if d.get("import_left_out"):
+            lo = d["import_left_out"]
+            lines.append(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} "
+                         "kvm_exit lines, whose reason has no known name or number")
+        if d.get("timestamp_resolution_ns"):
+            lines.append(f"timestamps of {d['timestamp_resolution_ns']:,} ns resolution: latencies under it read 0.0")
+    else:
+        lines.append(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
+                     f"KVM ISA {host.get('isa', '?')} ({modules})")
+    lines.append(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         lines.append(f"WARNING: the recording was cut short ({trace.data.note}); "
                      "counts cover what was written before it stopped")
-    lines.append("guest data values: " + ("captured (--values)" if trace.values_captured else "not captured"))
+    lines.append("guest data values: " + ("captured" + (" (in the imported text)" if imp else " (--values)")
+                                          if trace.values_captured else "not captured" if not imp
+                                          else "none (the imported text has no kvm_pio or kvm_mmio lines)"))
     if trace.header.get("mode") == "counts":
         lines.append("mode: counts (aggregated in the kernel)")
     if trace.mmio_note():
@@ -149,7 +162,7 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
     d = report_dict(trace) if d is None else d
     s = trace.summary
     known = bool(s.userspace_fields_known)
-    dur = d["duration_s"]
+    dur = s.duration_s  # exact, as the JSON's rates use (d["duration_s"] is rounded)
     out: list[Section] = []
 
     notes = []
@@ -241,8 +254,22 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
 
 # --------------------------------------------------------------- Markdown
 
+#: Characters Markdown (or the HTML inside it) would read as markup, escaped in text from outside
+#: kvmtrace (domain names, paths, labels, device names).
+_MD_SPECIAL = "\\`*_[]|~"
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def _md_text(text) -> str:
+    """``text`` as literal Markdown: control characters shown as escapes (a newline cannot end a
+    list item or start a heading), HTML escaped (``<script>`` stays text), markup backslashed."""
+    t = html.escape(str(text).translate(_CONTROL), quote=False)
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in t)
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ") or " "
+    t = html.escape(str(text).translate(_CONTROL), quote=False)
+    return t.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("*", "\\*") or " "
 
 
 def _md_table(sec: Section) -> list[str]:
@@ -255,9 +282,9 @@ def _md_table(sec: Section) -> list[str]:
 def render_markdown(trace) -> str:
     """The report as GitHub-flavoured Markdown: the text report's facts, then one table per section."""
     d = report_dict(trace)
-    lines = [f"# kvmtrace report: `{trace.label}`", ""]
+    lines = [f"# kvmtrace report: {_md_text(trace.label)}", ""]
     for fact in report_facts(trace, d):
-        lines.append(f"- {fact}")
+        lines.append(f"- {_md_text(fact)}")
     for sec in report_sections(trace, d):
         lines += ["", f"## {sec.title}", ""]
         if sec.rows:
@@ -282,7 +309,7 @@ def _rate(count, dur) -> float | str:
 def csv_rows(trace, d: dict | None = None) -> list[dict]:
     """The rows :func:`render_csv` writes, as dicts keyed by :data:`CSV_COLUMNS` (missing = empty)."""
     d = report_dict(trace) if d is None else d
-    dur = d["duration_s"]
+    dur = trace.summary.duration_s  # exact, as the JSON's rates use (d["duration_s"] is rounded)
     known = bool(trace.summary.userspace_fields_known)
     rows: list[dict] = []
     for r in d["userspace_exits"]:
@@ -408,6 +435,16 @@ class PlotSpec:
     make: Callable[[], Figure]
 
 
+def _why_not_drawn(e: MissingTraceEventError) -> str:
+    """The refusal in words for a reader of the page (the exception names the Python call)."""
+    names = ", ".join(e.needed)
+    if len(e.needed) > 1:
+        names = ("one of " if e.any_of else "the events ") + names
+    held = f" ({e.holds})" if e.holds else ""
+    fix = f"; {e.fix.rstrip('.')}" if e.fix else ""
+    return f"it needs {names}, which this trace does not hold{held}{fix}."
+
+
 def _figure_html(p: PlotSpec) -> str:
     from kvmtrace.present.plots import figure_svg
 
@@ -415,7 +452,7 @@ def _figure_html(p: PlotSpec) -> str:
         fig = p.make()
     except MissingTraceEventError as e:
         return (f'<figure class="plot missing" id="plot-{p.key}"><figcaption><b>{_esc(p.title)}</b></figcaption>'
-                f"<p>Not drawn for this trace: {_esc(str(e).rstrip('.'))}.</p></figure>")
+                f"<p>Not drawn for this trace: {_esc(_why_not_drawn(e))}</p></figure>")
     svg = figure_svg(fig)
     return (f'<figure class="plot" id="plot-{p.key}" aria-label="{_esc(p.title)}">\n{svg}\n'
             f"<figcaption>{_esc(p.caption)}</figcaption></figure>")

@@ -92,7 +92,7 @@ def _resolution(d: dict) -> str:
     if not ns:
         return ""
     unit = {1_000: "1 µs", 1_000_000: "1 ms", 1_000_000_000: "1 s"}.get(ns, f"{ns:,} ns")
-    return f"; timestamps of {unit} resolution: 0.0 is under {unit}"
+    return f"(the imported text's timestamps have {unit} resolution: 0.0 is under {unit})"
 
 
 def _domain_counts(trace: Trace) -> dict:
@@ -200,15 +200,17 @@ def _latency_text(con: Console, d: dict) -> None:
     rows = [[r["reason"], r["device"] or "-", r["direction"] or "-", f"{r['count']:,}", fmt(r["p50_us"]),
              fmt(r["p90_us"]), fmt(r["p99_us"]), fmt(r["max_us"])] for r in d["vmm_service_by_device"]
             if r["count"]]
-    con.print(_table(f"VMM service time, µs (userspace exit -> next KVM_RUN{_resolution(d)})",
+    con.print(_table("VMM service time, µs (userspace exit -> next KVM_RUN)",
                      [("exit", "left"), ("device", "left"), ("dir", "left"), ("count", "right"), ("p50", "right"),
                       ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
     if d.get("exit_handling"):
         rows = [[r["isa"], r["reason"], f"{r['count']:,}", fmt(r["p50_us"]), fmt(r["p90_us"]), fmt(r["p99_us"]),
                  fmt(r["max_us"])] for r in d["exit_handling"] if r["count"]]
-        con.print(_table(f"Exit handling time, µs (kvm_exit -> kvm_entry{_resolution(d)})",
+        con.print(_table("Exit handling time, µs (kvm_exit -> kvm_entry)",
                          [("isa", "left"), ("reason", "left"), ("count", "right"), ("p50", "right"),
                           ("p90", "right"), ("p99", "right"), ("max", "right")], rows))
+    if _resolution(d) and (rows or any(r["count"] for r in d["vmm_service_by_device"])):
+        con.print(_resolution(d))
     edges = {k: v for k, v in d["unpaired"].items() if v}
     if edges:
         con.print("unpaired at the edges: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in edges.items()))
@@ -243,6 +245,23 @@ def _launch_text(con: Console, d: dict) -> None:
                                           ("KiB", "right"), ("flags", "left")], rows))
 
 
+def _phrases(con: Console, parts: list[str], sep: str = ", ") -> None:
+    """Print ``parts`` joined by ``sep``, breaking lines only between parts (continuations
+    indented by two spaces): a phrase such as "KVM ISA VMX (kvm_intel)" is never split,
+    unless it alone is wider than the console."""
+    line = ""
+    for i, part in enumerate(parts):
+        piece = part + (sep.rstrip() if i < len(parts) - 1 else "")
+        joined = f"{line} {piece}" if line else piece
+        if line and len(joined) > con.width:
+            con.print(line, soft_wrap=len(line) <= con.width)
+            line = "  " + piece
+        else:
+            line = joined
+    if line:
+        con.print(line, soft_wrap=len(line) <= con.width)
+
+
 def render_text(trace: Trace, width: int = 80) -> str:
     s = trace.summary
     d = report_dict(trace)
@@ -253,7 +272,7 @@ def render_text(trace: Trace, width: int = 80) -> str:
     con.print(f"kvmtrace report: {trace.path}")
     if "import" in trace.header:
         imp = trace.header["import"]
-        con.print(f"domain {dom}; KVM ISA {host.get('isa', '?')}")
+        _phrases(con, [f"domain {dom}", f"KVM ISA {host.get('isa', '?')}"], "; ")
         con.print(f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}")
         if d.get("domains_note"):
             con.print(f"note: {d['domains_note']}")
@@ -264,8 +283,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
                       + ", ".join(f"{k!r} {v:,}" for k, v in lo["reasons"].items()))
     else:
         modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
-        con.print(f"domain {dom} on {host.get('hostname', '?')}, Linux {host.get('kernel_release', '?')}, "
-                  f"KVM ISA {host.get('isa', '?')} ({modules})")
+        _phrases(con, [f"domain {dom} on {host.get('hostname', '?')}", f"Linux {host.get('kernel_release', '?')}",
+                       f"KVM ISA {host.get('isa', '?')} ({modules})"])
     con.print(f"{d['duration_s']:.3f} s recorded, {d['events']:,} events, {d['lost_events']:,} lost")
     if not trace.complete:
         con.print(f"WARNING: the recording was cut short ({trace.data.note}); "

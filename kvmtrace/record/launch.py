@@ -49,7 +49,7 @@ def _launch(opts: RecordOptions, name: str, start: Callable[[object], object], l
     import libvirt
 
     s = Session(opts, log)
-    s.preflight()
+    s.preflight(launch=True)
     conn = connect(opts.uri)
     try:
         existing = conn.lookupByName(name)

@@ -124,6 +124,7 @@ class Session:
         self.writer: TraceWriter | None = None
         self.guests: list[GuestProcess] = []
         self.formats: dict[str, str] = {}
+        self.plan = None  # kvmtrace.kernel.layouts.ProbePlan, made at preflight
         self.start_ns = self.end_ns = time.monotonic_ns()
         self.start_wall = dt.datetime.now(dt.timezone.utc)
         self.stop_reason = "error"
@@ -136,13 +137,20 @@ class Session:
     def say(self, msg: str) -> None:
         print(f"kvmtrace: {msg}", file=self.log, flush=True)
 
-    def preflight(self) -> None:
-        from kvmtrace.kernel.probe import available_tracepoints
+    def preflight(self, launch: bool = False) -> None:
+        """Check the host and plan the probes (``launch``: with the ioctl
+        probes that watch QEMU build the VM)."""
+        import platform
+
+        from kvmtrace.kernel.layouts import plan_probes
+        from kvmtrace.kernel.probe import available_tracepoints, format_fields
 
         check_privileges()
         tracefs = find_tracefs()
         check_kernel_headers()
         self.formats = available_tracepoints(str(tracefs))
+        fields = {name: format_fields(text) for name, text in self.formats.items()}
+        self.plan = plan_probes(fields, platform.release(), launch)
 
     def header(self, extra: dict | None = None, guests: list[GuestProcess] | None = None) -> dict:
         return {
@@ -150,7 +158,9 @@ class Session:
             "command": self.opts.argv,
             "host": host_info().as_dict(),
             "tracepoint_formats": self.formats,
-            "probes": sorted(self.formats),
+            "probes": sorted(self.plan.probes) if self.plan else sorted(self.formats),
+            "attachments": self.plan.attachments() if self.plan else {},
+            "run_edge": self.plan.run_edge if self.plan else None,
             "domains": [g.as_dict() for g in (self.guests if guests is None else guests)],
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
@@ -179,6 +189,7 @@ class Session:
             capture_values=self.opts.capture_values,
             counts_mode=self.opts.mode == "counts",
             max_mmio_addresses=self.opts.max_mmio_addresses,
+            plan=self.plan,
         )
 
     def trace(self, guest: GuestProcess) -> None:
@@ -247,6 +258,8 @@ class Session:
                     else:
                         self.probes.poll(POLL_MS)
                     now = time.monotonic()
+                    if self.probes.held and self.probes.release_launch_probes():
+                        self.say(f"the guest runs: detached {', '.join(self.probes.plan.launch_only)}")
                     if now - last_flush >= interval or (
                             not self.probes.counts_mode and self.probes.pending >= FLUSH_EVENTS):
                         self.flush()

@@ -102,5 +102,8 @@ def test_latency_says_the_texts_resolution_and_the_domains_say_no_tgid(tmp_path)
     assert "no tgid" in text and "3 tasks" in text
     d = json.loads(run("report", str(out), "--format", "json").stdout)
     assert d["timestamp_resolution_ns"] == 1000
+    for fmt in ("markdown", "html"):
+        page = run("report", str(out), "--format", fmt).stdout
+        assert "no tgid" in page and "1,000 ns resolution" in page, fmt
     recorded = json.loads(run("report", str(SAMPLES / "demo-finite.kvmtrace"), "--format", "json").stdout)
     assert "timestamp_resolution_ns" not in recorded

@@ -128,3 +128,18 @@ def test_guest_that_dies_at_once_keeps_what_was_recorded(kernel, domain_name, tm
     steps = list(t.df_lifecycle()["step"].astype(str))
     assert "KVM_CREATE_VM" in steps and "first exit" in steps
     assert kvmtrace_progs() == []
+
+
+def test_the_syscall_probes_go_at_the_first_kvm_run(launched):
+    """No syscall tracepoint stays attached while the guest runs: the ioctl
+    probes take KVM ioctls until the VMM's first KVM_RUN and are detached then."""
+    from kvmtrace.kernel.events import EventKind
+
+    r, out = launched
+    assert "the guest runs: detached sys_enter_ioctl, sys_exit_ioctl, sys_enter_close" in r.stderr
+    t = load(out)
+    assert t.header["run_edge"] == "kvm_fpu"
+    ev = t.events
+    first_run = ev.loc[ev["kind"] == EventKind.RUN, "ts_ns"].min()
+    ioctls = ev[ev["kind"] == EventKind.IOCTL]
+    assert len(ioctls) and (ioctls["ts_ns"] < first_run).all()

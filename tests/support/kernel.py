@@ -90,4 +90,4 @@ class Bpftrace:
 
 def kvmtrace_progs() -> list[str]:
     """kvmtrace's BPF programs still loaded in the kernel (bpftool prog show)."""
-    return loaded_programs(KVMTRACE_PROGRAMS, prog_type="tracepoint", check=True)
+    return loaded_programs(KVMTRACE_PROGRAMS, prog_type=("tracepoint", "raw_tracepoint"), check=True)

@@ -30,6 +30,7 @@ ALL_PROBES = {
     "kvm_pio": set(),
     "kvm_mmio": set(),
     "kvm_userspace_exit": {"errno"},
+    "kvm_fpu": {"load"},
     "sys_enter_ioctl": set(),
     "sys_exit_ioctl": set(),
     "sys_enter_close": set(),
@@ -113,7 +114,8 @@ def test_bpf_source_inlines_the_bpf_headers_and_keeps_line_numbers():
     # After a header, the main file resumes at the line following its #include.
     lines = open(main).read().splitlines()
     resumed = [int(n) for n in re.findall(rf'#line (\d+) "{re.escape(main)}"', text)]
-    assert resumed[0] == 1 and len(resumed) == 4
+    headers = re.findall(r'^\s*#\s*include\s+"\w+\.bpf\.h"', open(main).read(), flags=re.M)
+    assert resumed[0] == 1 and len(resumed) == 1 + len(headers) >= 5
     for n in resumed[1:]:
         assert lines[n - 2].lstrip("#").strip().startswith("include") and lines[n - 2].endswith('.bpf.h"')
 
@@ -128,9 +130,13 @@ def test_bpf_source_refuses_an_include_cycle(tmp_path):
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C preprocessor")
 @pytest.mark.parametrize("counts", [False, True])
-def test_one_ifdef_picks_the_modes_emit_code(counts):
-    """The preprocessed probe source has one mode's code and every constant replaced."""
-    flags = bpf_defines(probes=list(ALL_PROBES), fields=ALL_PROBES, ringbuf_pages=1, counts_mode=counts)
+@pytest.mark.parametrize("raw", [False, True])
+def test_one_ifdef_picks_the_modes_emit_code(counts, raw):
+    """The preprocessed probe source has one mode's code and every constant
+    replaced, with raw or regular tracepoints, launch's ioctl probes and both RUN edges."""
+    flags = bpf_defines(probes=list(ALL_PROBES), fields=ALL_PROBES, ringbuf_pages=1, counts_mode=counts,
+                        raw={"kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_entry"} if raw else set(),
+                        launch=True, run_by_syscall=not raw)
     out = subprocess.run(["cc", "-E", "-P", f"-I{probes_dir()}", *flags, "-"], input=bpf_source(
         f"{probes_dir()}/kvmtrace.bpf.c"), capture_output=True, text=True, check=True).stdout
     assert ("kt_bump" in out) is counts and ("last_thread" in out) is not counts

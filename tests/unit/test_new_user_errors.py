@@ -103,3 +103,14 @@ def test_bootstrap_without_window_answers_in_command_line_spelling():
     line = one_error_line(r)
     assert "--window" in line and "--method poisson" in line
     assert "method=" not in line and "'poisson'" not in line
+
+
+def test_the_analysis_refuses_a_negative_threshold_too():
+    from kvmtrace.analysis.compare import compare
+    from kvmtrace.errors import RateTableError
+    from kvmtrace.trace import load
+
+    a, b = (load(p).run_rates() for p in SERIES[:2])
+    with pytest.raises(RateTableError, match="threshold_pct"):
+        compare(a, b, threshold_pct=-20)
+    assert RateTableError.exit_code == ExitCode.USAGE

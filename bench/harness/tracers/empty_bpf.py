@@ -1,4 +1,10 @@
-"""Empty BPF programs on kvmtrace's tracepoints: the floor under any BPF tracer."""
+"""Empty BPF programs on kvmtrace's tracepoints: the floor under any BPF tracer.
+
+``bpf-empty`` puts one on every regular tracepoint kvmtrace ever attaches
+(the floor of its design before raw tracepoints); ``raw-empty`` attaches them
+as kvmtrace's plan for this kernel does (kvmtrace.kernel.layouts): raw
+programs where kvmtrace's are raw, regular ones (returning 1) elsewhere, no
+syscall hook: the floor of its probes now."""
 
 from __future__ import annotations
 
@@ -31,23 +37,47 @@ b.cleanup()
 """
 
 
+#: The same, attached as kvmtrace's plan for this kernel attaches its probes.
+RAW_EMPTY_PROGRAMS = r"""
+import platform, signal, sys
+from bcc import BPF
+from kvmtrace.kernel.events import TRACEPOINTS
+from kvmtrace.kernel.layouts import plan_probes
+from kvmtrace.kernel.probe import available_tracepoints, format_fields
+formats = available_tracepoints("/sys/kernel/tracing")
+plan = plan_probes({k: format_fields(v) for k, v in formats.items()}, platform.release())
+system = {name: sys_ for sys_, name, _kind in TRACEPOINTS}
+b = BPF(text="int e(void *ctx) { return 1; }\nint r(struct bpf_raw_tracepoint_args *ctx) { return 0; }")
+for name, how in plan.attachments().items():
+    if how == "raw":
+        b.attach_raw_tracepoint(tp=name.encode(), fn_name=b"r")
+    else:
+        b.attach_tracepoint(tp=f"{system[name]}:{name}".encode(), fn_name=b"e")
+print("attached", flush=True)
+signal.sigwait([signal.SIGINT, signal.SIGTERM])
+b.cleanup()
+"""
+
+
 class EmptyBpf(Tracer):
     """The floor under any BPF tracer of these events: an empty program on
     each of kvmtrace's tracepoints. It records nothing."""
 
-    name = "bpf-empty"
-
-    def __init__(self):
+    def __init__(self, raw: bool = False):
         self.proc = None
+        self.raw = raw
+        self.name = "raw-empty" if raw else "bpf-empty"
 
     def start(self, guest: Guest, workdir: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", EMPTY_PROGRAMS], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, "-c", RAW_EMPTY_PROGRAMS if self.raw else EMPTY_PROGRAMS],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         STARTED.add(self.proc.pid)
         self.out, self.err = Lines(self.proc.stdout), Lines(self.proc.stderr)
         if self.out.wait_for("attached", 120) is None:
             raise RuntimeError(f"empty programs did not attach: {self.err.text(1)[-1500:]}")
-        self.progs = wait_bpf_attached(self.proc, {"kvm_pio", "kvm_userspace_exit", "sys_enter_ioctl"}, 30)
+        want = {"kvm_pio", "kvm_userspace_exit"} | ({"kvm_fpu"} if self.raw else {"sys_enter_ioctl"})
+        self.progs = wait_bpf_attached(self.proc, want, 30)
         OUR_PROGS.update(self.progs.values())
 
     def finish(self, guest: Guest) -> Outcome:

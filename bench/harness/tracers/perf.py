@@ -16,6 +16,45 @@ from bench.harness.tracefs import KVM_EVENTS
 from bench.harness.tracers.base import Outcome, Tracer, empty_counts, parse_event_lines
 
 
+def enable_through_fifo(proc: subprocess.Popen, ctl: Path, ack: Path, stderr_path: Path) -> None:
+    """Enable a perf started with ``-D -1 --control fifo:CTL,ACK`` and wait
+    for its ack: after it, every event of the guest is counted."""
+    ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+    ctl_fd = None
+    try:
+        deadline = time.monotonic() + 60
+        while ctl_fd is None:
+            try:
+                ctl_fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"perf did not start: {stderr_path.read_text()[-1000:]}")
+                time.sleep(0.02)
+        os.write(ctl_fd, b"enable\n")
+        got = b""
+        while b"ack" not in got:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"perf did not acknowledge enable: {stderr_path.read_text()[-1000:]}")
+            r, _, _ = select.select([ack_fd], [], [], 0.1)
+            if r:
+                got += os.read(ack_fd, 64)
+                if not got:
+                    time.sleep(0.02)
+    finally:
+        os.close(ack_fd)
+        if ctl_fd is not None:
+            os.close(ctl_fd)
+
+
+def fifos(workdir: Path, prefix: str) -> tuple[Path, Path]:
+    """A fresh control and ack FIFO for one perf process."""
+    ctl, ack = workdir / f"{prefix}-ctl", workdir / f"{prefix}-ack"
+    for f in (ctl, ack):
+        f.unlink(missing_ok=True)
+        os.mkfifo(f, 0o600)
+    return ctl, ack
+
+
 class Perf(Tracer):
     name = "perf"
 
@@ -34,10 +73,7 @@ class Perf(Tracer):
 
     def start(self, guest: Guest, workdir: Path) -> None:
         self.path = workdir / "perf.data"
-        ctl, ack = workdir / "perf-ctl", workdir / "perf-ack"
-        for f in (ctl, ack):
-            f.unlink(missing_ok=True)
-            os.mkfifo(f, 0o600)
+        ctl, ack = fifos(workdir, "perf")
         argv = [self.perf, "record", "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
         for ev in KVM_EVENTS:
             argv += ["-e", f"kvm:{ev}"]
@@ -47,33 +83,7 @@ class Perf(Tracer):
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
                                          start_new_session=True)
         STARTED.add(self.proc.pid)
-        # Started with its events disabled; enable them and wait for perf's ack:
-        # after it, every event of the guest is counted.
-        ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
-        ctl_fd = None
-        try:
-            deadline = time.monotonic() + 60
-            while ctl_fd is None:
-                try:
-                    ctl_fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
-                except OSError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"perf did not start: {self.stderr_path.read_text()[-1000:]}")
-                    time.sleep(0.02)
-            os.write(ctl_fd, b"enable\n")
-            got = b""
-            while b"ack" not in got:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"perf did not acknowledge enable: {self.stderr_path.read_text()[-1000:]}")
-                r, _, _ = select.select([ack_fd], [], [], 0.1)
-                if r:
-                    got += os.read(ack_fd, 64)
-                    if not got:
-                        time.sleep(0.02)
-        finally:
-            os.close(ack_fd)
-            if ctl_fd is not None:
-                os.close(ctl_fd)
+        enable_through_fifo(self.proc, ctl, ack, self.stderr_path)
 
     def finish(self, guest: Guest) -> Outcome:
         out = Outcome()

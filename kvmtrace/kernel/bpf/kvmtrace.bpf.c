@@ -132,14 +132,32 @@ static __always_inline struct kt_event *kt_reserve_vcpu(u32 kind, struct kt_thre
 	return kt_new(kind, id);
 }
 
+/*
+ * Every program on a regular tracepoint returns KT_PASS (1): a BPF program that
+ * returns 0 there hides the event from every perf consumer on the host (perf
+ * stat, perf record, kvm_stat counted 0 while kvmtrace recorded). Raw
+ * tracepoints run no perf consumer and ignore the value. Which events are raw
+ * on this kernel, and with what arguments, is chosen in kvmtrace/kernel/layouts.py
+ * (-DKT_RAW_<EVENT>); each raw layout is written down in shims.bpf.h.
+ */
+#define KT_PASS 1
+
+#ifdef KT_PROBE_KVM_FPU
+#include <asm/ptrace.h>	/* struct pt_regs, for kt_in_kvm_run() */
+#endif
+#include "shims.bpf.h"
+#include "launch.bpf.h"
+
 #ifdef KT_PROBE_KVM_EXIT
+/* Regular on every kernel: its raw arguments never carried guest_rip and
+ * info1/info2 (read in the event's assign step), and lost exit_reason in 5.16. */
 TRACEPOINT_PROBE(kvm, kvm_exit)
 {
 	struct kt_thread *t;
 	struct kt_event *e = kt_reserve_vcpu(KT_KIND_EXIT, &t);
 
 	if (!e)
-		return 0;
+		return KT_PASS;
 	e->reason = args->exit_reason;
 	e->rip = args->guest_rip;
 #ifdef KT_HAVE_KVM_EXIT_ISA
@@ -157,18 +175,31 @@ TRACEPOINT_PROBE(kvm, kvm_exit)
 	e->vcpu = args->vcpu_id;
 #endif
 	kt_submit(e, t);
-	return 0;
+	return KT_PASS;
 }
 #endif
 
 #ifdef KT_PROBE_KVM_ENTRY
-TRACEPOINT_PROBE(kvm, kvm_entry)
+#ifdef KT_RAW_KVM_ENTRY
+RAW_TRACEPOINT_PROBE(kvm_entry)
 {
 	struct kt_thread *t;
 	struct kt_event *e = kt_reserve_vcpu(KT_KIND_ENTRY, &t);
 
 	if (!e)
 		return 0;
+	e->vcpu = KT_RAW_KVM_ENTRY_VCPU_ID(ctx);
+	kt_submit(e, t);
+	return 0;
+}
+#else
+TRACEPOINT_PROBE(kvm, kvm_entry)
+{
+	struct kt_thread *t;
+	struct kt_event *e = kt_reserve_vcpu(KT_KIND_ENTRY, &t);
+
+	if (!e)
+		return KT_PASS;
 	e->vcpu = args->vcpu_id;
 #ifdef KT_HAVE_KVM_ENTRY_RIP
 	e->rip = args->rip;
@@ -182,49 +213,89 @@ TRACEPOINT_PROBE(kvm, kvm_entry)
 	e->error_code = args->error_code;
 #endif
 	kt_submit(e, t);
-	return 0;
+	return KT_PASS;
 }
+#endif
 #endif
 
 #ifdef KT_PROBE_KVM_PIO
-TRACEPOINT_PROBE(kvm, kvm_pio)
+/* ``data``: the tracepoint's data pointer (raw), or NULL with ``val`` read. */
+static __always_inline void kt_pio(u32 rw, u32 port, u32 size, u32 count, const void *data, u64 val)
 {
 	struct kt_thread *t;
 	struct kt_event *e = kt_reserve_vcpu(KT_KIND_PIO, &t);
 
 	if (!e)
-		return 0;
-	e->op = args->rw ? KT_PIO_WRITE : KT_PIO_READ;
-	e->port = args->port;
-	e->size = args->size;
-	e->count = args->count;
+		return;
+	e->op = rw ? KT_PIO_WRITE : KT_PIO_READ;
+	e->port = port;
+	e->size = size;
+	e->count = count;
 #ifdef KT_CAPTURE_VALUES
-	e->value = args->val;
+	if (data) {
+		/* As the event's assign step: the first element, of ``size`` bytes. */
+		u32 v = 0;
+
+		bpf_probe_read_kernel(&v, sizeof(v), data);
+		val = size == 1 ? (u8)v : size == 2 ? (u16)v : v;
+	}
+	e->value = val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
 	kt_submit(e, t);
+}
+
+#ifdef KT_RAW_KVM_PIO
+RAW_TRACEPOINT_PROBE(kvm_pio)
+{
+	kt_pio(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3], (const void *)ctx->args[4], 0);
 	return 0;
 }
+#else
+TRACEPOINT_PROBE(kvm, kvm_pio)
+{
+	kt_pio(args->rw, args->port, args->size, args->count, NULL, args->val);
+	return KT_PASS;
+}
+#endif
 #endif
 
 #ifdef KT_PROBE_KVM_MMIO
-TRACEPOINT_PROBE(kvm, kvm_mmio)
+static __always_inline void kt_mmio(u32 type, u32 len, u64 gpa, const void *data, u64 val)
 {
 	struct kt_thread *t;
 	struct kt_event *e = kt_reserve_vcpu(KT_KIND_MMIO, &t);
 
 	if (!e)
-		return 0;
-	e->op = args->type;
-	e->size = args->len;
-	e->gpa = args->gpa;
+		return;
+	e->op = type;
+	e->size = len;
+	e->gpa = gpa;
 #ifdef KT_CAPTURE_VALUES
-	e->value = args->val;
+	if (data) {
+		/* As the event's assign step: min(8, len) bytes, the rest 0. */
+		val = 0;
+		bpf_probe_read_kernel(&val, len < 8 ? (len & 7) : 8, data);
+	}
+	e->value = val;
 	e->flags |= KT_FLAG_VALUE;
 #endif
 	kt_submit(e, t);
+}
+
+#ifdef KT_RAW_KVM_MMIO
+RAW_TRACEPOINT_PROBE(kvm_mmio)
+{
+	kt_mmio(ctx->args[0], ctx->args[1], ctx->args[2], (const void *)ctx->args[3], 0);
 	return 0;
 }
+#else
+TRACEPOINT_PROBE(kvm, kvm_mmio)
+{
+	kt_mmio(args->type, args->len, args->gpa, NULL, args->val);
+	return KT_PASS;
+}
+#endif
 #endif
 
 #ifdef KT_PROBE_KVM_USERSPACE_EXIT
@@ -254,7 +325,7 @@ struct kt_run_mmio {		/* kvm_run.mmio */
 _Static_assert(KT_KVM_EXIT_IO_IN == KT_PIO_READ && KT_KVM_EXIT_IO_OUT == KT_PIO_WRITE,
 	       "KVM_EXIT_IO_IN/OUT are not PioOp's READ/WRITE (kvmtrace/kernel/events.py)");
 
-TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
+static __always_inline void kt_userspace_exit(u32 reason, s32 err)
 {
 	struct kt_thread *t;
 	struct kt_event *e = kt_reserve_vcpu(KT_KIND_USERSPACE_EXIT, &t);
@@ -265,11 +336,9 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 	} u;
 
 	if (!e)
-		return 0;
-	e->reason = args->reason;
-#ifdef KT_HAVE_KVM_USERSPACE_EXIT_ERRNO
-	e->err = args->errno;
-#endif
+		return;
+	e->reason = reason;
+	e->err = err;
 	if (t->kvm_run && e->err >= 0 &&
 	    bpf_probe_read_user(&u, sizeof(u), (void *)(t->kvm_run + KT_KVM_RUN_UNION)) == 0) {
 		e->flags |= KT_FLAG_RUN_FIELDS;
@@ -303,74 +372,114 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 		}
 	}
 	kt_submit(e, t);
+}
+
+#ifdef KT_RAW_KVM_USERSPACE_EXIT
+RAW_TRACEPOINT_PROBE(kvm_userspace_exit)
+{
+	kt_userspace_exit(ctx->args[0], ctx->args[1]);
+	return 0;
+}
+#else
+TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
+{
+#ifdef KT_HAVE_KVM_USERSPACE_EXIT_ERRNO
+	kt_userspace_exit(args->reason, args->errno);
+#else
+	kt_userspace_exit(args->reason, 0);
+#endif
+	return KT_PASS;
+}
+#endif
+#endif
+
+#ifdef KT_PROBE_KVM_FPU
+/*
+ * The VMM re-entering the guest (a RUN event) without any syscall hook: since
+ * Linux 4.15 (f775b13eedee, "x86,kvm: move qemu/guest FPU switching out to
+ * vcpu_run") KVM loads the guest FPU once at the start of every KVM_RUN
+ * (kvm_fpu load=1) and puts it back at its end (load=0, just before
+ * kvm_userspace_exit). KVM also loads it outside KVM_RUN (KVM_GET_MP_STATE
+ * on MPX hosts, KVM_GET/SET_MSRS of XSTATE-managed MSRs), so a load counts
+ * only inside ioctl(fd, KVM_RUN), read from the thread's saved user
+ * registers: bpf_task_pt_regs() (Linux 5.15; older kernels take the
+ * sys_enter_ioctl fallback, chosen in kvmtrace/kernel/layouts.py). A vCPU
+ * INIT inside a KVM_RUN reloads the FPU: one more RUN event, which no
+ * userspace exit precedes.
+ */
+static __always_inline int kt_in_kvm_run(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 r[3];		/* si (the ioctl's cmd), di, orig_ax (the syscall) */
+
+	if (bpf_probe_read_kernel(r, sizeof(r), &regs->si))
+		return 0;
+	return r[2] == KT_NR_IOCTL && (u32)r[0] == KT_KVM_RUN;
+}
+
+RAW_TRACEPOINT_PROBE(kvm_fpu)
+{
+	u64 id;
+	struct kt_thread *t;
+	struct kt_event *e;
+
+	if (!ctx->args[0])	/* load=0: KVM_RUN returning */
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	t = kt_vcpu(id);
+	if (!t || !kt_in_kvm_run())
+		return 0;
+	kt_launch_ran();
+	e = kt_new(KT_KIND_RUN, id);
+	if (e)
+		kt_submit(e, t);
 	return 0;
 }
 #endif
 
 /*
- * The VMM's KVM ioctls. ioctl(vcpu_fd, KVM_RUN) is the VMM re-entering the
- * guest: paired with the thread's previous kvm_userspace_exit it gives the
- * VMM's service time, also on hosts where kvm_entry does not fire. Every
- * other KVM ioctl (type KVMIO) is kept from its entry to its return and
- * emitted there with its result and duration: KVM_CREATE_VM, the memory
- * slots, KVM_CREATE_VCPU, ... the guest's creation timeline. While `armed`
- * (kvmtrace launch, before the new VMM's pid is known) KVM ioctls of any
- * process are taken; user space keeps those of the VMM it launched.
+ * The VMM's KVM ioctls, seen only while `kvmtrace launch` (or record
+ * --start) watches QEMU build the VM (KT_LAUNCH): every KVM ioctl (type
+ * KVMIO) but KVM_RUN is kept from its entry to its return and emitted there
+ * with its result and duration: KVM_CREATE_VM, the memory slots,
+ * KVM_CREATE_VCPU, ... the guest's creation timeline. While `armed` (before
+ * the new VMM's pid is known) KVM ioctls of any process are taken; user space
+ * keeps those of the VMM it launched. At the traced VMM's first KVM_RUN
+ * (kt_launch_ran()) the probes stop taking ioctls and user space detaches
+ * them: no syscall tracepoint stays attached while the guest runs, since one
+ * puts every task's every syscall on the tracing slow path.
+ *
+ * sys_enter_ioctl also gives the RUN edge (ioctl(vcpu_fd, KVM_RUN), paired
+ * with the thread's previous kvm_userspace_exit: the VMM's service time) on
+ * kernels where kvm_fpu cannot (KT_RUN_BY_SYSCALL): then it stays attached.
  */
-struct kt_ioctl {
-	u64 ts;
-	u64 arg;
-	u64 gpa;
-	u64 memory_size;
-	u64 userspace_addr;
-	u32 cmd;
-	u32 fd;
-	u32 slot;
-	u32 flags;
-};
 
-struct kt_mem_region {		/* the head of kvm_userspace_memory_region{,2} */
-	u32 slot;
-	u32 flags;
-	u64 guest_phys_addr;
-	u64 memory_size;
-	u64 userspace_addr;
-};
-
-BPF_HASH(ioctl_open, u32, struct kt_ioctl, KT_MAX_VCPUS);	/* tid -> ioctl in progress */
-BPF_HASH(kvm_fds, u64, u32, KT_MAX_KVM_FDS);	/* pid << 32 | fd -> KVM fd of a traced VMM */
-BPF_ARRAY(armed, u32, 1);		/* [0]: take KVM ioctls of any process */
-
-static __always_inline int kt_traced_or_armed(u32 tgid)
-{
-	u32 zero = 0, *a;
-
-	if (targets.lookup(&tgid))
-		return 1;
-	a = armed.lookup(&zero);
-	return a && *a;
-}
 
 #ifdef KT_PROBE_SYS_ENTER_IOCTL
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 {
 	u32 cmd = (u32)args->cmd;
 	u64 id = bpf_get_current_pid_tgid();
+
+	if (cmd == KT_KVM_RUN) {
+#ifdef KT_RUN_BY_SYSCALL
+		struct kt_thread *t;
+		struct kt_event *e = kt_reserve_vcpu(KT_KIND_RUN, &t);
+
+		if (t)
+			kt_launch_ran();
+		if (e)
+			kt_submit(e, t);
+#endif
+		return KT_PASS;
+	}
+#ifdef KT_LAUNCH
 	u32 tid = (u32)id;
 	struct kt_ioctl io = {};
 	struct kt_mem_region r = {};
-	struct kt_event *e;
 
-	if (cmd == KT_KVM_RUN) {
-		struct kt_thread *t;
-
-		e = kt_reserve_vcpu(KT_KIND_RUN, &t);
-		if (e)
-			kt_submit(e, t);
-		return 0;
-	}
-	if (KT_IOC_TYPE(cmd) != KT_KVMIO || !kt_traced_or_armed(id >> 32))
-		return 0;
+	if (KT_IOC_TYPE(cmd) != KT_KVMIO || !kt_building(id >> 32))
+		return KT_PASS;
 	io.ts = bpf_ktime_get_ns();
 	io.cmd = cmd;
 	io.fd = args->fd;
@@ -385,7 +494,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 		}
 	}
 	ioctl_open.update(&tid, &io);
-	return 0;
+#endif
+	return KT_PASS;
 }
 #endif
 
@@ -399,7 +509,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	u64 key;
 
 	if (!io)
-		return 0;
+		return KT_PASS;
 	if (args->ret >= 0 && (io->cmd == KT_KVM_CREATE_VM || io->cmd == KT_KVM_CREATE_VCPU)) {
 		key = (u64)tgid << 32 | (u32)args->ret;	/* the new VM or vCPU fd */
 		kvm_fds.update(&key, &one);
@@ -411,7 +521,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	e = kt_new(KT_KIND_IOCTL, id);
 	if (!e) {
 		ioctl_open.delete(&tid);
-		return 0;
+		return KT_PASS;
 	}
 	e->ts_ns = io->ts;
 	e->info2 = bpf_ktime_get_ns() - io->ts;	/* duration */
@@ -428,12 +538,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	e->count = io->flags;
 	ioctl_open.delete(&tid);
 	kt_submit(e, NULL);
-	return 0;
+	return KT_PASS;
 }
 #endif
 
 #ifdef KT_PROBE_SYS_ENTER_CLOSE
-/* A traced VMM closing one of its KVM fds (/dev/kvm, the VM or a vCPU). */
+/* A traced VMM closing one of its KVM fds (/dev/kvm, the VM or a vCPU) while
+ * it builds the VM (launch only: close() fires for every close on the host). */
 TRACEPOINT_PROBE(syscalls, sys_enter_close)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -441,21 +552,21 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
 	struct kt_event *e;
 
 	if (!kvm_fds.lookup(&key))
-		return 0;
+		return KT_PASS;
 	kvm_fds.delete(&key);
 	e = kt_reserve(KT_KIND_CLOSE);
 	if (!e)
-		return 0;
+		return KT_PASS;
 	e->port = args->fd;
 	kt_submit(e, NULL);
-	return 0;
+	return KT_PASS;
 }
 #endif
 
 #ifdef KT_PROBE_SCHED_PROCESS_EXIT
 /*
  * A thread exiting: its struct kt_thread goes. A traced VMM ending: its last
- * thread exiting (the kernel closes its fds).
+ * thread exiting (the kernel closes its fds). Regular: cheap (once per exit).
  */
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
@@ -466,15 +577,15 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
 #ifdef KT_HAVE_SCHED_PROCESS_EXIT_GROUP_DEAD
 	if (!args->group_dead)
-		return 0;
+		return KT_PASS;
 #else
 	if ((u32)bpf_get_current_pid_tgid() != bpf_get_current_pid_tgid() >> 32)
-		return 0;
+		return KT_PASS;
 #endif
 	e = kt_reserve(KT_KIND_PROC_EXIT);
 	if (!e)
-		return 0;
+		return KT_PASS;
 	kt_submit(e, NULL);
-	return 0;
+	return KT_PASS;
 }
 #endif

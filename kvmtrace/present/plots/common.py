@@ -89,6 +89,29 @@ def _crop(trace, edges: np.ndarray, time_range: tuple[float, float]) -> tuple[in
     return int(first), int(last)
 
 
+def _time_axis(ax, edges: np.ndarray, zoomed: bool) -> None:
+    """x: seconds since the recording started; zoomed in, a unit that fits the zoom, counted from
+    its first window (``12.300 s`` + ``0, 0.5, 1 ms``, not ``12.3000, 12.3005``)."""
+    from matplotlib import ticker
+
+    if not zoomed:
+        ax.set_xlabel("seconds since start (s)")
+        return
+    t0 = float(edges[0])
+    width = float(edges[-1]) - t0
+    scale, unit = (1e6, "µs") if width < 2e-3 else (1e3, "ms") if width < 2 else (1.0, "s")
+    rel = ticker.MaxNLocator(8, steps=[1, 2, 2.5, 5, 10]).tick_values(0, width * scale)
+    rel = rel[(rel >= 0) & (rel <= width * scale * (1 + 1e-9))]
+    ax.xaxis.set_major_locator(ticker.FixedLocator(t0 + rel / scale))  # round numbers after t0
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{(v - t0) * scale:,.6g}"))
+    ax.set_xlabel(f"{unit} after {t0:.6g} s since start (zoomed in)")
+
+
+def _recording_mean(counts: np.ndarray, duration_s: float) -> float:
+    """Exits per second over the whole recording: every window's count over its duration."""
+    return float(np.sum(counts)) / duration_s if duration_s > 0 else float("nan")
+
+
 def _compact(x: float) -> str:
     """1234567 -> "1.23M", 36816 -> "36.8k", 12.3 -> "12.3"."""
     a = abs(x)

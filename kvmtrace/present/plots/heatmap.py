@@ -17,6 +17,7 @@ from kvmtrace.present.plots.common import (
     _figure,
     _fold_windows,
     _subtitle,
+    _time_axis,
     _trace_name,
     window_label,
     window_seconds,
@@ -108,7 +109,7 @@ def plot_vcpu_heatmap(trace, freq: str | float = DEFAULT_WINDOW, annotate: bool 
     cbar.set_label("exits per second\n(exits/s)", fontsize=9)
     cbar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _compact(v)))
     cbar.ax.yaxis.set_major_locator(ticker.MaxNLocator(4))
-    ax.set_xlabel("seconds since start (s)")
+    _time_axis(ax, edges, time_range is not None)
     ax.set_ylabel("vCPU")
     ax.set_title(f"Exit rate per vCPU over time, {window_label(window)} windows", loc="left", fontsize=12,
                  fontweight="bold")

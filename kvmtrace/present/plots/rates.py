@@ -17,7 +17,9 @@ from kvmtrace.present.plots.common import (
     _figure,
     _fold_windows,
     _palette,
+    _recording_mean,
     _subtitle,
+    _time_axis,
     _trace_name,
     window_label,
     window_seconds,
@@ -64,9 +66,9 @@ def plot_rates(trace, by: str = "device", freq: str | float = DEFAULT_WINDOW, ma
     last window ends with the recording, and joins the one before when it
     would cover under half a window). The ``max_series`` busiest keys get their
     own line; the rest are summed into one "other" line. The legend gives
-    each line's mean rate over the windows shown. x: seconds since the
+    each line's mean rate over the whole recording (count / duration), zoomed in or not. x: seconds since the
     recording started (``time_range``: only the windows overlapping
-    [t0, t1) s, to zoom in); y: exits per second (``log``: log scale).
+    [t0, t1) s, to zoom in, with ticks in ms or µs after the first of them); y: exits per second (``log``: log scale).
     Raises MissingTraceEventError on a counts-mode recording or when the
     trace has no events of ``by``.
     """
@@ -77,6 +79,8 @@ def plot_rates(trace, by: str = "device", freq: str | float = DEFAULT_WINDOW, ma
     table, edges, window = _rate_table(trace, by, freq)
     if table.shape[1] == 0 or not table.to_numpy().any():  # e.g. only "restart" userspace exits
         raise missing_events(trace, RATE_EVENTS[by], analysis, any_of=True)
+    # The legend's mean is over the whole recording, zoomed in or not: count / duration.
+    full = table.mul(np.diff(edges), axis=0)
     if time_range is not None:
         first, last = _crop(trace, edges, time_range)
         table, edges = table.iloc[first:last + 1], edges[first:last + 2]
@@ -91,13 +95,16 @@ def plot_rates(trace, by: str = "device", freq: str | float = DEFAULT_WINDOW, ma
     fig = _figure(10, 5.2)
     ax = fig.add_subplot()
     ymax = 0.0
-    series = [(k, table[k].to_numpy(), _colour(palette, k, i), "-") for i, k in enumerate(shown)]
+    dur = float(trace.duration_s)
+    series = [(k, table[k].to_numpy(), _recording_mean(full[k].to_numpy(), dur), _colour(palette, k, i), "-")
+              for i, k in enumerate(shown)]
     if rest:
-        series.append((f"other ({len(rest)} keys)", table[rest].sum(axis=1).to_numpy(), "0.55", "--"))
-    for key, v, colour, ls in series:
-        mean = v.mean()
+        series.append((f"other ({len(rest)} keys)", table[rest].sum(axis=1).to_numpy(),
+                       _recording_mean(full[rest].to_numpy(), dur), "0.55", "--"))
+    over = " over the recording" if time_range is not None else ""
+    for key, v, mean, colour, ls in series:
         ax.plot(edges, np.append(v, v[-1]), drawstyle="steps-post", color=colour, ls=ls, lw=1.8,
-                label=f"{key}  (mean {_compact(mean)}/s)")  # mean over the windows shown
+                label=f"{key}  (mean {_compact(mean)}/s{over})")
         ymax = max(ymax, float(v.max()))
     ax.set_xlim(edges[0], edges[-1])
     ax.xaxis.set_major_locator(ticker.MaxNLocator(8, steps=[1, 2, 2.5, 5, 10]))
@@ -106,7 +113,7 @@ def plot_rates(trace, by: str = "device", freq: str | float = DEFAULT_WINDOW, ma
     else:
         ax.set_ylim(0, ymax * 1.1 if ymax > 0 else 1)
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-    ax.set_xlabel("seconds since start (s)")
+    _time_axis(ax, edges, time_range is not None)
     ax.set_ylabel("exits per second (exits/s)" + (", log scale" if log else ""))
     ax.set_title(f"{RATE_TITLES[by]}, {window_label(window)} windows", loc="left", fontsize=12,
                  fontweight="bold")
