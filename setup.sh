@@ -17,8 +17,10 @@ fi
 # 1. Debian packages. bcc for Debian's /usr/bin/python3, QEMU, libvirt and
 #    its Python binding, kernel headers for bcc, nasm for the demo guest's
 #    ROM, the independent tracers the tests check kvmtrace against, and
-#    prometheus for promtool, which checks deploy/'s rules.
-PACKAGES=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86
+#    prometheus for promtool, which checks deploy/'s rules. seabios and
+#    ipxe-qemu (only recommended by qemu-system-x86) are the third-party
+#    guests' firmware (tests/kernel/test_thirdparty.py).
+PACKAGES=(python3-bpfcc bpfcc-tools python3-venv qemu-system-x86 seabios ipxe-qemu
           libvirt-daemon-system libvirt-clients python3-libvirt
           linux-headers-amd64 nasm bpftrace trace-cmd bpftool tmux prometheus)
 # Packages whose services must not start: only a binary of theirs is used.

@@ -14,6 +14,13 @@ ratio to the untraced median.  Every tracer's recorded counts are checked
 against the guest's program (kvmtrace.demo.guest.expected) and its lost events
 are reported.
 
+Part 3, the sched probes' cost to the rest of the host: sched_switch fires
+at every context switch of every process. A pipe ping-pong between two
+processes pinned to one CPU (bench.harness.pingpong, two switches per round
+trip) is timed alone and while kvmtrace records an idle guest (events mode,
+counts mode, and --no-vcpu-time), alternating; the extra ns per switch is
+what every context switch on the host pays while kvmtrace records.
+
 Part 2, drain speed: events per second per core from kvmtrace's BPF ring
 buffer to its trace file, with kvmtrace's own classes (Probes/RingReader and
 TraceWriter): (a) TraceWriter.write of synthetic storm events in batches of
@@ -60,6 +67,7 @@ from bench.harness.bpf import OUR_PROGS, loaded_programs  # noqa: E402
 from bench.harness.drain import BATCH, bench_ring_drain, bench_writer  # noqa: E402
 from bench.harness.guest import (DOMAIN, URI, Guest, ground_truth, storm_guest, storm_workload,  # noqa: E402
                                  vcpu_cpu_ns)
+from bench.harness.pingpong import unavailable as pingpong_unavailable  # noqa: E402
 from bench.harness.processes import STARTED, group_alive, tool_version  # noqa: E402
 from bench.harness.tracefs import KVM_EVENTS, TRACEFS, TracefsState  # noqa: E402
 from bench.harness.tracers import Bpftrace, EmptyBpf, Kvmtrace, Outcome, Perf, TraceCmd, Tracer  # noqa: E402
@@ -142,6 +150,8 @@ def make_tracer(name: str) -> Tracer | None:
         "untraced": lambda: None,
         "kvmtrace-events": lambda: Kvmtrace("events"),
         "kvmtrace-counts": lambda: Kvmtrace("counts"),
+        "kvmtrace-events-nosched": lambda: Kvmtrace("events", vcpu_time=False),
+        "kvmtrace-counts-nosched": lambda: Kvmtrace("counts", vcpu_time=False),
         "bpftrace": Bpftrace,
         "bpf-empty": EmptyBpf,
         "raw-empty": lambda: EmptyBpf(raw=True),
@@ -152,7 +162,8 @@ def make_tracer(name: str) -> Tracer | None:
 
 #: Configurations that record nothing: timed, not checked against the ground truth.
 NO_RECORDS = ("untraced", "bpf-empty", "raw-empty")
-CONFIGS = ("untraced", "bpf-empty", "raw-empty", "kvmtrace-events", "kvmtrace-counts", "bpftrace", "perf", "trace-cmd")
+CONFIGS = ("untraced", "bpf-empty", "raw-empty", "kvmtrace-events", "kvmtrace-counts", "kvmtrace-events-nosched",
+           "kvmtrace-counts-nosched", "bpftrace", "perf", "trace-cmd")
 
 
 def overhead(args, report: dict) -> None:
@@ -261,6 +272,22 @@ def summarize(runs: list[dict], configs: list[str]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------
+# Part 3: the sched probes' cost to other processes
+
+
+def switches(args, report: dict) -> None:
+    """Ping-pong round trips (bench.harness.pingpong) alone and while kvmtrace records an idle guest."""
+    from bench.harness.switches import switch_cost
+
+    why = pingpong_unavailable()
+    if why:
+        report["switches"] = {"skipped": why}
+        log(f"skipping the context-switch cost: {why}")
+        return
+    report["switches"] = switch_cost(args.switch_rounds, args.round_trips)
+
+
+# --------------------------------------------------------------------------
 # Part 2: drain speed
 
 
@@ -339,6 +366,20 @@ def print_tables(report: dict) -> None:
                          f"drain alone {int(m['drain_events_per_cpu_s']):,} per CPU-s")
         if "meets_target" in d:
             lines.append(f"  meets target: {'yes' if d['meets_target'] else 'NO'}")
+    sw = report.get("switches")
+    if sw and sw.get("summary"):
+        lines.append(f"\nContext switches of an untraced process (a pipe ping-pong pinned to CPU {sw['cpu']}, "
+                     f"{sw['round_trips']:,} round trips = 2 switches each), while kvmtrace records an idle guest")
+        lines.append(f"{'config':<26}{'runs':>5}{'ns/switch':>11}{'+ns/switch':>12}{'ratio':>7}"
+                     f"{'switch probe ns':>17}{'wakeup probe ns':>17}")
+        for r in sw["summary"]:
+            extra = f"{r['extra_ns_per_switch']:+.0f}" if r.get("extra_ns_per_switch") is not None else "-"
+            probe = [f"{r[k]:.0f}" if r.get(k) is not None else "-"
+                     for k in ("sched_switch_ns_per_run_median", "sched_wakeup_ns_per_run_median")]
+            lines.append(f"{r['config']:<26}{r['runs']:>5}{r['ns_per_switch_median']:>11.0f}{extra:>12}"
+                         f"{r.get('ratio', 1.0):>7.3f}{probe[0]:>17}{probe[1]:>17}")
+        lines.append("ns/switch: the pair's time per context switch (medians); probe ns: the kernel's own timing\n"
+                     "(bpf_stats) of each run of the sched probes during the ping-pong, every switch on the host.")
     if report.get("leftovers"):
         lines.append(f"\nLEFTOVERS: {report['leftovers']}")
     elif "leftovers" in report:
@@ -405,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvm_exit/kvm_entry fire on this host (VMX/SVM): check them (default: detected)")
     p.add_argument("--no-overhead", action="store_true", help="skip part 1 (guest run time)")
     p.add_argument("--no-drain", action="store_true", help="skip part 2 (drain speed)")
+    p.add_argument("--no-switches", action="store_true",
+                   help="skip part 3 (the sched probes' cost to an untraced process's context switches)")
+    p.add_argument("--switch-rounds", type=int, default=7, help="rounds of part 3 (default 7)")
+    p.add_argument("--round-trips", type=int, default=200_000, help="ping-pong round trips per run (200000)")
     p.add_argument("--drain-events", type=int, default=10_000_000, help="synthetic events for TraceWriter (10M)")
     p.add_argument("--drain-writes", type=int, default=None, help="port writes for the ring drain (default --writes)")
     p.add_argument("--drain-rounds", type=int, default=3, help="ring drain runs (default 3)")
@@ -439,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             overhead(args, report)
         if not args.no_drain:
             drain(args, report)
+        if not args.no_switches:
+            switches(args, report)
     except KeyboardInterrupt as e:
         report["interrupted"] = str(e) or "SIGINT"
         log(f"interrupted ({report['interrupted']}); cleaned up")

@@ -8,7 +8,12 @@ fresh processes, `kvmtrace report FILE` (start-up, load and every table)
 against `trace-cmd report -i FILE.dat` merely printing the events, both to
 /dev/null, and takes kvmtrace's peak resident memory. Medians of --repeat.
 
-    sudo .venv/bin/python bench/scale.py --events 1e6 10e6 --repeat 3
+With --synthesize, longer traces are made from the largest recording by
+replicating its batches with shifted timestamps (kvmtrace.tracefile.TraceWriter,
+the recorder's own writer and batch sizes): the same events, N times over, for
+`kvmtrace report` alone (trace-cmd has no such file to print).
+
+    sudo .venv/bin/python bench/scale.py --events 1e6 10e6 --repeat 3 --synthesize 30e6 100e6
 """
 
 from __future__ import annotations
@@ -83,12 +88,45 @@ def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
     return {"trace": trace, "dat": dat, "seconds": duration}
 
 
+def synthesize(src: Path, target_events: float, dst: Path) -> int:
+    """Write ``dst``: ``src``'s batches again and again, each copy shifted to
+    follow the last, until it holds at least ``target_events``; returns its events."""
+    import numpy as np
+
+    from kvmtrace.kernel.events import EVENT_DTYPE
+    from kvmtrace.tracefile import COLUMNS, TraceBatches, TraceWriter
+
+    tb = TraceBatches(src)
+    header = {k: v for k, v in tb.header.items() if k != "format_version"}
+    batches = [b for b in tb if b.num_rows]
+    trailer = dict(tb.trailer or tb.progress)
+    first = min(int(b.column("ts_ns").to_numpy().min()) for b in batches)
+    last = max(int(b.column("ts_ns").to_numpy().max()) for b in batches)
+    span = last - first + 1000
+    per_copy = sum(b.num_rows for b in batches)
+    copies = max(1, -(-int(target_events) // per_copy))
+    w = TraceWriter(dst, header)
+    for k in range(copies):
+        for b in batches:
+            ev = np.zeros(b.num_rows, dtype=EVENT_DTYPE)
+            for c in COLUMNS:
+                ev[c] = b.column(c).to_numpy()
+            ev["ts_ns"] += np.uint64(k * span)
+            w.write(ev, {"lost_events": 0})
+    start = trailer.get("start_time_ns", first)
+    trailer.pop("events_written", None)
+    w.close({**trailer, "start_time_ns": start, "end_time_ns": start + copies * span, "lost_events": 0})
+    return w.events_written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=float, nargs="+", default=[1e6, 10e6])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rate", type=float, default=300_000, help="events/s to expect from the storm guest")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/kvmtrace-bench"))
+    ap.add_argument("--synthesize", type=float, nargs="*", default=[],
+                    help="also report traces of this many events made from the largest recording")
     ap.add_argument("--keep", action="store_true", help="keep the recorded files")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     args = ap.parse_args()
@@ -119,9 +157,29 @@ def main() -> None:
         print(f"{events:>11,} events (trace-cmd {tc_events:,}): kvmtrace report {row['kvmtrace_report_s']:.2f} s, "
               f"peak {row['kvmtrace_peak_rss_mb']:,.0f} MB; trace-cmd report {row['trace_cmd_report_s']:.2f} s; "
               f"{row['speedup']:.1f}x", flush=True)
+        largest = rec["trace"]
         if not args.keep:
-            for p in (rec["trace"], rec["dat"]):
-                p.unlink()
+            rec["dat"].unlink()
+            if n != max(args.events) or not args.synthesize:
+                rec["trace"].unlink()
+    for n in args.synthesize:
+        dst = args.workdir / f"scale-synth-{int(n)}.kvmtrace"
+        events = synthesize(largest, n, dst)
+        ours, rss = [], []
+        for _ in range(args.repeat):
+            t, m = timed([*KVMTRACE, "report", str(dst)])
+            ours.append(t)
+            rss.append(m)
+        row = {"events": events, "synthesized_from": str(largest.name), "kvmtrace_file_mb": dst.stat().st_size / 1e6,
+               "kvmtrace_report_s": statistics.median(ours), "kvmtrace_peak_rss_mb": max(rss) / 1024,
+               "runs": {"kvmtrace": ours}}
+        results.append(row)
+        print(f"{events:>11,} events (synthesized): kvmtrace report {row['kvmtrace_report_s']:.2f} s, "
+              f"peak {row['kvmtrace_peak_rss_mb']:,.0f} MB", flush=True)
+        if not args.keep:
+            dst.unlink()
+    if args.synthesize and not args.keep:
+        largest.unlink()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "repeat": args.repeat,
                                      "results": results}, indent=2))

@@ -80,17 +80,26 @@ class Trace:
         df.index.name = "event"
         return df
 
-    def for_domain(self, name: str) -> "Trace":
-        """This trace restricted to one recorded domain (by name, UUID or pid)."""
+    @property
+    def event_count(self) -> int:
+        """How many events the trace (or this domain's part of it) holds."""
+        return len(self.events)
+
+    def _domain(self, name: str) -> dict:
         from kvmtrace.errors import UsageError
 
         for d in self.domains:
             if name in (d.get("name"), d.get("uuid"), str(d.get("pid"))):
-                sub = Trace(self.data, events=self.events[self.events["pid"] == d["pid"]])
-                sub._domains = [d]
-                return sub
+                return d
         known = ", ".join(str(d.get("name")) for d in self.domains) or "none"
         raise UsageError(f"{self.path} holds no domain {name!r} (it holds: {known})", "name one of those")
+
+    def for_domain(self, name: str) -> "Trace":
+        """This trace restricted to one recorded domain (by name, UUID or pid)."""
+        d = self._domain(name)
+        sub = Trace(self.data, events=self.events[self.events["pid"] == d["pid"]])
+        sub._domains = [d]
+        return sub
 
     @cached_property
     def names(self) -> ExitNames:
@@ -105,10 +114,13 @@ class Trace:
         start, end = src.get("start_time_ns"), src.get("end_time_ns", src.get("t_ns"))
         if start is not None and end is not None and end > start:
             return (end - start) / 1e9
+        lo, hi = self._ts_range()
+        return (hi - lo) / 1e9 if self.event_count > 1 else 0.0
+
+    def _ts_range(self) -> tuple[int, int]:
+        """The first and last event times (0, 0 without events)."""
         ts = self.events["ts_ns"]
-        if len(ts) > 1:
-            return (int(ts.max()) - int(ts.min())) / 1e9
-        return 0.0
+        return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
 
     def df_events(self) -> pd.DataFrame:
         """Every event, typed: kind as a category of names (EXIT, PIO, ...), ts_ns int64.
@@ -141,9 +153,11 @@ class Trace:
 
         Columns: ts_ns (int64), pid, tid, vcpu (uint32), port (uint32),
         direction (category read/write), size (uint8, bytes), count (uint32,
-        rep count), device (category), userspace (bool: returned to the VMM as
-        KVM_EXIT_IO, paired by its kvm_run fields), value (uint64; 0 unless
-        recorded with --values). Index "access".
+        rep count), device (category: the device QEMU's map named at the
+        port when it was accessed), userspace (bool: returned to the VMM as
+        KVM_EXIT_IO, paired by its kvm_run fields), handled_by (category
+        kernel/ioeventfd/coalesced/vmm: see analysis.handlers), value (uint64;
+        0 unless recorded with --values). Index "access".
         """
         from kvmtrace.kernel.events import EventKind, PioOp
 
@@ -156,9 +170,10 @@ class Trace:
             "tid": p["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(p), "port": p["port"].to_numpy(np.uint32),
             "direction": pd.Categorical(np.where(p["op"] == PioOp.WRITE, "write", "read"), categories=["read", "write"]),
             "size": p["size"].to_numpy(np.uint8), "count": p["count"].to_numpy(np.uint32),
-            "device": self.device_map.name_ports(p["port"].to_numpy()),
+            **self._access_labels(sel, "io"),
             "userspace": self._pairing.to_vmm[sel], "value": p["value"].to_numpy(np.uint64),
         })
+        df.insert(len(df.columns) - 1, "handled_by", df.pop("handled_by"))
         df.index.name = "access"
         return df
 
@@ -166,8 +181,10 @@ class Trace:
         """Every MMIO access (kvm_mmio; a VMM-answered read once), with device and handler.
 
         Columns: ts_ns (int64), pid, tid, vcpu (uint32), gpa (uint64),
-        direction (category read/write), len (uint8, bytes), device (category),
-        userspace (bool: returned to the VMM as KVM_EXIT_MMIO), value (uint64;
+        direction (category read/write), len (uint8, bytes), device (category,
+        as QEMU's map named the address when it was accessed), userspace
+        (bool: returned to the VMM as KVM_EXIT_MMIO), handled_by (category
+        kernel/ioeventfd/coalesced/vmm: see analysis.handlers), value (uint64;
         for a VMM-answered read, the answer; 0 unless recorded with --values).
         Index "access".
         """
@@ -194,9 +211,10 @@ class Trace:
             "tid": m["tid"].to_numpy(np.uint32), "vcpu": self._vcpu(m), "gpa": m["gpa"].to_numpy(np.uint64),
             "direction": pd.Categorical(np.where(m["op"] == MmioOp.WRITE, "write", "read"),
                                         categories=["read", "write"]),
-            "len": m["size"].to_numpy(np.uint8), "device": self.device_map.name_gpas(m["gpa"].to_numpy()),
+            "len": m["size"].to_numpy(np.uint8), **self._access_labels(sel, "memory"),
             "userspace": self._pairing.to_vmm[sel], "value": value,
         })
+        df.insert(len(df.columns) - 1, "handled_by", df.pop("handled_by"))
         df.index.name = "access"
         return df
 
@@ -241,11 +259,49 @@ class Trace:
         return "launch" in self.header
 
     @cached_property
-    def device_map(self):
-        """Device names for this trace's guest (its recorded QEMU memory map, else built in)."""
-        from kvmtrace.tables.devices import DeviceMap
+    def device_timeline(self):
+        """Every version of the guests' QEMU memory maps the recording read, with its time
+        (tables.devices.timeline.DeviceTimeline): names an access by the map of its time."""
+        from kvmtrace.tables.devices.timeline import DeviceTimeline
 
-        return DeviceMap.from_header(self.header)
+        return DeviceTimeline.from_trace(self.header, self.data.memory_maps)
+
+    @cached_property
+    def device_map(self):
+        """Device names for this trace's guest without a time: each address named by the first
+        map version that names it (the recorded QEMU memory maps, else built in)."""
+        return self.device_timeline.merged()
+
+    @property
+    def handled_by_method(self) -> str:
+        """How handled_by was told: "ioctls" (recorded from the guest's creation) or "deduced"."""
+        return "ioctls" if self.launched else "deduced"
+
+    @cached_property
+    def handler_zones(self) -> pd.DataFrame | None:
+        """The ioeventfds and coalesced zones the recording saw registered (analysis.handlers.zones):
+        those QEMU made while a launch watched it build the VM; None for a trace without ioctls."""
+        from kvmtrace.analysis.handlers import zones
+
+        return zones(self.events) if self.launched else None
+
+    def _access_labels(self, sel: np.ndarray, space: str) -> dict:
+        from kvmtrace.analysis.handlers import as_category, label_accesses
+
+        labels = label_accesses(self.events, sel, space, self._pairing.to_vmm[sel], self.device_timeline,
+                                self.handler_zones, deduce=True)
+        return {"device": labels.device_per_access(), "handled_by": as_category(labels.handled_per_access())}
+
+    @cached_property
+    def io_tables(self) -> dict[str, pd.DataFrame]:
+        """The report's port I/O and MMIO rows, split by device and handler
+        (analysis.handlers.io_tables): {"pio": ..., "mmio": ...}."""
+        from kvmtrace.analysis.handlers import io_tables
+
+        counts = self.header.get("mode") == "counts"
+        return io_tables(self.events, self.device_timeline, self.handler_zones,
+                         summary=self.summary if counts else None,
+                         pairing=None if counts else self._pairing, completions=None if counts else self._completions)
 
     @cached_property
     def vcpu_by_tid(self) -> dict[int, int]:
@@ -260,10 +316,54 @@ class Trace:
     @property
     def start_ns(self) -> int:
         src = self.data.trailer or self.data.progress
-        if "start_time_ns" in src:
-            return int(src["start_time_ns"])
+        return int(src["start_time_ns"]) if "start_time_ns" in src else self._ts_range()[0]
+
+    @property
+    def end_ns(self) -> int:
+        """The recording's stop (or its last progress mark, or its last event), CLOCK_MONOTONIC ns."""
+        src = self.data.trailer or self.data.progress
+        end = src.get("end_time_ns", src.get("t_ns"))
+        if end is not None:
+            return int(end)
         ts = self.events["ts_ns"]
-        return int(ts.min()) if len(ts) else 0
+        return int(ts.max()) if len(ts) else self.start_ns
+
+    def _vcpu_time_args(self, analysis: str) -> tuple:
+        from kvmtrace.analysis.requirements import missing_events
+        from kvmtrace.analysis.vcpu_time import has_vcpu_time
+        from kvmtrace.kernel.events import EventKind
+
+        if not has_vcpu_time(self.header, self.events):
+            raise missing_events(self, [EventKind.SCHED_SWITCH], analysis)
+        return (self.events, self.header, self.start_ns, self.end_ns, self.vcpu_by_tid)
+
+    def df_vcpu_time(self) -> pd.DataFrame:
+        """Where each vCPU thread's time went: seconds guest, halted, vmm, vmm_waiting, preempted.
+
+        See analysis.vcpu_time.vcpu_time for the columns (vcpu, pid, tid,
+        total_s and one ``<state>_s`` per state, float64 seconds). Both modes;
+        needs a recording with the sched probes.
+        """
+        from kvmtrace.analysis.vcpu_time import vcpu_time
+
+        return vcpu_time(*self._vcpu_time_args("df_vcpu_time"), counts_mode=self.header.get("mode") == "counts")
+
+    def df_vcpu_time_intervals(self, freq: str | float = "1s") -> pd.DataFrame:
+        """df_vcpu_time per window of ``freq`` ("1s", "250ms" or seconds), with t_s
+        (window start, seconds since the recording started); see
+        analysis.vcpu_time.vcpu_time_intervals."""
+        from kvmtrace.analysis.vcpu_time import vcpu_time_intervals
+
+        window_s = pd.Timedelta(freq).total_seconds() if isinstance(freq, str) else float(freq)
+        return vcpu_time_intervals(*self._vcpu_time_args("df_vcpu_time_intervals"), window_s,
+                                   counts_mode=self.header.get("mode") == "counts")
+
+    def vcpu_timeline(self):
+        """Events mode: every vCPU thread's state segments (analysis.vcpu_time.Timeline)."""
+        from kvmtrace.analysis.vcpu_time import segments
+
+        self._need_events("vcpu_timeline")
+        return segments(*self._vcpu_time_args("vcpu_timeline")[:4])
 
     @cached_property
     def keyed(self) -> pd.DataFrame:
@@ -280,6 +380,7 @@ class Trace:
         """
         from kvmtrace.analysis.compare import RunRates
         from kvmtrace.analysis.rates import counts, keyed, windows
+        from kvmtrace.analysis.vcpu_time import has_vcpu_time, rate_rows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
@@ -288,17 +389,27 @@ class Trace:
         if mmio == "page" and granularity != "page":
             k = keyed(self.events, self.names, self.device_map, self.vcpu_by_tid, mmio_page=True)
             granularity = "page"
-        return RunRates(label=self.label, counts=counts(k), duration_s=self.duration_s, exits=exits,
-                        windows=windows(k, self.start_ns, window_s) if window_s else None,
-                        window_s=window_s, mmio_granularity=granularity, dimensions=self._dimensions())
+        table = counts(k)
+        wins = windows(k, self.start_ns, window_s) if window_s else None
+        if has_vcpu_time(self.header, self.events):  # the vcpu_time dimension: ms per state
+            table = pd.concat([table, rate_rows(self.df_vcpu_time())], ignore_index=True)
+            if window_s:
+                w = rate_rows(self.df_vcpu_time_intervals(window_s))
+                w.insert(0, "window", np.round(w.pop("t_s") / window_s).astype("int64"))
+                wins = pd.concat([wins, w], ignore_index=True)
+        return RunRates(label=self.label, counts=table, duration_s=self.duration_s, exits=exits,
+                        windows=wins, window_s=window_s, mmio_granularity=granularity,
+                        dimensions=self._dimensions())
 
-    def _dimensions(self) -> tuple[str, ...]:
-        """The rate dimensions this trace could count: hardware exits only where kvm_exit was probed."""
+    def _dimensions(self) -> tuple[str, ...] | None:
+        """The rate dimensions this trace could count: hardware exits only where kvm_exit was probed
+        (None: every one, as compare then decides for vcpu_time itself)."""
         from kvmtrace.analysis.rates import DIMENSIONS
 
         probes = self.header.get("probes")
-        hw = probes is None or "kvm_exit" in probes or "import" in self.header
-        return tuple(d for d in DIMENSIONS if d != "exit" or hw)
+        if probes is None or "kvm_exit" in probes or "import" in self.header:
+            return None
+        return tuple(d for d in DIMENSIONS if d != "exit")
 
     def compare(self, new: "Trace", threshold_pct: float = 10.0, alpha: float = 0.01, method: str = "poisson",
                 window_s: float = 0.25) -> pd.DataFrame:
@@ -479,7 +590,10 @@ class Trace:
     def summary(self) -> Summary:
         if self.header.get("mode") == "counts":
             return summarize(self.events, self.names, self.duration_s)
-        return summarize(self.events, self.names, self.duration_s, self._pairing, self._completions)
+        from kvmtrace.analysis.handlers import collapse
+
+        io = (collapse(self.io_tables["pio"], ("port", "size")), collapse(self.io_tables["mmio"], ("gpa", "len")))
+        return summarize(self.events, self.names, self.duration_s, self._pairing, self._completions, io)
 
 
 #: The event columns every report table needs (the others, rip, info1/2,
@@ -510,61 +624,18 @@ def load(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> Tra
     return Trace(read_trace(path, columns, arrays=True))
 
 
-#: What a report of a recording uses per event, beyond the interpreter: the
-#: event columns it reads (43 bytes) and its analyses' temporaries (725 MB
-#: for 10M events, measured).
+#: What a report uses per event of a chunk (analysis.batchwise.CHUNK_EVENTS
+#: at a time): the columns it reads (43 bytes) and its analyses' temporaries.
 REPORT_BYTES_PER_EVENT = 72
 
 
 def reuse_memory(events: int = 0) -> None:
-    """For a one-shot command on a big trace: memory faulted in once, at once, and used again.
+    """tracefile.reuse_memory for a report of ``events`` events: the heap of
+    its largest chunk (analysis.batchwise.CHUNK_EVENTS) faulted in at once."""
+    from kvmtrace.analysis.batchwise import CHUNK_EVENTS
+    from kvmtrace.tracefile import reuse_memory as reuse
 
-    Memory a process touches for the first time is dear: a page fault per
-    page, and in a VM whose host takes freed pages back (free page
-    reporting, as on the machine this was measured on) one in the host too:
-    800 MB took 0.4-1.2 s to fault in there, 0.03 s to use again. So:
-
-    * one arena (pyarrow's decompression threads' too), no mmap below 1 GiB
-      and no trim: a freed array's pages serve the next one (glibc hands
-      large blocks back when they are freed, and every temporary array of an
-      analysis was new memory again: 40 % of the report's time);
-    * no transparent huge pages for numpy's arrays: faulting in a 2 MiB
-      page the host has taken back costs 4 times as much as 512 small ones;
-    * with ``events``, the heap a report of that many events uses
-      (REPORT_BYTES_PER_EVENT, up to 1 GiB) is faulted in up front by one
-      madvise(MADV_POPULATE_WRITE) (Linux 5.14; older kernels refuse it,
-      harmlessly) rather than page by page as the arrays fill: 0.2 s of 1.6.
-
-    pyarrow allocates with malloc (the system pool), in the same heap.
-    Process-wide: only the CLI calls it, never import.
-    """
-    import ctypes
-    import mmap
-
-    import pyarrow as pa
-
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    _set_madvise_hugepage(False)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to tune
-    heap_max = 1 << 30  # larger blocks are mmap'ed, and unmapped when freed
-    libc.mallopt(-3, heap_max)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
-    size = min(events * REPORT_BYTES_PER_EVENT, heap_max - 1)
-    libc.malloc.restype = ctypes.c_void_p
-    block = libc.malloc(ctypes.c_size_t(size)) if size else None
-    if block:
-        page = -block % mmap.PAGESIZE
-        libc.madvise(ctypes.c_void_p(block + page), ctypes.c_size_t(size - page), 23)  # MADV_POPULATE_WRITE
-        libc.free(ctypes.c_void_p(block))  # back to the heap, which keeps it
+    reuse(min(events, CHUNK_EVENTS) * REPORT_BYTES_PER_EVENT)
 
 
 def _has_union_words(cols: dict) -> bool:
@@ -575,19 +646,15 @@ def _has_union_words(cols: dict) -> bool:
     return bool(((kind == EventKind.USERSPACE_EXIT) & ((flags & int(EventFlag.RUN_UNION)) != 0)).any())
 
 
-def load_for_report(path: str | os.PathLike) -> Trace:
-    """The columns `kvmtrace report` needs: for an events trace not even the
-    values (8 bytes an event), nor EXIT_COLUMNS unless it has kvm_exit or
-    kvm_entry events; all of them for a launch timeline, and the counts of a
-    counts-mode trace (held in ``value``)."""
+def _load_columns(path, columns) -> Trace:
+    """load(path, columns), and for an events trace with kvm_exit or kvm_entry
+    events EXIT_COLUMNS too (read after the others, only then)."""
     from kvmtrace.kernel.events import EventKind
     from kvmtrace.tracefile import COLUMNS
 
-    t = load(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
-    if t.launched or _has_union_words(t.data.arrays):
+    t = load(path, columns)
+    if _has_union_words(t.data.arrays):  # the kvm_run union words are in rip, info1, ...
         return load(path)
-    if t.header.get("mode") == "counts" or t.values_captured:
-        return load(path, REPORT_COLUMNS)
     kind = t.data.arrays["kind"]
     if (kind == EventKind.EXIT).any() or (kind == EventKind.ENTRY).any():
         # A trace file only grows: its first rows, read again, are the same events.
@@ -596,3 +663,103 @@ def load_for_report(path: str | os.PathLike) -> Trace:
         t.data.arrays = {c: have[c] if c in have else more[c][:len(kind)] for c in COLUMNS
                          if c in have or c in more}
     return t
+
+
+def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
+                    rates: bool = False, window_s: float | None = None) -> Trace:
+    """The trace as `kvmtrace report` reads it: for a recording of single
+    events, reduced batch by batch to the report's tables (a
+    :class:`ReportTrace`: memory independent of the trace's length), and
+    with ``rates`` to its rate tables (``run_rates(window_s)``, for compare);
+    a launch or a counts-mode recording (few events) read whole, with the
+    columns the report needs (all of them for a launch timeline)."""
+    from kvmtrace.analysis.batchwise import CHUNK_EVENTS, ReportTables
+    from kvmtrace.kernel.events import AGGREGATE, EventKind
+    from kvmtrace.tracefile import TraceBatches, batch_arrays, scan_batches
+
+    scan, floors, kinds = scan_batches(path)
+    header = scan.header
+    if header.get("launch") is not None:
+        return load(path)
+    if header.get("mode") == "counts" or kinds[AGGREGATE:].any():
+        return load(path, REPORT_COLUMNS)
+    exits = bool(kinds[EventKind.EXIT] or kinds[EventKind.ENTRY])
+    if not floors:
+        return _load_columns(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
+    # later[i]: the earliest time of the batches after the i-th (that hold events)
+    later = np.minimum.accumulate(np.array(floors[1:] + [2**63 - 1], dtype=np.int64)[::-1])[::-1].tolist()
+    reader = TraceBatches(path, tuple(c for c in REPORT_COLUMNS
+                                      if c != "value" and (exits or rates or c not in EXIT_COLUMNS)))
+    t = Trace(scan.data())
+    from kvmtrace.analysis.handlers import LabelledIo
+
+    tables = ReportTables(t.names, t.device_map, chunk_events or CHUNK_EVENTS, LabelledIo(t.device_timeline))
+    if rates:
+        src = t.data.trailer or t.data.progress  # as Trace.start_ns, whose fallback is the first event's time
+        tables.gather_rates(t.vcpu_by_tid, int(src.get("start_time_ns", min(floors))), window_s,
+                            bool(kinds[EventKind.EXIT]))
+    i = 0
+    for batch in reader:
+        if batch.num_rows:
+            i += 1
+            tables.add(batch_arrays(batch), later[i - 1] if i < len(floors) else None)
+    return ReportTrace(reader.data(), tables.finish())
+
+
+class ReportTrace(Trace):
+    """A trace reduced batch by batch to what `kvmtrace report` shows
+    (analysis.batchwise.ReportTables), whole and per domain, without its
+    events in memory; what else needs them reads them on first use."""
+
+    def __init__(self, data: TraceData, tables, pid: int | None = None):
+        super().__init__(data)
+        self.tables = tables
+        self._pid = pid
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        ev = load(self.path).events
+        return ev if self._pid is None else ev[ev["pid"] == self._pid]
+
+    @property
+    def event_count(self) -> int:
+        return self.tables.events(self._pid)
+
+    def _ts_range(self) -> tuple[int, int]:
+        return self.tables.ts_range(self._pid) or (0, 0)
+
+    @cached_property
+    def summary(self) -> Summary:
+        return self.tables.summary(self.duration_s, self._pid)
+
+    @cached_property
+    def io_tables(self) -> dict[str, pd.DataFrame]:
+        return self.tables.io_labels.tables(self._pid)
+
+    def df_latency(self, which: str = "vmm_service", by: tuple[str, ...] = ("reason",)) -> pd.DataFrame:
+        if which == "vmm_service" and tuple(by) in (("reason",), ("reason", "device", "direction")):
+            return self.tables.vmm_service(tuple(by), self._pid)
+        if which == "exit_handling" and tuple(by) == ("isa", "reason"):
+            return self.tables.exit_handling(self._pid)
+        return super().df_latency(which, by)
+
+    def unpaired(self) -> dict[str, int]:
+        return self.tables.unpaired(self._pid)
+
+    def run_rates(self, window_s: float | None = None, mmio: str | None = None):
+        if not self.tables.has_rates(window_s) or (mmio == "page" and self.mmio_granularity != "page"):
+            return super().run_rates(window_s, mmio)  # MMIO by page: from the events, read whole
+        from kvmtrace.analysis.compare import RunRates
+
+        s = self.summary
+        exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
+        counts, windows = self.tables.rates(self._pid)
+        return RunRates(label=self.label, counts=counts, duration_s=self.duration_s, exits=exits,
+                        windows=windows, window_s=window_s, mmio_granularity=self.mmio_granularity,
+                        dimensions=self._dimensions())
+
+    def for_domain(self, name: str) -> "ReportTrace":
+        d = self._domain(name)
+        sub = ReportTrace(self.data, self.tables, int(d["pid"]))
+        sub._domains = [d]
+        return sub

@@ -8,6 +8,12 @@ Layout, chosen so that a recording interrupted at any moment stays readable:
   carrying ``kvmtrace.progress`` metadata (events written, lost so far).
 * A last batch carries ``kvmtrace.trailer`` (end time, stop reason, exact lost
   counts), then the Arrow footer.
+* QEMU's memory map, read again while recording (a device the firmware maps
+  after the start, and once at the end), goes in an empty batch of its own
+  carrying ``kvmtrace.memory_map`` (domain pid, monotonic time, the text or
+  why it could not be read), flushed at once: a file cut short keeps every
+  version written before the cut. The header holds the version read at the
+  start (``domains[i]["memory_map_text"]``).
 
 A complete file is an ordinary Feather v2 file: ``pandas.read_feather`` reads
 it. A file cut short (SIGKILL, power loss, a full disk) has no footer, but an
@@ -34,6 +40,7 @@ FORMAT_VERSION = 1
 HEADER_KEY = b"kvmtrace.header"
 PROGRESS_KEY = b"kvmtrace.progress"
 TRAILER_KEY = b"kvmtrace.trailer"
+MEMORY_MAP_KEY = b"kvmtrace.memory_map"
 ARROW_MAGIC = b"ARROW1"
 
 COLUMNS = tuple(n for n in EVENT_DTYPE.names if n not in PADDING)
@@ -57,7 +64,11 @@ class TraceWriter:
     is attached, so an unwritable path fails early.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "lz4"):
+    def __init__(self, path: str | os.PathLike, header: dict, compression: str | None = "lz4",
+                 defer_header: bool = False):
+        """``defer_header``: write the header with the first batch (or at close),
+        so that :meth:`amend_header` can add what is only known once the
+        probes are attached; the file is still created here."""
         self.path = Path(path)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -68,12 +79,29 @@ class TraceWriter:
             ) from e
         os.fchmod(fd, 0o600)
         self._file = os.fdopen(fd, "wb")
-        header = {"format_version": FORMAT_VERSION, **header}
-        schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(header)})
-        options = pa.ipc.IpcWriteOptions(compression=compression)
+        self.header = {"format_version": FORMAT_VERSION, **header}
+        self._options = pa.ipc.IpcWriteOptions(compression=compression)
         self.events_written = 0
         self.closed = False
-        self._writer = self._guard(lambda: pa.ipc.new_file(self._file, schema, options=options))
+        self._writer = None
+        if not defer_header:
+            self._start()
+
+    @property
+    def header_written(self) -> bool:
+        return self._writer is not None
+
+    def amend_header(self, extra: dict) -> None:
+        """Add ``extra`` to a deferred header not written yet."""
+        if self._writer is not None:
+            raise RuntimeError(f"the header of {self.path} is written already")
+        self.header.update(extra)
+
+    def _start(self) -> None:
+        if self._writer is not None:
+            return
+        schema = SCHEMA.with_metadata({HEADER_KEY: json.dumps(self.header)})
+        self._writer = self._guard(lambda: pa.ipc.new_file(self._file, schema, options=self._options))
         self._guard(self._file.flush)
 
     def _guard(self, op):
@@ -96,6 +124,7 @@ class TraceWriter:
         """Append a batch of EVENT_DTYPE records and flush it to the file."""
         # A field of a structured array is a strided view; pyarrow converts a
         # contiguous copy of it about 4x faster than the view itself.
+        self._start()
         batch = pa.RecordBatch.from_arrays([pa.array(np.ascontiguousarray(events[n])) for n in COLUMNS],
                                            schema=SCHEMA)
         meta = {PROGRESS_KEY: json.dumps({**progress, "events_written": self.events_written + len(events)})}
@@ -103,10 +132,23 @@ class TraceWriter:
         self._guard(self._file.flush)
         self.events_written += len(events)
 
+    def write_memory_map(self, version: dict) -> None:
+        """Append one re-read of a guest's memory map (an empty batch carrying it) and flush it.
+
+        ``version``: ``pid``, ``t_ns`` (CLOCK_MONOTONIC), ``reason`` and either
+        ``text`` (QEMU's ``info mtree -f``), ``unchanged`` or ``error`` (why it
+        was not read).
+        """
+        batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)
+        meta = {MEMORY_MAP_KEY: json.dumps(version)}
+        self._guard(lambda: self._writer.write_batch(batch, custom_metadata=meta))
+        self._guard(self._file.flush)
+
     def close(self, trailer: dict) -> None:
         """Write the trailer and the footer: the file is then complete."""
         if self.closed:
             return
+        self._start()
         self.closed = True
         trailer = {**trailer, "events_written": self.events_written}
         batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)
@@ -142,6 +184,7 @@ class TraceData:
     complete: bool = True
     note: str = ""  # why the file is incomplete
     arrays: dict[str, np.ndarray] | None = None
+    memory_maps: list[dict] = field(default_factory=list)  # re-reads of QEMU's map, in file order
 
     @property
     def lost_events(self) -> int:
@@ -280,49 +323,164 @@ class _Batches:
         return {"table": None, "arrays": {name: a[:self.rows] for name, a in self.out.items()}}
 
 
+class TraceBatches:
+    """A trace file's record batches, read one at a time (``for batch in tb``).
+
+    Opening reads the header (errors as :func:`read_trace`'s); iterating
+    yields each validated ``pyarrow.RecordBatch`` (the trailer's empty one
+    included) and stops at the first damaged one, as :func:`read_trace`
+    does. After the iteration ``progress``, ``trailer``, ``note`` and
+    ``complete`` say what was read. Only one batch is held at a time, so a
+    caller that reduces each batch as it comes needs memory for one batch,
+    whatever the length of the trace. ``columns`` as for :func:`read_trace`.
+    """
+
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str] | None = None):
+        self.path = Path(path)
+        try:
+            self._open(_options(columns))
+        except TraceFileError:
+            raise
+        except _DAMAGE as e:
+            raise TraceFileError(f"{self.path} is damaged and cannot be read ({type(e).__name__}: {e})",
+                                 "record it again, or give another copy") from e
+
+    def _open(self, options) -> None:
+        path = self.path
+        try:
+            source = pa.memory_map(str(path), "r")
+        except FileNotFoundError as e:
+            raise TraceFileError(f"{path} does not exist", "check the path") from e
+        except (OSError, pa.ArrowException) as e:
+            raise TraceFileError(f"cannot open {path}: {e}") from e
+        if source.size() == 0:
+            raise TraceFileError(f"{path} is empty", "the recording wrote nothing; record again")
+        if source.read(len(ARROW_MAGIC)) != ARROW_MAGIC:
+            raise TraceFileError(
+                f"{path} is not a kvmtrace trace file (no Arrow magic at its start)",
+                "for text traces from trace-cmd, ftrace or perf use kvmtrace import",
+            )
+        source.seek(0)
+        self.progress, self.trailer, self.note = {}, None, ""
+        self.memory_maps: list[dict] = []
+        self.footer, self._damaged = True, False
+        try:
+            self._reader = pa.ipc.open_file(source, options=options)
+        except pa.ArrowException:
+            _refuse_foreign(path, source)
+            self.footer = False
+            buf = source.read_buffer()
+            if buf.size <= 8:
+                raise TraceFileError(f"{path} is cut short before its header was complete",
+                                     "nothing was recorded in it; record again")
+            stream = pa.BufferReader(buf.slice(8))  # after "ARROW1\0\0"
+            try:
+                self._reader = pa.ipc.open_stream(stream, options=options)
+            except pa.ArrowException as e:
+                raise TraceFileError(
+                    f"{path} is cut short before its header was complete",
+                    "nothing was recorded in it; record again",
+                ) from e
+        self.schema = self._reader.schema
+        self.header = _check_header(path, self.schema, options)
+
+    def count_rows(self) -> int | None:
+        """Rows of a complete file, from its batches' metadata (None for a file cut short)."""
+        if not self.footer:
+            return None
+        try:
+            return self._reader.count_rows()
+        except _DAMAGE:
+            return None  # the damaged batch is found when it is read
+
+    @property
+    def complete(self) -> bool:
+        if self.footer:
+            return self.trailer is not None and not self._damaged
+        return self.trailer is not None
+
+    def __iter__(self):
+        try:
+            yield from (self._file_batches() if self.footer else self._stream_batches())
+        except TraceFileError:
+            raise
+        except _DAMAGE as e:  # not in a batch (those end the iteration): in the file itself
+            raise TraceFileError(f"{self.path} is damaged and cannot be read ({type(e).__name__}: {e})",
+                                 "record it again, or give another copy") from e
+
+    def _file_batches(self):
+        reader = self._reader
+        self._damaged = False
+        for i in range(reader.num_record_batches):
+            try:
+                batch, meta = reader.get_batch_with_custom_metadata(i)
+                _check_batch(batch)
+                self.progress = _meta(meta, PROGRESS_KEY) or self.progress
+                self.trailer = _meta(meta, TRAILER_KEY) or self.trailer
+                mm = _meta(meta, MEMORY_MAP_KEY)
+            except _DAMAGE:
+                self.note = f"damaged from batch {i} on; the batches before it are read"
+                self.trailer = None
+                self._damaged = True
+                break
+            if mm is not None:
+                self.memory_maps.append(mm)
+            yield batch
+        self.note = self.note or ("" if self.trailer is not None else "no trailer")
+
+    def _stream_batches(self):
+        self.note = "cut short"
+        while True:
+            try:
+                batch, meta = self._reader.read_next_batch_with_custom_metadata()
+                _check_batch(batch)
+            except StopIteration:
+                self.note = "no footer"
+                break
+            except _DAMAGE:
+                self.note = "cut short in a batch; the batches before it are read"
+                break
+            yield batch
+            self.progress = _meta(meta, PROGRESS_KEY) or self.progress
+            self.trailer = _meta(meta, TRAILER_KEY) or self.trailer
+            mm = _meta(meta, MEMORY_MAP_KEY)
+            if mm is not None:
+                self.memory_maps.append(mm)
+
+    def data(self, **events) -> TraceData:
+        """The TraceData of what was read (``events``: its table or arrays)."""
+        return TraceData(self.path, self.header, trailer=self.trailer, progress=self.progress,
+                         complete=self.complete, note=self.note, memory_maps=self.memory_maps,
+                         **{"table": None, **events})
+
+
+def batch_arrays(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """A record batch's columns as numpy arrays (no copy where Arrow allows)."""
+    return {name: col.to_numpy() for name, col in zip(batch.schema.names, batch.columns)}
+
+
+def scan_batches(path: str | os.PathLike) -> tuple[TraceBatches, list[int], np.ndarray]:
+    """A first pass over a trace, reading only ts_ns and kind: the
+    TraceBatches read (header, trailer, progress), the earliest ts_ns of each
+    batch that holds events (in order), and how many events of each
+    ``kind`` value (0-255) it holds."""
+    tb = TraceBatches(path, ("ts_ns", "kind"))
+    floors, kinds = [], np.zeros(256, dtype=np.int64)
+    for batch in tb:
+        if batch.num_rows:
+            floors.append(int(batch.column(0).to_numpy().min()))
+            kinds += np.bincount(batch.column(1).to_numpy(), minlength=256)
+    return tb, floors, kinds
+
+
 def _read_trace(path: Path, options=None, arrays: bool = False) -> TraceData:
-    try:
-        source = pa.memory_map(str(path), "r")
-    except FileNotFoundError as e:
-        raise TraceFileError(f"{path} does not exist", "check the path") from e
-    except (OSError, pa.ArrowException) as e:
-        raise TraceFileError(f"cannot open {path}: {e}") from e
-    size = source.size()
-    if size == 0:
-        raise TraceFileError(f"{path} is empty", "the recording wrote nothing; record again")
-    if source.read(len(ARROW_MAGIC)) != ARROW_MAGIC:
-        raise TraceFileError(
-            f"{path} is not a kvmtrace trace file (no Arrow magic at its start)",
-            "for text traces from trace-cmd, ftrace or perf use kvmtrace import",
-        )
-    source.seek(0)
-    try:
-        reader = pa.ipc.open_file(source, options=options)
-    except pa.ArrowException:
-        _refuse_foreign(path, source)
-        return _read_partial(path, source, options, arrays)
-    header = _check_header(path, reader.schema, options)
-    rows = None
-    if arrays:
-        try:
-            rows = reader.count_rows()  # from the batches' metadata, not their data
-        except _DAMAGE:
-            pass  # the damaged batch is found below
-    batches = _Batches(reader.schema, arrays, rows)
-    progress, trailer, note = {}, None, ""
-    for i in range(reader.num_record_batches):
-        try:
-            batch, meta = reader.get_batch_with_custom_metadata(i)
-            _check_batch(batch)
-            progress = _meta(meta, PROGRESS_KEY) or progress
-            trailer = _meta(meta, TRAILER_KEY) or trailer
-        except _DAMAGE:
-            note = f"damaged from batch {i} on; the batches before it are read"
-            trailer = None
-            break
+    tb = TraceBatches.__new__(TraceBatches)
+    tb.path = path
+    tb._open(options)
+    batches = _Batches(tb.schema, arrays, tb.count_rows() if arrays else None)
+    for batch in tb:
         batches.add(batch)
-    return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None and not note,
-                     note=note or ("" if trailer is not None else "no trailer"), **batches.result())
+    return tb.data(**batches.result())
 
 
 def _check_batch(batch: pa.RecordBatch) -> None:
@@ -332,36 +490,44 @@ def _check_batch(batch: pa.RecordBatch) -> None:
         raise ValueError("null values in a column that never holds any")
 
 
-def _read_partial(path: Path, source, options=None, arrays: bool = False) -> TraceData:
-    """Read the batches of a file that lacks its footer (cut short)."""
-    buf = source.read_buffer()
-    if buf.size <= 8:
-        raise TraceFileError(f"{path} is cut short before its header was complete",
-                             "nothing was recorded in it; record again")
-    stream = pa.BufferReader(buf.slice(8))  # after "ARROW1\0\0"
+def reuse_memory(heap_bytes: int = 0) -> None:
+    """For a one-shot command on a big trace: memory faulted in once, at once, and used again.
+
+    Memory a process touches for the first time is dear: a page fault per
+    page, and in a VM whose host takes freed pages back (free page
+    reporting) one in the host too: 800 MB took 0.4-1.2 s to fault in
+    there, 0.03 s to use again. So: one malloc arena (pyarrow's threads'
+    too), no mmap below 1 GiB and no trim, so that a freed array's pages
+    serve the next one; no transparent huge pages for numpy (a 2 MiB page
+    the host has taken back costs 4 times as much as 512 small ones); and
+    ``heap_bytes`` of heap (up to 1 GiB) faulted in up front by one
+    madvise(MADV_POPULATE_WRITE) (Linux 5.14; older kernels refuse it,
+    harmlessly). Process-wide: only the CLI calls it, never import.
+    """
+    import ctypes
+    import mmap
+
+    import pyarrow as pa
+
     try:
-        reader = pa.ipc.open_stream(stream, options=options)
-    except pa.ArrowException as e:
-        raise TraceFileError(
-            f"{path} is cut short before its header was complete",
-            "nothing was recorded in it; record again",
-        ) from e
-    header = _check_header(path, reader.schema, options)
-    batches = _Batches(reader.schema, arrays)
-    progress, trailer, note = {}, None, "cut short"
-    while True:
-        try:
-            batch, meta = reader.read_next_batch_with_custom_metadata()
-            _check_batch(batch)
-        except StopIteration:
-            note = "no footer"
-            break
-        except _DAMAGE:
-            note = "cut short in a batch; the batches before it are read"
-            break
-        batches.add(batch)
-        progress = _meta(meta, PROGRESS_KEY) or progress
-        trailer = _meta(meta, TRAILER_KEY) or trailer
-    # The trailer is written after the last event: with it, no event is missing.
-    return TraceData(path, header, trailer=trailer, progress=progress, complete=trailer is not None, note=note,
-                     **batches.result())
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _set_madvise_hugepage
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    _set_madvise_hugepage(False)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+    heap_max = 1 << 30  # larger blocks are mmap'ed, and unmapped when freed
+    libc.mallopt(-3, heap_max)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+    size = min(heap_bytes, heap_max - 1)
+    libc.malloc.restype = ctypes.c_void_p
+    block = libc.malloc(ctypes.c_size_t(size)) if size else None
+    if block:
+        page = -block % mmap.PAGESIZE
+        libc.madvise(ctypes.c_void_p(block + page), ctypes.c_size_t(size - page), 23)  # MADV_POPULATE_WRITE
+        libc.free(ctypes.c_void_p(block))  # back to the heap, which keeps it

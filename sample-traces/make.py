@@ -78,6 +78,36 @@ def main() -> None:
     for i in range(1, 9):
         w = dataclasses.replace(PACED, port_writes=round(PACED.port_writes * 1.2)) if i == 6 else PACED
         record_running(w, series / f"run{i}.kvmtrace", 1, "--label", f"run{i}")
+    # 5. Where the vCPU's time goes: the paced guest (it halts between passes)
+    #    with its vCPU pinned to CPU 0, and a busy loop there for the second half.
+    record_vcpu_time(HERE / "demo-vcpu-time.kvmtrace")
+
+
+def record_vcpu_time(out: Path) -> None:
+    import os
+
+    from kvmtrace.record.domain import connect, resolve
+
+    name = f"kvmtrace-sample-{uuid.uuid4().hex[:6]}"
+    _conn, dom = start_demo(PACED, URI, name=name)
+    hog = None
+    try:
+        os.sched_setaffinity(resolve(connect(URI), name).vcpu_threads[0], {0})
+        time.sleep(0.3)
+        p = subprocess.Popen([*KVMTRACE, "record", "--domain", name, "--duration", "1", "-o", str(out)],
+                             stderr=subprocess.PIPE, text=True)
+        for line in p.stderr:
+            if "recording" in line:
+                break
+        time.sleep(0.5)
+        hog = subprocess.Popen(["taskset", "-c", "0", "sh", "-c", "while :; do :; done"])
+        p.communicate(timeout=120)
+        if p.returncode:
+            raise SystemExit(f"record failed: {p.returncode}")
+    finally:
+        if hog is not None:
+            hog.kill()
+        stop_demo(dom)
 
 
 if __name__ == "__main__":

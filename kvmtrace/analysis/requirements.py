@@ -27,13 +27,13 @@ __all__ = ["SINGLE_EVENTS", "event_name", "holdings", "missing_events", "require
 SINGLE_EVENTS = "single events (record --mode events)"
 
 _NAMES = {kind: f"{system}:{name}" for system, name, kind in TRACEPOINTS}
-_NAMES[EventKind.RUN] = "syscalls:sys_enter_ioctl (KVM_RUN)"
+_NAMES[EventKind.RUN] = "kvm:kvm_fpu (KVM_RUN; syscalls:sys_enter_ioctl before Linux 5.15)"
 _NAMES[EventKind.IOCTL] = "syscalls:sys_exit_ioctl (KVM ioctls)"
 _HW = {EventKind.EXIT, EventKind.ENTRY}  # the events that never fire on nested (PVM) hosts
 
 
 def event_name(kind: int) -> str:
-    """The tracepoint behind an event kind: ``kvm:kvm_exit``, ``syscalls:sys_enter_ioctl (KVM_RUN)``."""
+    """The tracepoint behind an event kind: ``kvm:kvm_exit``, ``kvm:kvm_fpu (KVM_RUN; ...)``."""
     try:
         return _NAMES[EventKind(kind)]
     except (ValueError, KeyError):

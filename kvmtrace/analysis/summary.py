@@ -492,9 +492,11 @@ def mmio(ev: pd.DataFrame, pairing: Pairing | None = None, completions: np.ndarr
 
 
 def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float, pairing: Pairing | None = None,
-              completions: np.ndarray | None = None) -> Summary:
+              completions: np.ndarray | None = None, io: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> Summary:
     """Every table of the report. ``pairing`` and ``completions``, when the
-    caller has them already (Trace keeps them), are not computed again."""
+    caller has them already (Trace keeps them), are not computed again;
+    nor are the port I/O and MMIO tables when ``io`` gives them (Trace
+    derives them from its rows by device and handler)."""
     ev = weighted(ev)  # kinds and weights once, for every table
     k, w = kinds_and_weights(ev)
     u = np.flatnonzero(k == EventKind.USERSPACE_EXIT)
@@ -507,8 +509,8 @@ def summarize(ev: pd.DataFrame, names: ExitNames, duration_s: float, pairing: Pa
         duration_s=duration_s,
         userspace_exits=userspace_exits(ev, names, duration_s),
         exits=hardware_exits(ev, names, duration_s),
-        pio=port_io(ev, pairing),
-        mmio=mmio(ev, pairing, completions),
+        pio=port_io(ev, pairing) if io is None else io[0],
+        mmio=mmio(ev, pairing, completions) if io is None else io[1],
         interrupted_runs=int(w[u[err == -EINTR]].sum()),
         failed_runs=int(w[u[(err < 0) & (err != -EINTR)]].sum()),
         userspace_fields_known=known,

@@ -57,6 +57,7 @@ Y_LABELS = {
     "exit": "VM exits per second (exits/s)",
     "userspace_exit": "exits to userspace per second (exits/s)",
     "vcpu": "exits per second (exits/s)",
+    "vcpu_time": "ms of each state per second of the run (÷10: % of the vCPU's time)",
 }
 TITLES = {
     "port": "Port I/O exits per run, by port",
@@ -65,6 +66,7 @@ TITLES = {
     "exit": "VM exits per run, by exit reason",
     "userspace_exit": "Exits to userspace per run, by KVM_EXIT reason",
     "vcpu": "Exits per run, by vCPU",
+    "vcpu_time": "Where each vCPU's time went, per run, by state",
 }
 
 

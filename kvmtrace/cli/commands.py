@@ -36,7 +36,8 @@ def record(args) -> int:
         raise UsageError("--mmio-addresses applies to --mode counts only",
                          "add --mode counts, or drop it (events mode keeps every address)")
     opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
-                           mode=args.mode, label=args.label, max_mmio_addresses=args.mmio_addresses)
+                           mode=args.mode, label=args.label, max_mmio_addresses=args.mmio_addresses,
+                           vcpu_time=args.vcpu_time)
     if args.start:
         from kvmtrace.record.launch import start_defined
 
@@ -162,14 +163,16 @@ def report(args) -> int:
 def compare(args) -> int:
     import json
 
-    from kvmtrace.analysis.compare import compare, has_regression, regression_causes, to_json
+    from kvmtrace.analysis.compare import (VCPU_TIME, compare, describe_cause, has_regression, regression_causes,
+                                           to_json)
     from kvmtrace.present.compare import format_text
-    from kvmtrace.trace import load
+    from kvmtrace.trace import load_for_report
 
     window = args.window if args.method == "bootstrap" else None
-    tb, tn = load(args.base), load(args.new)
+    tb, tn = (load_for_report(p, rates=True, window_s=window) for p in (args.base, args.new))
     # MMIO by page in both when one run kept no addresses (an old counts recording).
     mmio = "page" if "page" in (tb.mmio_granularity, tn.mmio_granularity) else None
+    # Each run's rate tables gathered batch by batch: memory independent of the runs' lengths.
     base, new = tb.run_rates(window, mmio), tn.run_rates(window, mmio)
     if window is not None:
         _check_windows(base, new, window)
@@ -182,13 +185,15 @@ def compare(args) -> int:
                           "mmio_granularity": base.mmio_granularity, "left_out": df.attrs.get("left_out", []),
                           "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
                                       "change_pct": round(float(r["change_pct"]), 3)
-                                      if math.isfinite(r["change_pct"]) else None}
+                                      if math.isfinite(r["change_pct"]) else None,
+                                      **({"base_share_pct": round(r["base_rate"] / 10, 3),
+                                          "new_share_pct": round(r["new_rate"] / 10, 3)}
+                                         if r["dimension"] == VCPU_TIME else {})}
                                      for r in causes.to_dict("records")],
                           "rows": to_json(df)}, indent=2, allow_nan=False))
     else:
         if len(causes):
-            print("regression in " + "; ".join(f"{r['dimension']} {r['key']} ({r['change_pct']:+.1f}%)"
-                                               for r in causes.to_dict("records"))
+            print("regression in " + "; ".join(describe_cause(r) for r in causes.to_dict("records"))
                   + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
         if mmio == "page":
             coarse = " and ".join(t.label for t in (tb, tn) if t.mmio_granularity == "page")

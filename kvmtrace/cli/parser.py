@@ -161,6 +161,9 @@ def _record(sub) -> None:
                    help="start the defined, inactive --domain paused and record it from its first instruction")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")
     r.add_argument("--label", metavar="TEXT", help="name this run (compare/trend show it; default: the file name)")
+    r.add_argument("--no-vcpu-time", dest="vcpu_time", action="store_false",
+                   help="leave out the scheduler probes (sched_switch, sched_wakeup): no vcpu_time, and no "
+                        "cost to the host's other context switches")
 
 
 def _launch(sub) -> None:
@@ -223,7 +226,9 @@ def _trend(sub) -> None:
     tr.add_argument("traces", metavar="TRACE", nargs="+")
     tr.add_argument("-o", "--output", metavar="FILE", help="graph: .png, .svg or .html (default: table only)")
     tr.add_argument("--dimension", default="device",
-                    choices=["userspace_exit", "exit", "port", "mmio", "device", "vcpu"])
+                    choices=["userspace_exit", "exit", "port", "mmio", "device", "vcpu", "vcpu_time"],
+                    help="what to graph (vcpu_time: each vCPU state's ms per second of the run, "
+                         "traces recorded with the sched probes)")
     tr.add_argument("--order", choices=["label", "time"], default="label")
     tr.add_argument("--baseline", type=_at_least_one, metavar="N",
                     help="the first N runs are the baseline, at most the number of runs (default 3, or all runs "

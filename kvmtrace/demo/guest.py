@@ -279,6 +279,15 @@ development machines (single ones up to 8 ms under heavy load), inside its
 and without a CPU hog beside the guest, within 0.1 % of that."""
 
 
+HALT = Workload(port_writes=0, rtc_reads=0, pit_writes=0, pit_reads=0, hpet_writes=0, hpet_reads=0,
+               ioapic_writes=0)
+"""A guest that halts with interrupts off at once: an empty pass, the final
+write to port 0xF4, then ``cli; hlt`` for ever.  Started without
+isa-debug-exit (``start_demo(..., debug_exit=False)``) the write is one
+KVM_EXIT_IO to nothing and the domain stays up with its vCPU asleep inside
+KVM_RUN: nothing (no timer: the ROM programs none) ever wakes it."""
+
+
 def _resource(name: str):
     return importlib.resources.files(__package__).joinpath(name)
 

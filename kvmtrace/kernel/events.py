@@ -28,6 +28,9 @@ __all__ = [
     "PioOp",
     "MmioOp",
     "RunIoDirection",
+    "SchedOp",
+    "ThreadSched",
+    "VcpuState",
     "TRACEPOINTS",
     "bpf_defines",
 ]
@@ -43,9 +46,16 @@ class EventKind(enum.IntEnum):
     USERSPACE_EXIT = 5  # kvm:kvm_userspace_exit, KVM_RUN returning to the VMM
     RUN = 6  # the VMM re-entering: kvm:kvm_fpu load in KVM_RUN (or sys_enter_ioctl KVM_RUN)
     HIST = 7  # counts mode only: a log2 latency histogram bucket
-    IOCTL = 8  # a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl)
+    # IOCTL = a KVM ioctl other than KVM_RUN, at its return (sys_exit_ioctl): reason cmd, port fd,
+    # err result, info2 duration; KVM_SET_USER_MEMORY_REGION: gpa, info1 size, rip userspace_addr,
+    # size slot, count flags; KVM_IOEVENTFD: gpa addr, info1 len, rip datamatch, count flags;
+    # KVM_(UN)REGISTER_COALESCED_MMIO: gpa addr, info1 size, count pio; others: gpa the argument.
+    IOCTL = 8
     CLOSE = 9  # close() of a KVM fd (the /dev/kvm, VM or vCPU fd)
     PROC_EXIT = 10  # the VMM process ending (sched:sched_process_exit)
+    SCHED_SWITCH = 11  # sched:sched_switch of a vCPU thread (op: SchedOp OUT or IN)
+    WAKEUP = 12  # sched:sched_wakeup(_new) of a vCPU thread
+    VCPU_TIME = 13  # counts mode only: nanoseconds a vCPU thread spent in state ``op`` (VcpuState)
 
 
 #: Bit set in ``kind`` on aggregate rows (``record --mode counts``): the row
@@ -66,12 +76,44 @@ class EventFlag(enum.IntFlag):
     IMMEDIATE_EXIT = 1  # kvm_entry with immediate_exit set
     VALUE = 2  # the ``value`` column holds the guest's data (--values)
     RUN_FIELDS = 4  # a userspace exit with its kvm_run member read from the VMM
+    PREEMPT = 8  # a SCHED_SWITCH out that was a preemption (sched_switch's ``preempt``)
     # A userspace exit other than IO/MMIO whose union member's first RUN_UNION_BYTES
     # are in rip, info1, info2, gpa, value (words 0..4; tables/exits/runfields decodes them).
-    RUN_UNION = 8
+    RUN_UNION = 16
     # Counts mode: an MMIO row counted per page (``gpa`` is the page's address) because
     # the exact-address table (MAX_MMIO_ADDRESSES) was full when the address came.
-    MMIO_PAGE = 16
+    MMIO_PAGE = 32
+
+
+class SchedOp(enum.IntEnum):
+    """``op`` of a SCHED_SWITCH event: the vCPU thread leaving or taking a CPU.
+
+    On OUT, ``reason`` is sched_switch's ``prev_state`` (0: TASK_RUNNING, the
+    thread stays runnable) and PREEMPT in ``flags`` says it was preempted.
+    """
+
+    OUT = 0
+    IN = 1
+
+
+class ThreadSched(enum.IntEnum):
+    """Where the scheduler has a vCPU thread (struct kt_thread's ``sched``)."""
+
+    ON_CPU = 0
+    RUNNABLE = 1  # off CPU, waiting for one
+    ASLEEP = 2  # off CPU, waiting for an event (a wakeup makes it RUNNABLE)
+
+
+class VcpuState(enum.IntEnum):
+    """Where a vCPU thread's time goes: ``op`` of VCPU_TIME rows, the state
+    timeline's states (analysis.vcpu_time). Inside KVM_RUN or not, times
+    on a CPU, asleep, or runnable but waiting for a CPU."""
+
+    GUEST = 0  # inside KVM_RUN, on a CPU
+    HALTED = 1  # inside KVM_RUN, asleep
+    VMM = 2  # outside KVM_RUN, on a CPU
+    VMM_WAITING = 3  # outside KVM_RUN, asleep
+    PREEMPTED = 4  # runnable, not on a CPU (inside KVM_RUN or not)
 
 
 class PioOp(enum.IntEnum):
@@ -132,7 +174,20 @@ TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
     ("syscalls", "sys_exit_ioctl", EventKind.IOCTL),
     ("syscalls", "sys_enter_close", EventKind.CLOSE),
     ("sched", "sched_process_exit", EventKind.PROC_EXIT),
+    # Raw tracepoints (RAW_TRACEPOINT_PROBE), filtered to the vCPU threads.
+    ("sched", "sched_switch", EventKind.SCHED_SWITCH),
+    ("sched", "sched_wakeup", EventKind.WAKEUP),
+    ("sched", "sched_wakeup_new", EventKind.WAKEUP),
 )
+
+#: The raw sched tracepoints, which read task_structs (offsets from kernel/btf.py).
+SCHED_PROBES = ("sched_switch", "sched_wakeup", "sched_wakeup_new")
+
+#: sched_switch's raw tracepoint has carried ``prev_state`` as its fourth
+#: argument since Linux 5.18 (fa2c3254d7cf, "sched/tracing: Don't re-read
+#: p->state when emitting sched_switch event"); before, the probe reads it
+#: from the task (-DKT_SCHED_SWITCH_PREV_STATE_ARG when the kernel has it).
+SCHED_SWITCH_PREV_STATE_ARG = (5, 18)
 
 #: Fields a probe reads only where the kernel's format has them (older kernels
 #: lack some). Each present one becomes -DKT_HAVE_<EVENT>_<FIELD>.
@@ -222,6 +277,8 @@ def bpf_defines(
     raw: frozenset[str] | set[str] = frozenset(),
     launch: bool = False,
     run_by_syscall: bool = False,
+    kernel: tuple[int, int] | None = None,
+    task_offsets: dict[str, int] | None = None,
 ) -> list[str]:
     """The -D flags that build kvmtrace/kernel/bpf/kvmtrace.bpf.c.
 
@@ -229,7 +286,10 @@ def bpf_defines(
     ``"kvm_pio"``); ``fields`` maps each to the field names its format has;
     ``raw`` those attached as raw tracepoints; ``launch`` builds the ioctl
     probes of a launch; ``run_by_syscall`` takes RUN from sys_enter_ioctl
-    (kvmtrace/kernel/layouts.py decides all three).
+    (kvmtrace/kernel/layouts.py decides all three). ``kernel`` is the running
+    kernel's (major, minor), for the sched raw tracepoints' argument lists
+    (None: a current kernel); ``task_offsets`` gives task_struct's ``pid``,
+    ``tgid`` and ``state`` offsets (kernel/btf.py), which the sched probes need.
     """
     if ringbuf_pages < 1 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
@@ -240,6 +300,12 @@ def bpf_defines(
     flags += _enum_defines("KT_MMIO_", MmioOp)
     flags += _enum_defines("KT_KVM_EXIT_IO_", RunIoDirection)
     flags += _enum_defines("KT_ISA_", Isa)
+    flags += _enum_defines("KT_SWITCH_", SchedOp)
+    flags += _enum_defines("KT_SCHED_", ThreadSched)
+    flags += _enum_defines("KT_STATE_", VcpuState)
+    flags.append(f"-DKT_STATE_COUNT={len(VcpuState)}")
+    if kernel is None or tuple(kernel) >= SCHED_SWITCH_PREV_STATE_ARG:
+        flags.append("-DKT_SCHED_SWITCH_PREV_STATE_ARG")
     flags += [
         f"-DKT_KVM_RUN={KVM_RUN:#x}",
         f"-DKT_NO_VCPU={NO_VCPU:#x}U",
@@ -259,6 +325,10 @@ def bpf_defines(
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
         f"-DKT_NR_IOCTL={NR_IOCTL}",
     ]
+    if set(probes) & set(SCHED_PROBES):
+        if not task_offsets:
+            raise ValueError(f"the sched probes ({', '.join(SCHED_PROBES)}) need task_struct's offsets")
+        flags += [f"-DKT_TASK_{name.upper()}_OFF={task_offsets[name]}" for name in ("pid", "tgid", "state")]
     for name in probes:
         flags.append(f"-DKT_PROBE_{name.upper()}")
         for field in OPTIONAL_FIELDS.get(name, ()):

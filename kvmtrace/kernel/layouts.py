@@ -14,10 +14,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kvmtrace.kernel.events import SCHED_PROBES
+
 __all__ = ["ProbePlan", "kernel_version", "plan_probes", "raw_events", "run_edge"]
 
-#: The probes every recording attaches (where the kernel has the event).
-STEADY = ("kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "sched_process_exit")
+#: The probes every recording attaches (where the kernel has the event); the
+#: sched ones (vCPU time) are raw tracepoints always, and a recording made
+#: with --no-vcpu-time leaves them out of the formats it plans from.
+STEADY = ("kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "sched_process_exit",
+          *SCHED_PROBES)
 #: Syscall probes a launch holds while QEMU builds the VM, until its first KVM_RUN.
 LAUNCH_ONLY = ("sys_enter_ioctl", "sys_exit_ioctl", "sys_enter_close")
 #: kvm_mmio's val argument became a pointer in 4.15 (e39d200fa5bf); its format did not change.
@@ -83,7 +88,8 @@ class ProbePlan:
 
     def attachments(self) -> dict[str, str]:
         """probe -> "raw" or "tracepoint", for the trace file's header."""
-        return {p: "raw" if p in self.raw or p == "kvm_fpu" else "tracepoint" for p in self.probes}
+        return {p: "raw" if p in self.raw or p == "kvm_fpu" or p in SCHED_PROBES else "tracepoint"
+                for p in self.probes}
 
 
 def plan_probes(fields: dict[str, set[str]], release: str, launch: bool = False) -> ProbePlan:

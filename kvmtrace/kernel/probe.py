@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvmtrace.errors import BccError
-from kvmtrace.kernel.layouts import ProbePlan, plan_probes
-from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, TRACEPOINTS, EventKind, bpf_defines
+from kvmtrace.kernel.layouts import ProbePlan, kernel_version, plan_probes
+from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, SCHED_PROBES, TRACEPOINTS, EventKind,
+                                    ThreadSched, VcpuState, bpf_defines)
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
 DEFAULT_RINGBUF_PAGES = 1 << 13
@@ -200,6 +201,7 @@ class Probes:
         self.plan = plan
         self.probes = list(plan.probes)
         self._held = list(plan.launch_only)  # detached at the first KVM_RUN
+        task = self._task_offsets()  # without BTF the sched probes are left out
         cflags = bpf_defines(
             probes=self.probes,
             fields=fields,
@@ -209,6 +211,8 @@ class Probes:
             ringbuf_pages=1 if counts_mode else ringbuf_pages,
             capture_values=capture_values,
             counts_mode=counts_mode,
+            kernel=kernel_version(platform.release()),
+            task_offsets=task,
             **({"max_vcpus": max_vcpus} if max_vcpus else {}),
             **({"max_mmio_addresses": max_mmio_addresses} if max_mmio_addresses else {}),
         )
@@ -228,6 +232,18 @@ class Probes:
         self._targets = self.bpf[b"targets"]
         self.ring = RingReader(self.bpf[b"events"].map_fd, (1 if counts_mode else ringbuf_pages) * mmap.PAGESIZE,
                                EVENT_DTYPE)
+
+    def _task_offsets(self) -> dict[str, int]:
+        """task_struct's offsets for the sched probes; without BTF they are left out."""
+        from kvmtrace.kernel.btf import task_offsets
+
+        if not set(SCHED_PROBES) & set(self.probes):
+            return {}
+        try:
+            return task_offsets()
+        except BccError:
+            self.probes = [p for p in self.probes if p not in SCHED_PROBES]
+            return {}
 
     def add_target(self, tgid: int, index: int = 0) -> None:
         """Trace the VMM process ``tgid`` (its events get domain ``index``)."""
@@ -265,13 +281,36 @@ class Probes:
         self.bpf[b"targets"].clear()
         self.disarm()
 
-    def add_vcpu(self, pid: int, tid: int, kvm_run: int = 0) -> None:
+    def add_vcpu(self, pid: int, tid: int, kvm_run: int = 0, in_run: bool = True,
+                 sched: ThreadSched = ThreadSched.ON_CPU, at_ns: int = 0) -> None:
         """Enter vCPU thread ``tid`` of VMM ``pid`` (before ``add_target(pid)``),
-        with where its struct kvm_run is mapped in the VMM (0: unknown)."""
+        with where its struct kvm_run is mapped in the VMM (0: unknown), and
+        its state since ``at_ns`` (CLOCK_MONOTONIC; 0: its time counts from
+        its first change) for counts mode's per-state time."""
         threads = self.bpf[b"threads"]
         state = threads.Leaf()
         state.pid, state.kvm_run = pid, kvm_run
+        state.in_run, state.sched, state.state_ts = int(in_run), int(sched), at_ns
         threads[threads.Key(tid)] = state
+
+    def read_vcpu_time(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Counts mode: each vCPU thread's cumulative nanoseconds per state up to
+        ``now_ns``, as read_counts() gives counts (keys of kind VCPU_TIME, ``op``
+        the VcpuState): the state open since the thread's last change gets the
+        time since then."""
+        rows = []
+        for k, t in self.bpf[b"threads"].items():
+            ns = [int(t.state_ns[s]) for s in VcpuState]
+            if t.state_ts and now_ns > t.state_ts:
+                ns[_open_state(t.in_run, t.sched)] += now_ns - int(t.state_ts)
+            rows += [(t.pid, k.value, s, n) for s, n in zip(VcpuState, ns) if t.state_ts or n]
+        keys = np.zeros(len(rows), dtype=KEY_DTYPE)
+        totals = np.zeros(len(rows), dtype=np.uint64)
+        for i, (pid, tid, s, n) in enumerate(rows):
+            keys[i]["pid"], keys[i]["tid"], keys[i]["op"] = pid, tid, int(s)
+            keys[i]["kind"] = EventKind.VCPU_TIME
+            totals[i] = n
+        return keys, totals
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for events to arrive."""
@@ -319,6 +358,15 @@ class Probes:
         self.close()
 
 
+def _open_state(in_run: int, sched: int) -> VcpuState:
+    """The state kvmtrace/kernel/bpf/vcpu_time.bpf.h's kt_state() gives."""
+    if sched == ThreadSched.RUNNABLE:
+        return VcpuState.PREEMPTED
+    if sched == ThreadSched.ASLEEP:
+        return VcpuState.HALTED if in_run else VcpuState.VMM_WAITING
+    return VcpuState.GUEST if in_run else VcpuState.VMM
+
+
 class CountsDelta:
     """Turns cumulative in-kernel counts into per-interval aggregate rows."""
 
@@ -332,9 +380,11 @@ class CountsDelta:
         delta = np.zeros(len(keys), dtype=np.uint64)
         for i in range(len(keys)):
             kb = raw[i * width:(i + 1) * width]
-            total = int(totals[i])
-            delta[i] = total - self._seen.get(kb, 0)
-            self._seen[kb] = total
+            total, seen = int(totals[i]), self._seen.get(kb, 0)
+            # A vCPU's state time read while open can be a little ahead of
+            # what the kernel books at its next change: never a negative delta.
+            delta[i] = max(total - seen, 0)
+            self._seen[kb] = max(total, seen)
         pick = delta > 0
         keys, delta = keys[pick], delta[pick]
         out = np.zeros(len(keys), dtype=EVENT_DTYPE)

@@ -41,6 +41,20 @@ class Snapshot:
     vcpus: dict[int, int]  # tid -> vcpu index
 
 
+def vcpu_seconds(rows: pd.DataFrame, pid: int, vcpus: dict[int, int]) -> list[tuple[int | None, int, str, float]]:
+    """(vcpu, tid, state, seconds) of the VCPU_TIME rows of VMM ``pid``: every
+    state of every vCPU thread (0.0 where it spent none), by vcpu."""
+    from kvmtrace.kernel.events import AGGREGATE, EventKind, VcpuState
+
+    r = rows[(rows["kind"] == (EventKind.VCPU_TIME | AGGREGATE)) & (rows["pid"] == pid)]
+    ns = r.groupby(["tid", "op"])["value"].sum().to_dict() if len(r) else {}
+    out = []
+    for tid in sorted({int(t) for t, _ in ns}, key=lambda t: (vcpus.get(t, 1 << 30), t)):
+        for s in VcpuState:
+            out.append((vcpus.get(tid), tid, s.name.lower(), int(ns.get((tid, int(s)), 0)) / 1e9))
+    return out
+
+
 class LiveCounter:
     """Counts-mode probes on one domain or all; read with :meth:`sample`."""
 
@@ -80,8 +94,11 @@ class LiveCounter:
         """Every count since the start, as aggregate rows."""
         from kvmtrace.kernel.probe import CountsDelta
 
+        now = time.monotonic_ns()
         keys, totals = self.session.probes.read_counts()
-        return rows_frame(CountsDelta().rows(keys, totals, time.monotonic_ns()))
+        vkeys, vtotals = self.session.probes.read_vcpu_time(now)
+        keys, totals = np.concatenate([keys, vkeys]), np.concatenate([totals, vtotals])
+        return rows_frame(CountsDelta().rows(keys, totals, now))
 
     def sample(self) -> Snapshot:
         now = time.monotonic()
@@ -94,7 +111,8 @@ class LiveCounter:
             key_cols = [c for c in total.columns if c not in ("ts_ns", "value")]
             prev = self._prev.set_index(key_cols)["value"]
             before = prev.reindex(pd.MultiIndex.from_frame(total[key_cols])).fillna(0).to_numpy(np.uint64)
-            delta["value"] = total["value"].to_numpy(np.uint64) - before
+            now_v = total["value"].to_numpy(np.uint64)
+            delta["value"] = np.where(now_v > before, now_v - before, 0).astype(np.uint64)
             delta = delta[delta["value"] > 0]
         self._prev = total
         interval = now - self._last

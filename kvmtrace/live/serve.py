@@ -20,6 +20,10 @@ same thing, and holds the same names, in every metric):
   ``le`` buckets, :data:`BUCKETS`, in every series, so ``sum by (le)`` and
   ``histogram_quantile`` work across series and domains. Their ``_sum`` is
   estimated from the bucket midpoints (the kernel keeps counts only).
+- ``kvmtrace_vcpu_seconds_total{vcpu,state}``: seconds each vCPU thread
+  spent in each state (``guest``, ``halted``, ``vmm``, ``vmm_waiting``,
+  ``preempted``: see kvmtrace.analysis.vcpu_time), the shape of
+  node_cpu_seconds_total: ``rate()`` of one series is its state's share
 - ``kvmtrace_lost_events_total``: counts the kernel could not keep
 """
 
@@ -31,11 +35,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from kvmtrace.analysis.handlers import handler_of
 from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
 from kvmtrace.errors import UsageError
 from kvmtrace.kernel.events import EventKind, Latency
 from kvmtrace.tables.exits import ExitNames, Isa
-from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS
+from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS, vcpu_seconds
 
 NAMES = ExitNames.builtin()
 
@@ -51,7 +56,8 @@ BUCKETS = tuple(2.0 ** b / 1e9 for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
 #: The metric names serve exports (the families; Prometheus adds _total to
 #: counters and _bucket/_count/_sum to histograms).
 METRICS = ("kvmtrace_userspace_exits", "kvmtrace_exits", "kvmtrace_pio", "kvmtrace_mmio",
-           "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_lost_events")
+           "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_vcpu_seconds",
+           "kvmtrace_lost_events")
 
 
 def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
@@ -92,15 +98,17 @@ class KvmtraceCollector:
     def __init__(self, live: LiveCounter):
         self.live = live
         self._last_rescan = time.monotonic()
-        self._devmaps: dict[int, object] = {}
+        from kvmtrace.record.mapwatch import MapWatch
 
-    def _devmap(self, guest):
-        from kvmtrace.tables.devices import DeviceMap
+        # QEMU's map read again when a port or page it does not name shows up
+        # (a BAR the firmware mapped later); nothing is written anywhere.
+        self._maps = MapWatch(live.guests, write=lambda _version: None)
 
-        if guest.pid not in self._devmaps:
-            text = guest.memory_map_text
-            self._devmaps[guest.pid] = DeviceMap.from_mtree(text) if text else DeviceMap.builtin()
-        return self._devmaps[guest.pid]
+    def _devmap(self, guest, rows):
+        self._maps.ensure([guest])
+        if len(rows):
+            self._maps.observe(rows)
+        return self._maps.devices(guest.pid)
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -113,9 +121,11 @@ class KvmtraceCollector:
                                     labels=["domain", "reason"])
         hw = CounterMetricFamily("kvmtrace_exits", "VM exits by ISA and reason (kvm:kvm_exit)",
                                  labels=["domain", "isa", "reason"])
-        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses, by who handled them (kernel or vmm)",
+        pio = CounterMetricFamily("kvmtrace_pio", "Port I/O accesses, by who handled them "
+                                  "(kernel, ioeventfd, coalesced or vmm)",
                                   labels=["domain", "port", "direction", "device", "handled_by"])
-        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page, by who handled them (kernel or vmm)",
+        mm = CounterMetricFamily("kvmtrace_mmio", "MMIO accesses by 4 KiB page, by who handled them "
+                                 "(kernel, ioeventfd, coalesced or vmm)",
                                  labels=["domain", "page", "direction", "device", "handled_by"])
         hists = {
             Latency.VMM_SERVICE: HistogramMetricFamily(
@@ -125,13 +135,21 @@ class KvmtraceCollector:
                 "kvmtrace_exit_handling_seconds", "kvm_exit to kvm_entry (sum estimated)",
                 labels=["domain", "isa", "reason"]),
         }
+        vcpu_time = CounterMetricFamily("kvmtrace_vcpu_seconds", "Seconds each vCPU spent in each state "
+                                        "(guest, halted, vmm, vmm_waiting, preempted)",
+                                        labels=["domain", "vcpu", "state"])
         for guest in self.live.guests:
             r = rows[rows["pid"] == guest.pid]
+            by_tid = {tid: v for v, tid in getattr(guest, "vcpu_threads", {}).items()}
+            for vcpu, tid, state, secs in vcpu_seconds(r, guest.pid, by_tid):
+                vcpu_time.add_metric([guest.name, f"tid{tid}" if vcpu is None else str(vcpu), state], secs)
             dom = guest.name
-            dev = self._devmap(guest)
+            dev = self._devmap(guest, r)
 
-            def handled_by(x):
-                return "vmm" if x["userspace"] else "kernel"
+            def handled_by(x, region):
+                # a live guest ran before the probes: deduced (analysis.handlers.DEDUCTION)
+                address = int(x["port"]) if "port" in x else int(x["gpa"])
+                return handler_of(region, bool(x["userspace"]), x["direction"] == "write", address)
 
             def device(region):
                 return region.name if region else "unknown"
@@ -143,11 +161,12 @@ class KvmtraceCollector:
                                             lambda x: (x["isa"], x["reason"])).items():
                 hw.add_metric([dom, isa, reason], n)
             for labels, n in _summed(port_io(r).to_dict("records"), lambda x: (
-                    f"{x['port']:#06x}", x["direction"], device(dev.port(int(x["port"]))), handled_by(x))).items():
+                    f"{x['port']:#06x}", x["direction"], device(dev.port(int(x["port"]))),
+                    handled_by(x, dev.port(int(x["port"]))))).items():
                 pio.add_metric([dom, *labels], n)
             for labels, n in _summed(mmio(r).to_dict("records"), lambda x: (
                     f"{int(x['gpa']) & ~0xFFF:#x}", x["direction"], device(dev.mmio(int(x["gpa"]))),
-                    handled_by(x))).items():
+                    handled_by(x, dev.mmio(int(x["gpa"]))))).items():
                 mm.add_metric([dom, *labels], n)
             per: dict[tuple, dict[int, int]] = defaultdict(lambda: defaultdict(int))
             h = r[r["k"] == EventKind.HIST]
@@ -163,7 +182,7 @@ class KvmtraceCollector:
                 hists[lat].add_metric([dom, *labels], buckets, est)
         lost = CounterMetricFamily("kvmtrace_lost_events", "Events or counts the kernel could not keep")
         lost.add_metric([], self.live.session.probes.counters().lost_total)
-        yield from (uexit, hw, pio, mm, *hists.values(), lost)
+        yield from (uexit, hw, pio, mm, *hists.values(), vcpu_time, lost)
 
 
 def check_port(port: int) -> None:

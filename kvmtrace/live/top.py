@@ -19,21 +19,35 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kvmtrace.analysis.handlers import handler_of
 from kvmtrace.analysis.summary import hardware_exits, mmio, port_io, userspace_exits, weighted
 from kvmtrace.kernel.events import EventKind
 from kvmtrace.tables.exits import ExitNames
-from kvmtrace.live.counter import LiveCounter, Snapshot
+from kvmtrace.live.counter import LiveCounter, Snapshot, vcpu_seconds
 
 NAMES = ExitNames.builtin()
 COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
-DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu"]
+DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu", "vcpu time"]
+#: ``vcpu time`` rows (key "vcpu N (tid T) STATE"): rate is the state's share of
+#: the interval (seconds per second), total the milliseconds since the start.
+VCPU_TIME = "vcpu time"
 
 
-def _device_names(live: LiveCounter):
-    from kvmtrace.tables.devices import DeviceMap
+class _DeviceNames:
+    """Each live guest's device names, QEMU's map read again when a port or
+    page it does not name shows up (record.mapwatch; nothing is written)."""
 
-    return {g.pid: DeviceMap.from_mtree(g.memory_map_text) if g.memory_map_text else DeviceMap.builtin()
-            for g in live.guests}
+    def __init__(self, live: LiveCounter):
+        from kvmtrace.record.mapwatch import MapWatch
+
+        self.live = live
+        self.watch = MapWatch(live.guests, write=lambda _version: None)
+
+    def update(self, rows: pd.DataFrame) -> dict:
+        self.watch.ensure(self.live.guests)
+        if len(rows):
+            self.watch.observe(rows)
+        return {g.pid: self.watch.devices(g.pid) for g in self.live.guests}
 
 
 def _long(frame: pd.DataFrame, dimension: str, keyfn, domain: str) -> list[dict]:
@@ -51,16 +65,17 @@ def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], d
         out += _long(userspace_exits(r, NAMES, 1.0), "userspace exit", lambda x: x["reason"], name)
         out += _long(hardware_exits(r, NAMES, 1.0), "exit", lambda x: f"{x['isa']} {x['reason']}", name)
 
-        def where(x, place):
-            return "QEMU" if x["userspace"] else "kernel"
+        def where(x, region, address):
+            # a live guest ran before the probes: deduced (analysis.handlers.DEDUCTION)
+            return handler_of(region, bool(x["userspace"]), x["direction"] == "write", address)
 
         def port_key(x):
             dev = devmap.port(int(x["port"])) if devmap else None
-            return f"{x['port']:#06x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+            return f"{x['port']:#06x} {x['direction']} ({dev.name if dev else '?'}, {where(x, dev, int(x['port']))})"
 
         def mmio_key(x):
             dev = devmap.mmio(int(x["gpa"])) if devmap else None
-            return f"{x['gpa']:#x} {x['direction']} ({dev.name if dev else '?'}, {where(x, 0)})"
+            return f"{x['gpa']:#x} {x['direction']} ({dev.name if dev else '?'}, {where(x, dev, int(x['gpa']))})"
 
         out += _long(port_io(r), "port", port_key, name)
         out += _long(mmio(r), "mmio", mmio_key, name)
@@ -68,6 +83,9 @@ def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], d
         for tid, n in u.groupby("tid")["w"].sum().items():
             out.append({"domain": name, "dimension": "vcpu", "key": f"vcpu {vcpus.get(int(tid), '?')} (tid {tid})",
                         "count": int(n)})
+        for vcpu, tid, state, secs in vcpu_seconds(r, pid, vcpus):
+            out.append({"domain": name, "dimension": VCPU_TIME,
+                        "key": f"vcpu {'?' if vcpu is None else vcpu} (tid {tid}) {state}", "count": secs * 1e3})
     return pd.DataFrame(out, columns=["domain", "dimension", "key", "count"])
 
 
@@ -78,7 +96,9 @@ def snapshot_frame(snap: Snapshot, devmaps) -> pd.DataFrame:
     keys = ["domain", "dimension", "key"]
     df = total.merge(delta, on=keys, how="left", suffixes=("_total", "_delta")).fillna({"count_delta": 0})
     df["rate"] = df["count_delta"] / snap.interval_s if snap.interval_s > 0 else np.nan
-    df["total"] = df["count_total"].astype("int64")
+    vt = (df["dimension"] == VCPU_TIME).to_numpy()
+    df.loc[vt, "rate"] = df.loc[vt, "rate"] / 1e3  # ms per second -> the state's share
+    df["total"] = df["count_total"].round().astype("int64")
     df["time_s"] = round(snap.t, 3)
     df["dimension"] = pd.Categorical(df["dimension"], categories=DIMENSIONS, ordered=True)
     return df[COLUMNS].sort_values(["domain", "dimension", "rate"], ascending=[True, True, False], ignore_index=True)
@@ -92,6 +112,9 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
               f"userspace exits {n_exits:,.0f}/s")
     con.print(f"domains: {', '.join(sorted(snap.domains.values())) or 'none running'}")
     for (domain, dimension), part in df.groupby(["domain", "dimension"], sort=False, observed=True):
+        if dimension == VCPU_TIME:
+            con.print(_vcpu_time_table(domain, part))
+            continue
         t = Table(title=f"{domain}: {dimension}", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
         t.add_column(dimension, overflow="fold")
         t.add_column("/s", justify="right", no_wrap=True)
@@ -102,12 +125,30 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
+def _vcpu_time_table(domain: str, part: pd.DataFrame) -> Table:
+    """One row per vCPU, one column per state: its share of the interval, in %."""
+    from kvmtrace.analysis.vcpu_time import STATES
+
+    t = Table(title=f"{domain}: where each vCPU's time went, % of the interval", box=box.SIMPLE_HEAD,
+              title_justify="left", pad_edge=False)
+    t.add_column("vcpu", overflow="fold")
+    for s in STATES:
+        t.add_column(s.replace("_", " "), justify="right", no_wrap=True)
+    share: dict[str, dict[str, float]] = {}
+    for r in part.to_dict("records"):
+        who, state = str(r["key"]).rsplit(" ", 1)
+        share.setdefault(who, {})[state] = r["rate"]
+    for who, by_state in share.items():
+        t.add_row(who, *(f"{100 * by_state.get(s, 0.0):.0f}" for s in STATES))
+    return t
+
+
 def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, batch: bool,
             iterations: int | None, log_path: str | None, as_csv: bool, out: TextIO = sys.stdout) -> int:
     from kvmtrace.record.session import _StopFlag
 
     with LiveCounter(domain, uri, all_domains) as live:
-        devmaps = _device_names(live)
+        names = _DeviceNames(live)
         logf = open(log_path, "a", newline="") if log_path else None
         writer = csv.writer(logf) if logf and as_csv else None
         if writer and logf.tell() == 0:
@@ -121,9 +162,7 @@ def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, ba
                     while time.monotonic() < deadline and not stop.reason:
                         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
                     snap = live.sample()
-                    if len(snap.domains) != len(devmaps):
-                        devmaps = _device_names(live)
-                    df = snapshot_frame(snap, devmaps)
+                    df = snapshot_frame(snap, names.update(snap.delta))
                     n += 1
                     if logf:
                         if writer:

@@ -10,6 +10,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from kvmtrace.analysis.compare import VCPU_TIME
+
 
 def _fmt_rate(x: float) -> str:
     if not math.isfinite(x):
@@ -71,8 +73,12 @@ def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) 
         t.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right")
     shown = df if max_rows is None else df.head(max_rows)
     for _, r in shown.iterrows():
-        t.add_row(str(r["dimension"]), str(r["key"]), _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"]),
-                  _fmt_change(r), _fmt_p(r["p_adjusted"]), _verdict(r))
+        if r["dimension"] == VCPU_TIME:  # a state's share of the vCPU's time, not a rate
+            base, new = f"{r['base_rate'] / 10:.1f}%", f"{r['new_rate'] / 10:.1f}%"
+        else:
+            base, new = _fmt_rate(r["base_rate"]), _fmt_rate(r["new_rate"])
+        t.add_row(str(r["dimension"]), str(r["key"]), base, new, _fmt_change(r), _fmt_p(r["p_adjusted"]),
+                  _verdict(r))
     con.print(t)
     if len(shown) < len(df):
         rest = df.iloc[len(shown):]

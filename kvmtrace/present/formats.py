@@ -35,7 +35,9 @@ port           I/O port, hex "0x0080" (pio)
 gpa            guest-physical address, hex (mmio; memory_slots: slot start)
 direction      read or write (pio, mmio, vmm_service)
 size           access size in bytes (pio: size, mmio: len)
-handled_by     kernel (KVM in-kernel device) or VMM (returned to userspace);
+handled_by     kernel (a KVM in-kernel device), ioeventfd (a write that
+               signalled an eventfd), coalesced (buffered in the coalesced
+               ring, replayed by QEMU later) or vmm (a userspace exit);
                "unknown" when the kvm_run fields were not read (pio, mmio)
 count          events over the recording (every section with counts; the
                latency sections: exits with a measured duration)
@@ -118,8 +120,10 @@ def _num(x, fmt: str = ",.1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def _handled(userspace: bool, known: bool) -> str:
-    return "VMM" if userspace else ("kernel" if known else "unknown")
+def _handled(r: dict, known: bool) -> str:
+    """The row's handler (kernel, ioeventfd, coalesced, vmm: analysis.handlers), or "unknown"
+    where the trace lacks the kvm_run fields that split kernel from userspace."""
+    return r["handled_by"] if known else "unknown"
 
 
 def report_facts(trace, d: dict) -> list[str]:
@@ -154,7 +158,9 @@ def report_facts(trace, d: dict) -> list[str]:
         lines.append("mode: counts (aggregated in the kernel)")
     if trace.mmio_note():
         lines.append(f"note: {trace.mmio_note()}")
-    return lines
+    from kvmtrace.present.report import memory_map_lines
+
+    return lines + memory_map_lines(d)
 
 
 def report_sections(trace, d: dict | None = None) -> list[Section]:
@@ -233,20 +239,34 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
                 [[r["isa"], r["reason"], f"{r['count']:,}", _num(r["p50_us"]), _num(r["p90_us"]),
                   _num(r["p99_us"]), _num(r["max_us"])] for r in d["exit_handling"] if r["count"]]))
 
+    if "vcpu_time" in d:
+        from kvmtrace.analysis.vcpu_time import STATES
+
+        def cell(r, st):
+            return f"{r[st + '_s']:,.3f} ({100 * r[st + '_s'] / r['total_s']:.1f}%)" if r["total_s"] else "-"
+
+        out.append(Section(
+            "vcpu_time", "Where each vCPU's time went, s (share)",
+            ["vcpu", "tid", "total", *(st.replace("_", " ") for st in STATES)], [True] * (3 + len(STATES)),
+            [["?" if r["vcpu"] is None else str(r["vcpu"]), str(r["tid"]), f"{r['total_s']:,.3f}",
+              *(cell(r, st) for st in STATES)] for r in d["vcpu_time"]],
+            ["guest: inside KVM_RUN on a CPU; halted: inside KVM_RUN asleep; vmm: outside it on a CPU; "
+             "vmm waiting: outside it asleep; preempted: runnable, waiting for a CPU."]))
+
     def per_s(n):
         return _num(n / dur if dur else float("nan"))
 
     out.append(Section(
         "pio", "Port I/O (kvm_pio)", ["port", "device", "dir", "size", "handled by", "count", "/s"],
         [False, False, False, True, False, True, True],
-        [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), _handled(r["userspace"], known),
+        [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), _handled(r, known),
           f"{r['count']:,}", per_s(r["count"])] for r in d["pio"]],
         [], "No port I/O in this trace."))
     out.append(Section(
         "mmio", "MMIO (kvm_mmio; a read the VMM answers counts once)",
         ["gpa", "device", "dir", "len", "handled by", "count", "/s"],
         [False, False, False, True, False, True, True],
-        [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), _handled(r["userspace"], known),
+        [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), _handled(r, known),
           f"{r['count']:,}", per_s(r["count"])] for r in d["mmio"]],
         [], "No MMIO in this trace."))
     return out
@@ -329,11 +349,11 @@ def csv_rows(trace, d: dict | None = None) -> list[dict]:
                      "exit_flags": r["flags"], "count": r["count"], "rate_per_s": _rate(r["count"], dur)})
     for r in d["pio"]:
         rows.append({"section": "pio", "device": r["device"], "port": _hex(r["port"], 6), "direction": r["direction"],
-                     "size": r["size"], "handled_by": _handled(r["userspace"], known), "count": r["count"],
+                     "size": r["size"], "handled_by": _handled(r, known), "count": r["count"],
                      "rate_per_s": _rate(r["count"], dur)})
     for r in d["mmio"]:
         rows.append({"section": "mmio", "device": r["device"], "gpa": _hex(r["gpa"]), "direction": r["direction"],
-                     "size": r["len"], "handled_by": _handled(r["userspace"], known), "count": r["count"],
+                     "size": r["len"], "handled_by": _handled(r, known), "count": r["count"],
                      "rate_per_s": _rate(r["count"], dur)})
     lat = ("count", "unpaired", "p50_us", "p90_us", "p99_us", "max_us")
     for r in d.get("vmm_service_by_device", []):
@@ -487,6 +507,7 @@ def html_plots(trace, freq: str | float | None = None) -> dict[str, list[PlotSpe
     falls in under a fifth of the recording (a launch trace: the guest runs
     only at its end), they zoom in on that stretch.
     """
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time
     from kvmtrace.present import plots
 
     zoom = _zoom(trace) if freq is None else None
@@ -521,7 +542,12 @@ def html_plots(trace, freq: str | float | None = None) -> dict[str, list[PlotSpe
             PlotSpec("vcpu-heatmap", "Exit rate per vCPU over time",
                   f"Each row a vCPU, each cell a {wl} window, coloured by exits per second.{where}",
                   lambda: plots.plot_vcpu_heatmap(trace, window, time_range=zoom)),
-        ],
+        ] + ([
+            PlotSpec("vcpu-time", "Where each vCPU's time went",
+                  f"Each vCPU's share of every {wl} window in the guest, halted, in the VMM, waiting in the "
+                  "VMM, and preempted (runnable with no CPU).",
+                  lambda: plots.plot_vcpu_time(trace, window)),
+        ] if has_vcpu_time(trace.header, trace.events) else []),
         "latency": [
             PlotSpec("latency-vmm-service", "VMM service time by device",
                   "How long the VMM took to answer each exit (userspace exit to the next KVM_RUN), as log2 "
@@ -560,6 +586,8 @@ def render_html(trace, freq: str | float | None = None) -> str:
     body.append(("exits", "Hardware exits", _html_section(sections["exits"])))
     body.append(("exit-mix", "Exit mix", '<h2 id="exit-mix">Exit mix</h2>\n' + figures("exit_mix")))
     body.append(("over-time", "Exits over time", '<h2 id="over-time">Exits over time</h2>\n' + figures("over_time")))
+    if "vcpu_time" in sections:
+        body.append(("vcpu_time", "vCPU time", _html_section(sections["vcpu_time"])))
     if "lifecycle" in sections:
         body.append(("lifecycle", "Launch timeline", _html_section(sections["lifecycle"])))
         body.append(("memory_slots", "Memory slots", _html_section(sections["memory_slots"])))

@@ -2,13 +2,17 @@
 
 The JSON form is a contract: an object with lists ``userspace_exits``
 (reason, code, member, fields, count, rate), ``exits`` (isa, reason, code,
-flags, count, rate), ``pio`` (port, direction, size, count, userspace),
-``mmio`` (gpa, direction, len, count, userspace), and ``lost_events``,
+flags, count, rate), ``pio`` (port, direction, size, device, handled_by,
+userspace, count), ``mmio`` (gpa, direction, len, device, handled_by,
+userspace, count), ``handled_by_method`` (how handled_by was told),
+``memory_maps`` (each re-read of QEMU's map: t_s, reason, status), and ``lost_events``,
 ``duration_s``, ``complete``, ``values_captured``, ``domain``. Latency:
 ``vmm_service`` (and ``exit_handling``) rows of count and p50/p90/p99/max
 in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
 for a counts trace, whose quantiles are the upper bounds of the kernel's
-log2 buckets.
+log2 buckets. ``vcpu_time`` (recordings with the sched probes): one row per
+vCPU thread, ``vcpu``, ``tid``, ``total_s``, ``guest_s``, ``halted_s``,
+``vmm_s``, ``vmm_waiting_s``, ``preempted_s`` (seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kvmtrace.analysis.records import plain_records
+from kvmtrace.kernel.events import NO_VCPU
 from kvmtrace.trace import Trace
 
 
@@ -44,7 +49,7 @@ def report_dict(trace: Trace) -> dict:
         "domains": [x["name"] for x in domains],
         "complete": trace.complete,
         "duration_s": round(s.duration_s, 6),
-        "events": len(trace.events),
+        "events": trace.event_count,
         "lost_events": trace.lost_events,
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
@@ -53,8 +58,10 @@ def report_dict(trace: Trace) -> dict:
                             for r in _records(s.userspace_exits)],
         "vcpus": trace.vcpu_counts(),
         "exits": _records(s.exits),
-        "pio": [{**r, "device": _name(trace.device_map.port(r["port"]))} for r in _records(s.pio)],
-        "mmio": [{**r, "device": _name(trace.device_map.mmio(r["gpa"]))} for r in _records(s.mmio)],
+        "pio": _records(trace.io_tables["pio"]),
+        "mmio": _records(trace.io_tables["mmio"]),
+        "handled_by_method": _method(trace),
+        "memory_maps": memory_map_notes(trace),
         "mmio_granularity": trace.mmio_granularity,
         **({"mmio_note": trace.mmio_note()} if trace.mmio_note() else {}),
         "unpaired_userspace_io": s.unpaired_userspace_io,
@@ -62,6 +69,7 @@ def report_dict(trace: Trace) -> dict:
         "failed_runs": s.failed_runs,
         **(_launch_dict(trace) if trace.launched else {}),
         **_latency_dict(trace),
+        **_vcpu_time_dict(trace),
         **({"by_domain": {d["name"]: _domain_counts(trace.for_domain(str(d["pid"]))) for d in domains}}
            if len(domains) > 1 else {}),
     }
@@ -98,7 +106,44 @@ def _resolution(d: dict) -> str:
 def _domain_counts(trace: Trace) -> dict:
     s = trace.summary
     return {"pid": trace.domains[0]["pid"], "userspace_exits": _records(s.userspace_exits),
-            "exits": _records(s.exits), "pio": _records(s.pio), "mmio": _records(s.mmio)}
+            "exits": _records(s.exits), "pio": _records(trace.io_tables["pio"]),
+            "mmio": _records(trace.io_tables["mmio"])}
+
+
+def _method(trace: Trace) -> str:
+    from kvmtrace.analysis.handlers import DEDUCTION, FROM_IOCTLS
+
+    return FROM_IOCTLS if trace.handled_by_method == "ioctls" else DEDUCTION
+
+
+def memory_map_notes(trace: Trace) -> list[dict]:
+    """Each re-read of QEMU's memory map during the recording: t_s (since the
+    start), domain pid, reason, and status ("read", "unchanged", or why it
+    could not be read: then the names stay those of the maps read before)."""
+    start = trace.start_ns
+    out = []
+    for m in trace.data.memory_maps:
+        status = "read" if m.get("text") else ("unchanged" if m.get("unchanged") else
+                                                f"not read: {m.get('error') or 'no answer'}")
+        out.append({"t_s": round((int(m.get("t_ns", start)) - start) / 1e9, 3), "pid": m.get("pid"),
+                    "reason": m.get("reason", ""), "status": status})
+    return out
+
+
+def memory_map_lines(d: dict) -> list[str]:
+    """The report's sentences on the map versions and on how handled_by was told."""
+    lines = []
+    maps = d.get("memory_maps") or []
+    if maps:
+        read = sum(1 for m in maps if m["status"] != "unchanged" and not m["status"].startswith("not read"))
+        lines.append(f"device names: QEMU's memory map as read at the start, re-read {len(maps)} time(s) "
+                     f"({read} changed); each access is named by the map of its time")
+        for m in maps:
+            if m["status"].startswith("not read"):
+                lines.append(f"WARNING: the memory map could not be re-read at {m['t_s']:.3f} s ({m['reason']}): "
+                             f"{m['status'][len('not read: '):]}; the names kept are those of the maps read before")
+    lines.append("handled by: " + d["handled_by_method"])
+    return lines
 
 
 def _us(x) -> float | None:
@@ -143,6 +188,43 @@ def _latency_dict(trace: Trace) -> dict:
     if len(trace.summary.exits):
         out["exit_handling"] = _latency_rows(trace.df_latency("exit_handling", ("isa", "reason")), ["isa", "reason"])
     return out
+
+
+def _vcpu_time_dict(trace: Trace) -> dict:
+    """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes)."""
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time
+
+    header = trace.header
+    # A recording's header says whether it can: its events are read only when it does not
+    # (a ReportTrace reads them whole on first use: memory as the trace's length).
+    says = "probes" in header or header.get("vcpu_states")
+    if not has_vcpu_time(header, pd.DataFrame({"kind": []}) if says else trace.events):
+        return {}
+    df = trace.df_vcpu_time()
+    rows = []
+    for r in df.to_dict("records"):
+        rows.append({"vcpu": None if r["vcpu"] == NO_VCPU else int(r["vcpu"]), "tid": int(r["tid"]),
+                     **{k: round(float(r[k]), 6) for k in df.columns if k.endswith("_s")}})
+    return {"vcpu_time": rows}
+
+
+def _vcpu_time_text(con: Console, d: dict) -> None:
+    """One section per vCPU thread: seconds and share of each state, with a bar."""
+    from kvmtrace.analysis.vcpu_time import STATES
+
+    meaning = {"guest": "in KVM_RUN, on a CPU", "halted": "in KVM_RUN, asleep", "vmm": "VMM, on a CPU",
+               "vmm_waiting": "VMM, asleep", "preempted": "runnable, no CPU"}
+    for r in d["vcpu_time"]:
+        total = r["total_s"]
+        rows = []
+        for st in STATES:
+            share = r[st + "_s"] / total if total else 0.0
+            rows.append([st, meaning[st], f"{r[st + '_s']:,.3f}", f"{100 * share:5.1f}%", "#" * round(20 * share)])
+        rows.append(["total", "", f"{total:,.3f}", "", ""])
+        vcpu = "?" if r["vcpu"] is None else r["vcpu"]
+        con.print(_table(f"Where vCPU {vcpu}'s time went (thread {r['tid']})",
+                         [("state", "left"), ("meaning", "left"), ("s", "right"), ("share", "right"),
+                          ("", "left")], rows))
 
 
 def _launch_dict(trace: Trace) -> dict:
@@ -337,13 +419,18 @@ def render_text(trace: Trace, width: int = 80) -> str:
     if "vmm_service_log2" in d:
         _log2_latency_text(con, d)
 
+    if "vcpu_time" in d:
+        _vcpu_time_text(con, d)
+
     dur = d["duration_s"]
-    rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), "QEMU" if r["userspace"] else "kernel",
+    for line in memory_map_lines(d):
+        con.print(line)
+    rows = [[f"{r['port']:#06x}", r["device"], r["direction"], str(r["size"]), r["handled_by"],
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["pio"]]
     con.print(_table("Port I/O (kvm_pio)", [("port", "left"), ("device", "left"), ("dir", "left"),
                                             ("size", "right"), ("handled by", "left"), ("count", "right"),
                                             ("/s", "right")], rows))
-    rows = [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), "QEMU" if r["userspace"] else "kernel",
+    rows = [[f"{r['gpa']:#x}", r["device"], r["direction"], str(r["len"]), r["handled_by"],
              f"{r['count']:,}", _rate(r["count"] / dur if dur else float("nan"))] for r in d["mmio"]]
     con.print(_table("MMIO (kvm_mmio; a read the VMM answers counts once)",
                      [("gpa", "left"), ("device", "left"), ("dir", "left"), ("len", "right"),

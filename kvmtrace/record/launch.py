@@ -76,6 +76,7 @@ def _launch(opts: RecordOptions, name: str, start: Callable[[object], object], l
         s.probes.disarm()
         s.open_output(path, {"launch": {"xml": xml_text or guest.xml, "create_called_ns": called,
                                         "create_returned_ns": returned}})
+        s.watch_maps()
         s.flush()  # the creation ioctls, kept for this QEMU only
         s.say(f"launched {guest.name} (QEMU pid {guest.pid}) paused in "
               f"{(returned - called) / 1e6:.0f} ms; resuming and recording to {path}; Ctrl-C stops")

@@ -27,6 +27,8 @@ from kvmtrace import __version__
 from kvmtrace.record.domain import DEFAULT_URI, GuestProcess, connect, resolve, running_domains
 from kvmtrace.errors import KvmtraceError
 from kvmtrace.record.host import check_kernel_headers, check_privileges, find_tracefs, host_info
+from kvmtrace.record.threadstate import read_thread_state
+from kvmtrace.kernel.events import ThreadSched
 from kvmtrace.tracefile import TraceWriter
 
 FLUSH_EVENTS = 1 << 16  # write a batch at this many events ...
@@ -50,6 +52,7 @@ class RecordOptions:
     argv: list[str] = field(default_factory=list)
     label: str | None = None
     max_mmio_addresses: int | None = None  # counts mode: exact MMIO addresses (None: the default)
+    vcpu_time: bool = True  # attach the sched probes (where each vCPU's time goes)
 
 
 @dataclass
@@ -130,6 +133,9 @@ class Session:
         self.stop_reason = "error"
         self.counters = None
         self.extra_trailer: dict = {}
+        self.maps = None  # MapWatch: QEMU's memory map read again while recording
+        #: tid -> the vCPU thread's state at attach (record/threadstate.py)
+        self.vcpu_states: dict[str, dict] = {}
         from kvmtrace.kernel.probe import CountsDelta
 
         self._delta = CountsDelta()
@@ -149,6 +155,10 @@ class Session:
         tracefs = find_tracefs()
         check_kernel_headers()
         self.formats = available_tracepoints(str(tracefs))
+        if not self.opts.vcpu_time:
+            from kvmtrace.kernel.events import SCHED_PROBES
+
+            self.formats = {k: v for k, v in self.formats.items() if k not in SCHED_PROBES}
         fields = {name: format_fields(text) for name, text in self.formats.items()}
         self.plan = plan_probes(fields, platform.release(), launch)
 
@@ -178,7 +188,8 @@ class Session:
         ``guests``: the domains the header describes, when they are not
         traced yet (the file is opened before the probes exist).
         """
-        self.writer = TraceWriter(path, self.header(extra, guests))
+        # The header waits for the vCPU threads' states at attach (trace()).
+        self.writer = TraceWriter(path, self.header(extra, guests), defer_header=True)
 
     def attach(self) -> None:
         from kvmtrace.kernel.probe import DEFAULT_RINGBUF_PAGES, Probes
@@ -199,8 +210,22 @@ class Session:
         # Threads first: the probes make an entry of their own for a thread
         # of a target they have not been told of (without its kvm_run).
         for vcpu, tid in guest.vcpu_threads.items():
-            self.probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0))
+            state = read_thread_state(guest.pid, tid)
+            self.vcpu_states[str(tid)] = {"vcpu": int(vcpu), "pid": guest.pid, **state}
+            self.probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0), in_run=state["in_run"],
+                                 sched=ThreadSched[state["sched"].upper()] if state["sched"] != "gone"
+                                 else ThreadSched.ASLEEP, at_ns=state["at_ns"])
         self.probes.add_target(guest.pid, index)
+        if self.writer is not None and not self.writer.header_written:
+            # What was attached (the sched probes need BTF), and the threads' states.
+            self.writer.amend_header({"probes": sorted(self.probes.probes), "vcpu_states": self.vcpu_states})
+
+    def watch_maps(self) -> None:
+        """Read the traced guests' memory maps again on unnamed accesses and at the end (record.mapwatch)."""
+        from kvmtrace.record.mapwatch import MapWatch
+
+        if self.writer is not None:
+            self.maps = MapWatch(self.guests, self.writer.write_memory_map, self.say)
 
     def mark_start(self) -> None:
         self.start_ns = time.monotonic_ns()
@@ -216,8 +241,8 @@ class Session:
         pids = np.array([g.pid for g in self.guests], dtype=np.uint32)
         return events if np.isin(events["pid"], pids).all() else events[np.isin(events["pid"], pids)]
 
-    def flush(self) -> None:
-        """Move what the kernel has to the file."""
+    def flush(self, now_ns: int | None = None) -> None:
+        """Move what the kernel has to the file (counts: as of ``now_ns``, default now)."""
         meta = self._meta()
         # What is there now, no more: at a storm's rate a loop "until empty"
         # could chase new events for ever and never get back to its stop checks.
@@ -230,11 +255,20 @@ class Session:
             events = self._keep(events)
             if len(events):
                 self.writer.write(events, meta)
+                if self.maps is not None:
+                    self.maps.observe(events)
         if self.probes.counts_mode:
+            now = now_ns or time.monotonic_ns()
             keys, totals = self.probes.read_counts()
-            rows = self._keep(self._delta.rows(keys, totals, time.monotonic_ns()))
+            vkeys, vtotals = self.probes.read_vcpu_time(now)
+            keys, totals = np.concatenate([keys, vkeys]), np.concatenate([totals, vtotals])
+            rows = self._keep(self._delta.rows(keys, totals, now))
             if len(rows):
                 self.writer.write(rows, meta)
+                if self.maps is not None:
+                    self.maps.observe(rows)
+        if self.maps is not None:
+            self.maps.poll()
 
     def stream(self, watch_all: bool = True) -> str:
         """Move events to the file until a stop condition; return its name."""
@@ -292,11 +326,13 @@ class Session:
                     # Stop matching new events, then drain: what the kernel
                     # matched is then exactly what was written plus what was lost.
                     probes.stop_matching()
-                    self.flush()
+                    self.flush(self.end_ns)
                 self.counters = probes.counters()
             finally:
                 probes.close()
         c = self.counters
+        if self.maps is not None and writer is not None and not writer.closed:
+            self.maps.finish()  # never raises for a map it cannot read: that is written down
         if writer is not None and not writer.closed:
             writer.close({
                 "start_time_ns": self.start_ns,
@@ -345,6 +381,7 @@ def record(opts: RecordOptions, log: TextIO = sys.stderr,
             return RecordResult(None, 0, 0, s.stop_reason, 0.0)
         for g in guests:
             s.trace(g)
+        s.watch_maps()
         s.mark_start()
         names = ", ".join(f"{g.name} (QEMU pid {g.pid}, vCPU threads "
                           f"{','.join(str(t) for t in g.vcpu_threads.values())})" for g in guests)

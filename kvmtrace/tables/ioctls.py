@@ -90,6 +90,9 @@ class KvmIoctl(enum.IntEnum):
     CREATE_VCPU = _io(0x41)
     SET_USER_MEMORY_REGION = _iow(0x46, 32)  # struct kvm_userspace_memory_region
     SET_USER_MEMORY_REGION2 = _iow(0x49, 160)  # struct kvm_userspace_memory_region2
+    REGISTER_COALESCED_MMIO = _iow(0x67, 16)  # struct kvm_coalesced_mmio_zone
+    UNREGISTER_COALESCED_MMIO = _iow(0x68, 16)  # struct kvm_coalesced_mmio_zone
+    IOEVENTFD = _iow(0x79, 64)  # struct kvm_ioeventfd
     RUN = _io(0x80)
 
 

@@ -59,7 +59,9 @@ def test_every_header_and_trailer(dataset):
 
 
 def test_partitions(dataset):
-    assert sql(dataset, "SELECT DISTINCT host, CAST(date AS VARCHAR) FROM DATASET") == [("vm", "2026-11-25")]
+    # one date partition per recording day: the samples are from 2026-11-25, demo-vcpu-time from 2026-12-05
+    got = sorted(sql(dataset, "SELECT DISTINCT host, CAST(date AS VARCHAR) FROM DATASET"))
+    assert got == [("vm", "2026-11-25"), ("vm", "2026-12-05")]
     domains = {d for (d,) in sql(dataset, "SELECT DISTINCT domain FROM DATASET")}
     assert domains == {load(t).domains[0]["name"] for t in TRACES}
 

@@ -102,3 +102,39 @@ def test_imported_real_trace_json_rows_carry_isa_code_and_the_kernels_name(tmp_p
     for r in rep["exits"]:
         assert r["isa"] == "VMX" and not r["reason"].startswith("UNKNOWN")
         assert VMX_EXIT_NAMES[r["code"]] == r["reason"]
+
+
+def test_vcpu_time_sample_covers_its_recording_and_matches_its_timeline():
+    """demo-vcpu-time: the paced guest halting between passes, then beside a CPU hog."""
+    t = load(SAMPLES / "demo-vcpu-time.kvmtrace")
+    df = t.df_vcpu_time()
+    assert len(df) == 1 and df["vcpu"].tolist() == [0]
+    r = df.iloc[0]
+    states = r[["guest_s", "halted_s", "vmm_s", "vmm_waiting_s", "preempted_s"]].sum()
+    assert states == pytest.approx(r["total_s"]) and r["total_s"] == pytest.approx(t.duration_s, rel=1e-6)
+    # Halted between passes while alone; preempted once the hog shares its CPU.
+    assert r["halted_s"] > 0.3 * r["total_s"] and r["preempted_s"] > 0.2 * r["total_s"]
+    windows = t.df_vcpu_time_intervals("100ms")
+    assert windows[["guest_s", "halted_s", "vmm_s", "vmm_waiting_s", "preempted_s"]].sum().sum() == pytest.approx(
+        r["total_s"])
+    seg = t.vcpu_timeline().frame()
+    assert ((seg["end_ns"] - seg["start_ns"]).sum() / 1e9) == pytest.approx(r["total_s"])
+
+
+def test_vcpu_states_are_slices_on_the_vcpu_track(tmp_path):
+    import collections
+
+    from kvmtrace.present.perfetto import export_perfetto
+
+    t = load(SAMPLES / "demo-vcpu-time.kvmtrace")
+    res = export_perfetto(t, tmp_path / "t.json", format="json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    states = [e for e in events if e.get("cat") == "vcpu_state"]
+    seg = t.vcpu_timeline().frame()
+    assert res.events["vcpu_states"] == len(seg) == len(states)
+    tid = int(t.df_vcpu_time()["tid"].iloc[0])
+    assert {e["tid"] for e in states} <= {tid} | {e["tid"] for e in events if e.get("ph") == "M"
+                                                 and "overlap" in e.get("args", {}).get("name", "")}
+    assert collections.Counter(e["name"] for e in states) == collections.Counter(seg["state"].astype(str))
+    assert sum(e["dur"] for e in states) == pytest.approx((seg["end_ns"] - seg["start_ns"]).sum() / 1e3, rel=1e-6)

@@ -140,15 +140,31 @@ def _one_run(tmp_path, config: str):
     return outcomes, ours, foreign
 
 
+def _exact(outcomes: dict, truth: dict) -> bool:
+    """Whether every other tracer counted the ROM exactly (the checks below, as a bool)."""
+    bt = outcomes["bpftrace"].counts
+    for tool, out in outcomes.items():
+        if out.counts is None or out.lost != 0 or out.counts["pio"] != truth["pio"]:
+            return False
+        want = bt["uexit_io"] + bt["uexit_other"] if tool == "perf stat" else truth["uexit_io"]
+        if out.counts["uexit_io"] != want:
+            return False
+    return True
+
+
 @pytest.mark.parametrize("config", ["events", "counts", "top", "serve"])
 def test_every_other_tracer_counts_exactly_while_kvmtrace_records(kernel, tmp_path, config):
     truth = ground_truth(storm_workload(WRITES))
     for attempt in range(3):
         outcomes, ours, foreign = _one_run(tmp_path / f"run{attempt}", config)
-        if not foreign:
+        # Another process's program on the regular kvm tracepoints (an older
+        # kvmtrace returning 0, say) can blind perf for everyone: then, and
+        # only then, a miss is not ours to judge, and the run is repeated.
+        if not foreign or _exact(outcomes, truth):
             break
     else:
-        pytest.fail(f"another process kept BPF programs on the kvm tracepoints in 3 runs: {foreign}")
+        pytest.fail(f"other tools missed events in 3 runs while another process had BPF programs on the "
+                    f"kvm tracepoints: {foreign}")
     for tool, out in outcomes.items():
         assert out.counts is not None, (tool, out.notes, out.log_tail)
         assert out.lost == 0, (tool, out.lost_detail)

@@ -68,6 +68,19 @@ def test_port_io_equals_the_rom_exactly(recorded):
     assert got == truth
 
 
+def test_handled_by_is_kernel_or_vmm_exactly_as_the_rom_splits_them(recorded):
+    """The ROM's devices are KVM's (PIT, IOAPIC: kernel) or QEMU's answered by exits
+    (RTC data, port 0x80, HPET, isa-debug-exit: vmm); none is coalesced or an ioeventfd."""
+    for section, key in (("pio", "port"), ("mmio", "gpa")):
+        truth = expected(WORKLOAD)[section]
+        got = {}
+        for r in recorded["report"][section]:
+            assert r["handled_by"] == ("vmm" if r["userspace"] else "kernel"), r
+            k = (r[key], r["direction"], r["size" if section == "pio" else "len"], r["handled_by"] == "vmm")
+            got[k] = got.get(k, 0) + r["count"]
+        assert got == truth
+
+
 def test_mmio_equals_the_rom_exactly_reads_counted_once(recorded):
     truth = expected(WORKLOAD)["mmio"]
     got = {(r["gpa"], r["direction"], r["len"], r["userspace"]): r["count"] for r in recorded["report"]["mmio"]}
@@ -114,7 +127,7 @@ def test_counts_agree_with_bpftrace_on_the_same_run(recorded):
 def test_text_report_shows_every_row(recorded):
     out = subprocess.run(kvmtrace_cmd("report", str(recorded["path"])), capture_output=True, text=True, check=True).stdout
     for needle in ("0x0080", "0x0071", "0x0043", "0x0040", "0x00f4", "0xfed00010", "0xfed00000", "0xfec00000",
-                   "QEMU", "kernel", "IO", "MMIO"):
+                   "vmm", "kernel", "IO", "MMIO"):
         assert needle in out
     assert max(len(line) for line in out.splitlines()) <= 80
 

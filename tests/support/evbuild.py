@@ -47,6 +47,17 @@ class Ev:
     def entry(self, vcpu=0, **kw):
         return self.add(EventKind.ENTRY, vcpu=vcpu, **kw)
 
+    def switch_out(self, prev_state=1, preempt=False, **kw):
+        """sched_switch taking the thread off its CPU (prev_state 0: still runnable)."""
+        return self.add(EventKind.SCHED_SWITCH, op=0, reason=prev_state,
+                        flags=int(EventFlag.PREEMPT) if preempt else 0, **kw)
+
+    def switch_in(self, **kw):
+        return self.add(EventKind.SCHED_SWITCH, op=1, **kw)
+
+    def wakeup(self, **kw):
+        return self.add(EventKind.WAKEUP, **kw)
+
     def frame(self) -> pd.DataFrame:
         a = np.zeros(len(self.rows), EVENT_DTYPE)
         for i, row in enumerate(self.rows):

@@ -88,6 +88,29 @@ class Bpftrace:
         return {name.lstrip("@"): keyed(maps, name) for name in maps}
 
 
+def _descends_from_us(pid: int) -> bool:
+    """Whether process ``pid`` is this one or one of its descendants (/proc's ppid chain)."""
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def kvmtrace_progs() -> list[str]:
-    """kvmtrace's BPF programs still loaded in the kernel (bpftool prog show)."""
-    return loaded_programs(KVMTRACE_PROGRAMS, prog_type=("tracepoint", "raw_tracepoint"), check=True)
+    """kvmtrace's BPF programs still loaded in the kernel (bpftool prog show),
+    but those another live process outside this test's process tree has
+    attached: the host is shared, and other people's recordings are not our
+    leftovers (a leaked program of ours has no live holder, or one of ours)."""
+    progs = loaded_programs(KVMTRACE_PROGRAMS, prog_type=("tracepoint", "raw_tracepoint"), check=True)
+    others = set()
+    r = subprocess.run(["bpftool", "perf", "show", "-j"], capture_output=True, text=True)
+    if r.returncode == 0 and r.stdout.strip():
+        import json
+
+        others = {e["prog_id"] for e in json.loads(r.stdout) if not _descends_from_us(e["pid"])}
+    return [p for p in progs if int(p.split()[0]) not in others]

@@ -29,7 +29,7 @@ UNIT = DEPLOY / "systemd" / "kvmtrace-serve@.service"
 
 #: Metrics rules use before serve exports them: name -> the one rules file
 #: allowed to, and the labels they bring.
-FUTURE = {"kvmtrace_vcpu_seconds_total": ("kvmtrace-vcpu.rules.yml", {"vcpu", "state"})}
+FUTURE: dict[str, tuple[str, set[str]]] = {}  # kvmtrace_vcpu_seconds_total is exported since issue 12
 #: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job"}
 

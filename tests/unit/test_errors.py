@@ -105,7 +105,7 @@ def test_missing_events_are_named_with_what_the_trace_holds():
     e = err.value
     assert e.needed == ["kvm:kvm_exit"] and e.exit_code == ExitCode.MISSING_EVENTS
     assert str(e).startswith("df_exits needs kvm:kvm_exit, which this trace does not hold (it holds kvm:kvm_pio, "
-                             "kvm:kvm_userspace_exit, syscalls:sys_enter_ioctl (KVM_RUN)): ")
+                             "kvm:kvm_userspace_exit, kvm:kvm_fpu (KVM_RUN; syscalls:sys_enter_ioctl before Linux 5.15)): ")
     assert "nested hosts" in e.fix and "\n" not in str(e)
     with pytest.raises(MissingTraceEventError, match="needs one of kvm:kvm_exit, kvm:kvm_entry") as err:
         require_events(frame, [EventKind.EXIT, EventKind.ENTRY], "x", any_of=True, instead="try y")

@@ -35,7 +35,12 @@ ALL_PROBES = {
     "sys_exit_ioctl": set(),
     "sys_enter_close": set(),
     "sched_process_exit": {"group_dead"},
+    "sched_switch": set(),
+    "sched_wakeup": set(),
+    "sched_wakeup_new": set(),
 }
+#: task_struct offsets for the sched probes (any values: nothing runs).
+TASK = {"pid": 1264, "tgid": 1268, "state": 24}
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler to lay out the struct")
@@ -52,7 +57,9 @@ def test_c_struct_matches_numpy_dtype(tmp_path):
                   for f in fields)
         + "  return 0;\n}\n")
     exe = tmp_path / "layout"
-    subprocess.run(["cc", f"-I{probes_dir()}", "-o", str(exe), str(src)], check=True)
+    # The header sizes arrays by constants Python generates (KT_STATE_COUNT).
+    flags = bpf_defines(probes=[], fields={}, ringbuf_pages=1)
+    subprocess.run(["cc", f"-I{probes_dir()}", *flags, "-o", str(exe), str(src)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == f"size {EVENT_DTYPE.itemsize}"
     for line in filter(None, out[1:]):
@@ -136,7 +143,7 @@ def test_one_ifdef_picks_the_modes_emit_code(counts, raw):
     replaced, with raw or regular tracepoints, launch's ioctl probes and both RUN edges."""
     flags = bpf_defines(probes=list(ALL_PROBES), fields=ALL_PROBES, ringbuf_pages=1, counts_mode=counts,
                         raw={"kvm_pio", "kvm_mmio", "kvm_userspace_exit", "kvm_entry"} if raw else set(),
-                        launch=True, run_by_syscall=not raw)
+                        launch=True, run_by_syscall=not raw, task_offsets=TASK)
     out = subprocess.run(["cc", "-E", "-P", f"-I{probes_dir()}", *flags, "-"], input=bpf_source(
         f"{probes_dir()}/kvmtrace.bpf.c"), capture_output=True, text=True, check=True).stdout
     assert ("kt_bump" in out) is counts and ("last_thread" in out) is not counts

@@ -78,7 +78,7 @@ def test_markdown_has_the_text_reports_sections_and_numbers(traces):
     ue = {r[0]: r for r in tables["userspace_exits"][2:]}
     assert ue["IO"][2] == "io" and ue["IO"][4] == f"{USERSPACE_PER_ROUND['IO'] * ROUNDS:,}"
     pio = {r[0]: r for r in tables["pio"][2:]}
-    assert pio["0x0080"][1:5] == ["ioport80", "write", "1", "VMM"]
+    assert pio["0x0080"][1:5] == ["ioport80", "write", "1", "vmm"]
     assert pio["0x0043"][4] == "kernel"
     assert "Hardware exits (kvm_exit)" in md and "None: kvm:kvm_exit did not fire on this host." in md
     assert [r[1] for r in tables["lifecycle"][2:5]] == ["virDomainCreateXML called", "KVM_CREATE_VM",
@@ -122,7 +122,7 @@ def test_csv_rows_carry_devices_hex_and_handlers(traces):
     per_dev = df[df["section"].isin(["pio", "mmio"])].groupby(["device", "handled_by"])["count"].sum()
     for dev, (kernel, vmm) in PER_ROUND.items():
         assert per_dev.get((dev, "kernel"), 0) == kernel * ROUNDS * 2
-        assert per_dev.get((dev, "VMM"), 0) == vmm * ROUNDS * 2
+        assert per_dev.get((dev, "vmm"), 0) == vmm * ROUNDS * 2
     assert set(df.loc[df["section"] == "mmio", "gpa"]) == {"0xfed00000", "0xfed00010", "0xfec00000"}
     hw = df[df["section"] == "exits"]
     assert dict(zip(hw["reason"], hw["code"])) == {"IO_INSTRUCTION": 30, "EPT_MISCONFIG": 49, "HLT": 12}

@@ -19,6 +19,7 @@ from kvmtrace.live.serve import BUCKETS, KvmtraceCollector, check_port, histogra
 from ..support.cli import run
 
 PID = 4242
+TID = 4243  # its vCPU 0 thread
 IO, MMIO = 2, 6  # KVM_EXIT_*
 VMX, SVM = 1, 2
 VMX_IO_INSTRUCTION, VMX_EPT_VIOLATION, SVM_NPF = 30, 48, 0x400
@@ -46,7 +47,7 @@ def scrape(frame: pd.DataFrame, lost: int = 0) -> dict[str, list[tuple[dict, flo
     """The collector's samples by name: [(labels, value)], via the text exposition."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    guest = SimpleNamespace(pid=PID, name="web1", memory_map_text=None)
+    guest = SimpleNamespace(pid=PID, name="web1", memory_map_text=None, vcpu_threads={0: TID})
     live = SimpleNamespace(all_domains=False, guests=[guest], cumulative=lambda: frame,
                            session=SimpleNamespace(probes=SimpleNamespace(
                                counters=lambda: SimpleNamespace(lost_total=lost))))
@@ -83,6 +84,10 @@ FRAME = rows(
     hist(Latency.EXIT_HANDLING, VMX_IO_INSTRUCTION, 10, 1009, isa=VMX),
     hist(Latency.EXIT_HANDLING, VMX_EPT_VIOLATION, 13, 97, isa=VMX),
     hist(Latency.EXIT_HANDLING, VMX_EPT_VIOLATION | FAILED_VMENTRY, 14, 2, isa=VMX),
+    # vCPU 0's nanoseconds per state (VcpuState: guest 0, vmm 2, preempted 4)
+    {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 0, "value": 3_000_000_000},
+    {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 2, "value": 500_000_000},
+    {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 4, "value": 1_500_000_000},
 )
 
 
@@ -154,7 +159,7 @@ def test_io_metrics_say_who_handled_them(samples):
     for name in ("kvmtrace_pio_total", "kvmtrace_mmio_total"):
         for labels, _ in samples[name]:
             assert "handler" not in labels
-            assert labels["handled_by"] in ("kernel", "vmm")
+            assert labels["handled_by"] in ("kernel", "ioeventfd", "coalesced", "vmm")
     pio = {(l["port"], l["handled_by"]): v for l, v in samples["kvmtrace_pio_total"]}
     assert pio == {("0x0080", "vmm"): 1000, ("0x0040", "kernel"): 37}
     mm = {(l["page"], l["device"], l["handled_by"]): v for l, v in samples["kvmtrace_mmio_total"]}
@@ -223,3 +228,17 @@ def test_cli_bad_port_is_one_line_and_exit_2(port):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert "--port" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(lines) <= 3, r.stderr  # one error line (argparse's adds its usage)
+
+
+def test_handled_by_uses_the_four_words_of_the_report():
+    """A live guest ran before the probes: deduced from the device names, as the report does."""
+    frame = rows({"kind": EventKind.PIO, "port": 0x70, "size": 1, "op": 1, "value": 23},
+                 {"kind": EventKind.PIO, "port": 0x40, "size": 1, "op": 1, "value": 5})
+    pio = {(l["port"], l["device"], l["handled_by"]): v for l, v in scrape(frame)["kvmtrace_pio_total"]}
+    assert pio == {("0x0070", "rtc-index", "coalesced"): 23, ("0x0040", "kvm-pit", "kernel"): 5}
+
+
+def test_vcpu_seconds_per_state_in_the_shape_of_node_cpu_seconds(samples):
+    got = {(x["domain"], x["vcpu"], x["state"]): v for x, v in samples["kvmtrace_vcpu_seconds_total"]}
+    assert got == {("web1", "0", "guest"): 3.0, ("web1", "0", "halted"): 0.0, ("web1", "0", "vmm"): 0.5,
+                   ("web1", "0", "vmm_waiting"): 0.0, ("web1", "0", "preempted"): 1.5}

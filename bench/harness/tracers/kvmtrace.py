@@ -22,9 +22,10 @@ def kvmtrace_argv() -> list[str]:
 class Kvmtrace(Tracer):
     records_run = True
 
-    def __init__(self, mode: str = "events"):
+    def __init__(self, mode: str = "events", vcpu_time: bool = True):
         self.mode = mode
-        self.name = f"kvmtrace {mode}"
+        self.vcpu_time = vcpu_time  # False: record --no-vcpu-time (no sched probes)
+        self.name = f"kvmtrace {mode}" + ("" if vcpu_time else " --no-vcpu-time")
         self.proc = None
 
     def unavailable(self) -> str | None:
@@ -42,6 +43,8 @@ class Kvmtrace(Tracer):
         argv = kvmtrace_argv() + ["record", "--domain", guest.name, "-o", str(self.path)]
         if self.mode != "events":
             argv += ["--mode", self.mode]
+        if not self.vcpu_time:
+            argv.append("--no-vcpu-time")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         STARTED.add(self.proc.pid)
@@ -118,7 +121,7 @@ class Kvmtrace(Tracer):
         names = {1: "exit", 2: "entry", 3: "pio", 4: "mmio", 6: "run"}
         for k in np.unique(base):
             sel = base == k
-            if k == 7:  # HIST: latency histogram buckets (counts mode), not traced events
+            if k in (7, 13):  # HIST buckets, VCPU_TIME nanoseconds (counts mode): not traced events
                 continue
             if k == 5:
                 io = sel & (reason == KVM_EXIT_IO) & (err >= 0)

@@ -14,6 +14,8 @@
 #ifndef KT_EMIT_COUNTS_BPF_H
 #define KT_EMIT_COUNTS_BPF_H
 
+#include "vcpu_time.bpf.h"
+
 BPF_PERCPU_ARRAY(scratch, struct kt_event, 1);
 BPF_PERCPU_HASH(counts, struct kt_key, u64, KT_MAX_KEYS);
 /* The MMIO addresses counted exactly; once full, others are counted per page. */
@@ -54,7 +56,8 @@ static __always_inline struct kt_event *kt_alloc(u32 *zero)
 
 /* Does a latency need this kind's timestamp? (constant-folded) */
 #define KT_TIMED(kind) ((kind) == KT_KIND_EXIT || (kind) == KT_KIND_ENTRY || \
-			(kind) == KT_KIND_USERSPACE_EXIT || (kind) == KT_KIND_RUN)
+			(kind) == KT_KIND_USERSPACE_EXIT || (kind) == KT_KIND_RUN || \
+			(kind) == KT_KIND_SCHED_SWITCH || (kind) == KT_KIND_WAKEUP)
 
 /* Only the kinds a latency needs read the clock; the others keep ts_ns 0. */
 static __always_inline void kt_stamp(struct kt_event *e, u32 kind)
@@ -96,6 +99,12 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 {
 	struct kt_key k = {};
 
+	if (e->kind == KT_KIND_SCHED_SWITCH || e->kind == KT_KIND_WAKEUP) {
+		/* Not counted: they only move the thread's time between states. */
+		if (t)
+			kt_sched_edge(t, e);
+		return;
+	}
 	k.pid = e->pid;
 	k.kind = e->kind;
 	k.op = e->op;
@@ -156,12 +165,16 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 			t->uexit_ts = e->ts_ns;
 			t->uexit_reason = e->reason;
 		}
+		if (t)	/* KVM_RUN returned, an exit or not (-EINTR) */
+			kt_run_edge(t, e->ts_ns, 0);
 		break;
 	case KT_KIND_IOCTL:
 		k.reason = e->reason;
 		break;
 	case KT_KIND_RUN:
 		k.tid = e->tid;
+		if (t)
+			kt_run_edge(t, e->ts_ns, 1);
 		if (t && t->uexit_ts) {
 			/* A userspace exit's reason is KVM's, the same on any hardware. */
 			kt_hist(e, KT_LAT_VMM_SERVICE, t->uexit_reason, KT_ISA_UNKNOWN, t->uexit_ts);

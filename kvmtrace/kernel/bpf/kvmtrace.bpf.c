@@ -15,7 +15,7 @@
  *
  * Headers: kvmtrace.h, the records shared with user space; maps.bpf.h, the
  * maps both modes use; emit_events.bpf.h or emit_counts.bpf.h, what a mode
- * does with an event.
+ * does with an event; sched.bpf.h, the vCPU threads' scheduler probes.
  */
 #include "kvmtrace.h"
 
@@ -500,6 +500,20 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 #endif
 
 #ifdef KT_PROBE_SYS_EXIT_IOCTL
+struct kt_ioeventfd {		/* the head of struct kvm_ioeventfd */
+	u64 datamatch;
+	u64 addr;
+	u32 len;
+	s32 fd;
+	u32 flags;		/* KVM_IOEVENTFD_FLAG_{DATAMATCH,PIO,DEASSIGN,...} */
+};
+
+struct kt_coalesced_zone {	/* struct kvm_coalesced_mmio_zone */
+	u64 addr;
+	u32 size;
+	u32 pio;		/* union { pad; pio; }: 1 for a port zone */
+};
+
 TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -536,6 +550,30 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	e->rip = io->userspace_addr;
 	e->size = io->slot;
 	e->count = io->flags;
+	/*
+	 * Who handles an access without a userspace exit: an ioeventfd (gpa
+	 * addr, info1 len, rip datamatch, count flags) or a coalesced zone
+	 * (gpa addr, info1 size, count pio). Read at the return: the kernel
+	 * copied the struct at entry, so it is resident and unchanged.
+	 */
+	if (io->cmd == KT_KVM_IOEVENTFD) {
+		struct kt_ioeventfd ie = {};
+
+		if (bpf_probe_read_user(&ie, sizeof(ie), (void *)io->arg) == 0) {
+			e->gpa = ie.addr;
+			e->info1 = ie.len;
+			e->rip = ie.datamatch;
+			e->count = ie.flags;
+		}
+	} else if (io->cmd == KT_KVM_REGISTER_COALESCED_MMIO || io->cmd == KT_KVM_UNREGISTER_COALESCED_MMIO) {
+		struct kt_coalesced_zone z = {};
+
+		if (bpf_probe_read_user(&z, sizeof(z), (void *)io->arg) == 0) {
+			e->gpa = z.addr;
+			e->info1 = z.size;
+			e->count = z.pio;
+		}
+	}
 	ioctl_open.delete(&tid);
 	kt_submit(e, NULL);
 	return KT_PASS;
@@ -589,3 +627,5 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	return KT_PASS;
 }
 #endif
+
+#include "sched.bpf.h"

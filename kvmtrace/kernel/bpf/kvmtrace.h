@@ -73,7 +73,14 @@ struct kt_thread {
 	u32 uexit_reason;
 	u8 mmio_op;		/* the last kvm_mmio's type */
 	u8 mmio_open;		/* 1: that was an unsatisfied-read */
-	u8 pad[6];
+	/* counts mode: where its time goes (vcpu_time.bpf.h) */
+	u8 in_run;		/* 1: inside KVM_RUN */
+	u8 sched;		/* KT_SCHED_*: on a CPU, runnable, asleep */
+	u8 run_seen;		/* 1: a KVM_RUN edge was seen */
+	u8 sched_seen;		/* 1: a sched_switch was seen */
+	u8 pad[2];
+	u64 state_ts;		/* the last change (0: none yet, nothing booked) */
+	u64 state_ns[KT_STATE_COUNT];	/* ns per KT_STATE_* until state_ts */
 };
 
 /*

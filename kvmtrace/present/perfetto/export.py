@@ -21,6 +21,7 @@ from kvmtrace.present.perfetto.sources import (
     _Source,
     _userspace_exits,
 )
+from kvmtrace.present.perfetto.states import _vcpu_states
 from kvmtrace.present.perfetto.tracks import _process_name, _Tracks, _vcpus
 from kvmtrace.present.perfetto.proto import _write_proto
 from kvmtrace.present.perfetto.writer import _write
@@ -36,8 +37,8 @@ class ExportResult:
     """What :func:`export_perfetto` wrote.
 
     ``events`` counts the trace events per kind of slice ("hardware_exits",
-    "userspace_exits", "in_kernel_accesses", "ioctls", "lifecycle",
-    "counters"); ``metadata`` the process/thread naming events.
+    "userspace_exits", "in_kernel_accesses", "vcpu_states", "ioctls",
+    "lifecycle", "counters"); ``metadata`` the process/thread naming events.
     ``window_s`` is the exported time range in seconds since the recording
     started; ``truncated`` says ``max_events`` cut it short (it then ends at
     the first event left out).
@@ -133,6 +134,9 @@ def export_perfetto(trace, out_path: str | os.PathLike, *, format: str = "json",
     sources = ([hw] if hw is not None else []) + [uexits]
     if in_kernel:
         sources += _in_kernel(trace, q)
+    states = _vcpu_states(trace, q)
+    if states is not None:
+        sources.append(states)
     launch = _launch(trace, q, guest_pid)
     sources += launch
 

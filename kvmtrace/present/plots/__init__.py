@@ -19,9 +19,10 @@ plot_rates           per-event records (not ``record --mode counts``) and the
                      events of ``by`` (device: kvm_pio/kvm_mmio, exit:
                      kvm_exit, ...)
 plot_latency_hist    per-event records; vmm_service: kvm_userspace_exit and
-                     KVM_RUN (sys_enter_ioctl); exit_handling: kvm_exit and
+                     KVM_RUN (kvm_fpu); exit_handling: kvm_exit and
                      kvm_entry
 plot_vcpu_heatmap    per-event records with kvm_exit or kvm_userspace_exit
+plot_vcpu_time       the sched probes (sched_switch; both modes)
 ==================== =========================================================
 
 Each module declares these needs once (RATE_EVENTS, LATENCY_EVENTS, ...) and
@@ -31,7 +32,7 @@ error also says what the trace holds instead.
 Device colours are the same in every figure of one trace (a device keeps its
 colour between the rates and the latency histograms).
 
-One module per figure (exit_mix, rates, latency, heatmap) and ``common``,
+One module per figure (exit_mix, rates, latency, heatmap, vcpu_time) and ``common``,
 their shared helpers: windows, palettes, number formats, SVG output.
 """
 
@@ -40,6 +41,7 @@ from kvmtrace.present.plots.exit_mix import plot_exit_mix
 from kvmtrace.present.plots.heatmap import plot_vcpu_heatmap
 from kvmtrace.present.plots.latency import plot_latency_hist
 from kvmtrace.present.plots.rates import plot_rates
+from kvmtrace.present.plots.vcpu_time import plot_vcpu_time
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -49,6 +51,7 @@ __all__ = [
     "plot_latency_hist",
     "plot_rates",
     "plot_vcpu_heatmap",
+    "plot_vcpu_time",
     "window_label",
     "window_seconds",
 ]

@@ -1,0 +1,134 @@
+"""`kvmtrace report` batch by batch gives the in-memory report, to the last digit.
+
+Each trace is written again with small batches (one event, a few, random
+sizes; some with events out of time order across batches, as a thread moving
+between CPUs gives), then reported through ``load_for_report`` with chunks of
+a few events (so that nearly every pairing of the run loop meets a chunk's
+edge) and compared with the report of the whole trace read at once: every
+count, percentile and unpaired figure, as JSON. compare's rate tables too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kvmtrace.analysis import batchwise
+from kvmtrace.analysis.compare import compare
+from kvmtrace.importer import import_text
+from kvmtrace.kernel.events import EVENT_DTYPE
+from kvmtrace.present.report import report_dict
+from kvmtrace.trace import ReportTrace, load, load_for_report
+from kvmtrace.tracefile import COLUMNS, TraceWriter, read_trace
+
+from ..support import paths
+
+IMPORTS = ("svm-trace-cmd.txt", "ftrace-trace.txt", "perf-script.txt")
+REAL = "hip24-vmx-6x-tcreport-mixed-events.txt"
+
+
+def rebatch(src, dst, size: int, shuffle: int = 0, seed: int = 0) -> None:
+    """``src`` written again in batches of ``size`` events (0: random 1-49); with
+    ``shuffle``, each run of that many events in file order is permuted."""
+    d = read_trace(src, arrays=True)
+    n = len(d.arrays["ts_ns"])
+    ev = np.zeros(n, dtype=EVENT_DTYPE)
+    for c in COLUMNS:
+        ev[c] = d.arrays[c]
+    rng = np.random.default_rng(seed)
+    if shuffle:
+        perm = np.arange(n)
+        for s in range(0, n, shuffle):
+            rng.shuffle(perm[s:s + shuffle])
+        ev = ev[perm]
+    w = TraceWriter(dst, {k: v for k, v in d.header.items() if k != "format_version"})
+    i = 0
+    while i < n:
+        m = size or int(rng.integers(1, 50))
+        w.write(ev[i:i + m], d.progress or {})
+        i += m
+    w.close({k: v for k, v in (d.trailer or {}).items() if k != "events_written"})
+
+
+def as_json(d: dict) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("batchwise")
+    out = {"demo-finite": str(paths.SAMPLES / "demo-finite.kvmtrace"),
+           "run1": str(paths.SAMPLES / "series" / "run1.kvmtrace")}
+    for name in IMPORTS:
+        import_text(paths.DATA / "import" / name, tmp / f"{name}.kvmtrace")
+        out[name] = str(tmp / f"{name}.kvmtrace")
+    if (paths.REAL_TRACES / REAL).exists():
+        import_text(paths.REAL_TRACES / REAL, tmp / "real.kvmtrace")
+        out["real"] = str(tmp / "real.kvmtrace")
+    return out
+
+
+@pytest.mark.parametrize("size,shuffle", [(1, 0), (0, 0), (5, 4), (64, 16)])
+@pytest.mark.parametrize("name", ["demo-finite", "run1", *IMPORTS, "real"])
+def test_report_batch_by_batch_is_the_report(traces, tmp_path, monkeypatch, name, size, shuffle):
+    if name not in traces:
+        pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
+    path = tmp_path / "t.kvmtrace"
+    big = name == "run1"  # 61,100 events: batches and chunks of hundreds
+    rebatch(traces[name], path, max(size, 97) if big else size, shuffle)
+    whole = as_json(report_dict(load(path)))
+    # (events a chunk, events of each thread's tail a cut is first looked for in)
+    for chunk, window in ((500, 40), (5000, 1 << 14)) if big else ((3, 2), (13, 1 << 14), (1 << 21, 1 << 14)):
+        monkeypatch.setattr(batchwise, "CUT_WINDOW", window)
+        t = load_for_report(path, chunk_events=chunk)
+        assert isinstance(t, ReportTrace)
+        assert as_json(report_dict(t)) == whole, f"chunks of {chunk}, window {window}"
+
+
+def test_cuts_happen_and_carry_little(traces, tmp_path):
+    path = tmp_path / "t.kvmtrace"
+    rebatch(traces["demo-finite"], path, 7)
+    t = load_for_report(path, chunk_events=5)
+    assert t.tables.chunks > len(t.events) // 10  # most chunks analysed on their own
+    assert t.tables.max_carry < 20
+    assert t.event_count == len(load(path).events)
+
+
+def test_domain_of_a_two_domain_trace(traces, tmp_path):
+    if "real" not in traces:
+        pytest.skip(f"{REAL} is not beside the checkout")
+    path = tmp_path / "t.kvmtrace"
+    rebatch(traces["real"], path, 0)
+    whole, streamed = load(path), load_for_report(path, chunk_events=17)
+    for d in whole.domains:
+        a, b = whole.for_domain(str(d["pid"])), streamed.for_domain(str(d["pid"]))
+        assert as_json(report_dict(a)) == as_json(report_dict(b))
+
+
+@pytest.mark.parametrize("window", [None, 0.05])
+def test_rate_tables_batch_by_batch(traces, tmp_path, window):
+    path = tmp_path / "t.kvmtrace"
+    rebatch(traces["run1"], path, 101, 8)
+    a = load(path).run_rates(window)
+    b = load_for_report(path, chunk_events=29, rates=True, window_s=window).run_rates(window)
+
+    def rows(df, keys):
+        return df.assign(key=df["key"].astype(str)).sort_values(keys, ignore_index=True)
+
+    pd.testing.assert_frame_equal(rows(a.counts, ["dimension", "key"]), rows(b.counts, ["dimension", "key"]))
+    assert (a.exits, a.duration_s) == (b.exits, b.duration_s)
+    method = "poisson"
+    if window:
+        keys = ["window", "dimension", "key"]
+        pd.testing.assert_frame_equal(rows(a.windows, keys), rows(b.windows, keys))
+        method = "bootstrap"
+    pd.testing.assert_frame_equal(compare(a, a, method=method), compare(b, a, method=method))
+
+
+def test_counts_and_launch_traces_are_read_whole():
+    for name in ("demo-counts", "demo-launch"):
+        t = load_for_report(paths.SAMPLES / f"{name}.kvmtrace")
+        assert not isinstance(t, ReportTrace)
