@@ -231,6 +231,29 @@ class Trace:
         return memory_slots(self.events)
 
     @property
+    def mmio_granularity(self) -> str:
+        """"address" (MMIO counted per exact address: events mode, and counts mode since it
+        keeps addresses) or "page" (a counts recording from before: per 4 KiB page)."""
+        if self.header.get("mode") != "counts":
+            return "address"
+        return str(self.header.get("mmio_granularity", "page"))
+
+    def mmio_note(self) -> str | None:
+        """What the report says of MMIO counted per page, or None when every row is an address."""
+        from kvmtrace.kernel.events import MAX_MMIO_ADDRESSES
+
+        if self.mmio_granularity == "page":
+            return "MMIO counted per 4 KiB page (a counts recording made before counts mode kept addresses)"
+        m = self.summary.mmio
+        if "per_page" in m.columns and m["per_page"].any():
+            n = int(m.loc[m["per_page"], "count"].sum())
+            pages = m.loc[m["per_page"], "gpa"].nunique()
+            limit = self.header.get("max_mmio_addresses", MAX_MMIO_ADDRESSES)
+            return (f"{n:,} MMIO accesses counted per 4 KiB page ({pages:,} pages): the in-kernel table of "
+                    f"{limit:,} exact addresses was full")
+        return None
+
+    @property
     def launched(self) -> bool:
         """Recorded from before KVM_CREATE_VM (kvmtrace launch / record --start)."""
         return "launch" in self.header
@@ -340,18 +363,38 @@ class Trace:
 
         return keyed(self.events, self.names, self.device_map, self.vcpu_by_tid)
 
-    def run_rates(self, window_s: float | None = None):
-        """This run as compare/trend consume it (analysis.compare.RunRates)."""
+    def run_rates(self, window_s: float | None = None, mmio: str | None = None):
+        """This run as compare/trend consume it (analysis.compare.RunRates).
+
+        ``mmio="page"`` keys MMIO by 4 KiB page, as a counts recording that
+        kept no addresses does (``mmio_granularity``), so the two compare.
+        """
         from kvmtrace.analysis.compare import RunRates
-        from kvmtrace.analysis.rates import counts, windows
+        from kvmtrace.analysis.rates import counts, keyed, windows
         from kvmtrace.analysis.vcpu_time import with_rate_rows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
-        table, wins = with_rate_rows(self, counts(self.keyed),
-                                     windows(self.keyed, self.start_ns, window_s) if window_s else None, window_s)
+        k = self.keyed
+        granularity = self.mmio_granularity
+        if mmio == "page" and granularity != "page":
+            k = keyed(self.events, self.names, self.device_map, self.vcpu_by_tid, mmio_page=True)
+            granularity = "page"
+        table, wins = with_rate_rows(self, counts(k), windows(k, self.start_ns, window_s) if window_s else None,
+                                     window_s)
         return RunRates(label=self.label, counts=table, duration_s=self.duration_s, exits=exits,
-                        windows=wins, window_s=window_s)
+                        windows=wins, window_s=window_s, mmio_granularity=granularity,
+                        dimensions=self._dimensions())
+
+    def _dimensions(self) -> tuple[str, ...] | None:
+        """The rate dimensions this trace could count: hardware exits only where kvm_exit was probed
+        (None: every one, as compare then decides for vcpu_time itself)."""
+        from kvmtrace.analysis.rates import DIMENSIONS
+
+        probes = self.header.get("probes")
+        if probes is None or "kvm_exit" in probes or "import" in self.header:
+            return None
+        return tuple(d for d in DIMENSIONS if d != "exit")
 
     def compare(self, new: "Trace", threshold_pct: float = 10.0, alpha: float = 0.01, method: str = "poisson",
                 window_s: float = 0.25) -> pd.DataFrame:
@@ -514,6 +557,21 @@ class Trace:
         return pair_userspace(self.events, self._completions, self._order)
 
     @cached_property
+    def exit_details(self) -> dict[int, list[dict]]:
+        """Userspace exits grouped by their kvm_run member's values, per KVM_EXIT_* code
+        (see analysis.runfields.exit_details)."""
+        from kvmtrace.analysis.runfields import exit_details
+
+        return exit_details(self.events)
+
+    def vcpu_counts(self) -> list[dict]:
+        """One dict per vCPU of the guest(s), idle ones included (see analysis.vcpus.vcpu_counts)."""
+        from kvmtrace.analysis.vcpus import vcpu_counts
+
+        aggregate = self.header.get("mode") == "counts"
+        return vcpu_counts(self.events, self.domains, None if aggregate else self._completions)
+
+    @cached_property
     def summary(self) -> Summary:
         if self.header.get("mode") == "counts":
             return summarize(self.events, self.names, self.duration_s)
@@ -565,6 +623,14 @@ def reuse_memory(events: int = 0) -> None:
     reuse(min(events, CHUNK_EVENTS) * REPORT_BYTES_PER_EVENT)
 
 
+def _has_union_words(cols: dict) -> bool:
+    """An events recording with userspace exits whose kvm_run union words (rip, info1, ...) it keeps."""
+    from kvmtrace.kernel.events import EventFlag, EventKind
+
+    kind, flags = cols["kind"], cols["flags"]
+    return bool(((kind == EventKind.USERSPACE_EXIT) & ((flags & int(EventFlag.RUN_UNION)) != 0)).any())
+
+
 def _load_columns(path, columns) -> Trace:
     """load(path, columns), and for an events trace with kvm_exit or kvm_entry
     events EXIT_COLUMNS too (read after the others, only then)."""
@@ -572,6 +638,8 @@ def _load_columns(path, columns) -> Trace:
     from kvmtrace.tracefile import COLUMNS
 
     t = load(path, columns)
+    if _has_union_words(t.data.arrays):  # the kvm_run union words are in rip, info1, ...
+        return load(path)
     kind = t.data.arrays["kind"]
     if (kind == EventKind.EXIT).any() or (kind == EventKind.ENTRY).any():
         # A trace file only grows: its first rows, read again, are the same events.
@@ -663,9 +731,9 @@ class ReportTrace(Trace):
     def unpaired(self) -> dict[str, int]:
         return self.tables.unpaired(self._pid)
 
-    def run_rates(self, window_s: float | None = None):
-        if not self.tables.has_rates(window_s):
-            return super().run_rates(window_s)
+    def run_rates(self, window_s: float | None = None, mmio: str | None = None):
+        if not self.tables.has_rates(window_s) or (mmio == "page" and self.mmio_granularity != "page"):
+            return super().run_rates(window_s, mmio)  # MMIO by page: from the events, read whole
         from kvmtrace.analysis.compare import RunRates
 
         from kvmtrace.analysis.vcpu_time import with_rate_rows
@@ -674,7 +742,8 @@ class ReportTrace(Trace):
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
         counts, windows = with_rate_rows(self, *self.tables.rates(self._pid), window_s)
         return RunRates(label=self.label, counts=counts, duration_s=self.duration_s, exits=exits,
-                        windows=windows, window_s=window_s)
+                        windows=windows, window_s=window_s, mmio_granularity=self.mmio_granularity,
+                        dimensions=self._dimensions())
 
     def for_domain(self, name: str) -> "ReportTrace":
         d = self._domain(name)

@@ -30,7 +30,9 @@ def storm_workload(writes: int):
 
     from kvmtrace.demo.guest import Workload
 
-    zero = {f.name: 0 for f in dataclasses.fields(Workload) if f.type in (int, "int") and f.name != "port_writes"}
+    # The access counts only: not vcpus (1 .. 8) nor the pacing fields (0 already).
+    zero = {f.name: 0 for f in dataclasses.fields(Workload)
+            if f.type in (int, "int") and f.name not in ("port_writes", "vcpus")}
     return Workload(**{**zero, "port_writes": writes, "steady": False})
 
 

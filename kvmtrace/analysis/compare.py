@@ -113,6 +113,9 @@ class RunRates:
     exits: int
     windows: pd.DataFrame | None = None
     window_s: float | None = None
+    mmio_granularity: str = "address"  # or "page": MMIO keys are 4 KiB pages
+    #: The dimensions this run could have counted (its probes); None: every one.
+    dimensions: tuple[str, ...] | None = None
 
 
 def _dimension_dtype(values) -> pd.CategoricalDtype:
@@ -269,6 +272,7 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
         raise RateTableError(f"threshold_pct={threshold_pct!r} is not a percentage increase",
                              "give threshold_pct 0 or more, e.g. 10")
     b, n = run_counts(base), run_counts(new)
+    b, n, left_out = common_ground(base, new, b, n)
     # A run recorded without the sched probes has no vcpu_time rows: that is
     # not "0 % of the time", so the dimension is compared only when both have it.
     has = [(VCPU_TIME in c.index.get_level_values("dimension")) for c in (b, n)]
@@ -314,8 +318,33 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     df = df.drop(columns="_abs")
     df.index.name = "row"
     df.attrs.update(base_label=str(base.label), new_label=str(new.label), method=method,
-                    alpha=float(alpha), threshold_pct=float(threshold_pct))
+                    alpha=float(alpha), threshold_pct=float(threshold_pct), left_out=left_out)
     return df
+
+
+def common_ground(base: RunRates, new: RunRates, b: pd.Series, n: pd.Series) -> tuple[pd.Series, pd.Series, list[str]]:
+    """The counts both runs can be compared on, and a sentence per thing left out.
+
+    A dimension only one run could count (kvm_exit recorded in one only)
+    would show every key as new or gone: it is left out, as
+    is MMIO when one run keyed it by address and the other by 4 KiB page
+    (Trace.run_rates(mmio="page") gives both the same keys instead).
+    """
+    left: list[str] = []
+    drop: set[str] = set()
+    if base.mmio_granularity != new.mmio_granularity:
+        drop.add("mmio")
+        coarse = base.label if base.mmio_granularity == "page" else new.label
+        left.append(f"mmio: {coarse} counted MMIO per 4 KiB page, the other run per address")
+    have = [set(r.dimensions) if r.dimensions is not None else set(DIMENSIONS) for r in (base, new)]
+    for dim in sorted((have[0] ^ have[1]) - drop, key=lambda d: DIMENSIONS.index(d) if d in DIMENSIONS else 99):
+        only, other = (base.label, new.label) if dim in have[0] else (new.label, base.label)
+        drop.add(dim)
+        left.append(f"{dim}: only {only} could count it ({other} did not record what it needs)")
+    if drop:
+        b = b[~b.index.get_level_values("dimension").isin(drop)] if len(b) else b
+        n = n[~n.index.get_level_values("dimension").isin(drop)] if len(n) else n
+    return b, n, left
 
 
 def has_regression(df: pd.DataFrame) -> bool:

@@ -49,8 +49,12 @@ def _labels(sub: pd.DataFrame, cols: list[str], fmt) -> pd.Categorical:
     return pd.Categorical.from_codes(codes, categories=cats)
 
 
-def keyed(ev: pd.DataFrame, names: ExitNames, devmap=None, vcpu_threads: dict[int, int] | None = None) -> pd.DataFrame:
-    """One row per (event, dimension): ts_ns (int64), dimension (category), key (category), w (int64)."""
+def keyed(ev: pd.DataFrame, names: ExitNames, devmap=None, vcpu_threads: dict[int, int] | None = None,
+          mmio_page: bool = False) -> pd.DataFrame:
+    """One row per (event, dimension): ts_ns (int64), dimension (category), key (category), w (int64).
+
+    ``mmio_page``: key MMIO by its 4 KiB page (to compare with a recording that kept no more).
+    """
     ev = weighted(ev)
     parts = []
 
@@ -77,6 +81,8 @@ def keyed(ev: pd.DataFrame, names: ExitNames, devmap=None, vcpu_threads: dict[in
 
     mm = (k == EventKind.MMIO) & ~mmio_completions(ev)
     sub = ev[mm]
+    if mmio_page:
+        sub = sub.assign(gpa=sub["gpa"].to_numpy() & ~np.uint64(0xFFF))
     part(mm, "mmio", _labels(sub.assign(write=sub["op"] == MmioOp.WRITE), ["gpa", "write"],
                              lambda g, w: f"{int(g):#x} {'write' if w else 'read'}"))
     if devmap is not None and len(sub):

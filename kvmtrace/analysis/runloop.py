@@ -99,6 +99,8 @@ USERSPACE_RUNS_COLUMNS: dict[str, str] = {
     "len": "uint32",
     "run_ts_ns": "int64",
     "service_ns": "int64",
+    "member": "category",
+    "values": "category",
 }
 
 #: What works where kvm_exit does not fire (nested hosts), as the refusals say it.
@@ -127,7 +129,9 @@ _BASE_COLUMNS = ("ts_ns", "pid", "tid", "kind")
 
 
 def _cat(codes: np.ndarray, categories: Iterable[str]) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes.astype(np.int8, copy=False), categories=list(categories))
+    categories = list(categories)
+    return pd.Categorical.from_codes(codes.astype(np.int8 if len(categories) < 128 else np.int32, copy=False),
+                                     categories=categories)
 
 
 def _check_columns(ev: pd.DataFrame, needed: Iterable[str], analysis: str) -> None:
@@ -383,6 +387,11 @@ def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = Non
     run_ts_ns    int64    the thread's next KVM_RUN, -1 if another userspace
                           exit or the end of the trace comes first
     service_ns   int64    run_ts_ns - ts_ns (the VMM's service time), -1 if none
+    member       category the kvm_run member read ("io", "mmio", "internal",
+                          "emulation_failure", "system_event", ...; "" if none)
+    values       category that member's decoded values for exits other than
+                          IO/MMIO ("suberror=1 (EMULATION), ndata=8, ..."; see
+                          tables.exits.runfields), "" otherwise
     ============ ======== =======================================================
 
     ``domains`` is the trace header's ``domains`` list (``Trace.domains``),
@@ -435,7 +444,38 @@ def userspace_runs(events: pd.DataFrame, domains: Iterable[Mapping] | None = Non
         "run_ts_ns": run_ts,
         "service_ns": service,
     }
-    return _frame(cols, order, "run", USERSPACE_RUNS_COLUMNS, {"direction": DIRECTIONS})
+    member, values, cats = _member_values(rr, code, known, is_io, is_mmio)
+    cols.update(member=member, values=values)
+    return _frame(cols, order, "run", USERSPACE_RUNS_COLUMNS, {"direction": DIRECTIONS, **cats})
+
+
+def _member_values(rr, code: np.ndarray, known: np.ndarray, is_io: np.ndarray,
+                   is_mmio: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Codes of the member and values columns of userspace_runs, and their categories."""
+    from kvmtrace.kernel.events import RUN_UNION_BYTES, RUN_UNION_COLUMNS
+    from kvmtrace.tables.exits.runfields import decode, describe
+
+    members, texts = ["", "io", "mmio"], [""]
+    member = np.where(is_io, 1, np.where(is_mmio, 2, 0))
+    values = np.zeros(len(code), dtype=np.int64)
+    union = known & ((rr.get("flags") & int(EventFlag.RUN_UNION)) != 0)
+    rows = np.flatnonzero(union)
+    if len(rows) and all(c in rr.s.ev.columns for c in RUN_UNION_COLUMNS):
+        keys = pd.DataFrame({"code": code[rows], **{c: rr.get(c)[rows] for c in RUN_UNION_COLUMNS}})
+        group, distinct = pd.MultiIndex.from_frame(keys).factorize()
+        m_of, t_of = [], []
+        for c, *words in distinct:
+            m, v = decode(int(c), [int(w) for w in words], RUN_UNION_BYTES)
+            if m not in members:
+                members.append(m)
+            t = describe(v)
+            if t not in texts:
+                texts.append(t)
+            m_of.append(members.index(m))
+            t_of.append(texts.index(t))
+        member[rows] = np.asarray(m_of)[group]
+        values[rows] = np.asarray(t_of)[group]
+    return member, values, {"member": members, "values": texts}
 
 
 def unpaired(events: pd.DataFrame, order: ThreadOrder | None = None) -> dict[str, int]:

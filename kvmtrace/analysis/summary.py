@@ -475,8 +475,16 @@ def mmio(ev: pd.DataFrame, pairing: Pairing | None = None, completions: np.ndarr
     """
     k, w = kinds_and_weights(ev)
     if _is_aggregate(ev):
-        keys, d, u, n = _split_user(k, w, ev, EventKind.MMIO, ["gpa", "size"], MmioOp.WRITE)
-        return _io_rows(keys, ["gpa", "len"], u, n, d)
+        # Rows counted per page (the kernel's exact-address table was full) stay apart from addresses.
+        page = (ev["flags"].to_numpy() & int(EventFlag.MMIO_PAGE)) != 0
+        if not page.any():
+            keys, d, u, n = _split_user(k, w, ev, EventKind.MMIO, ["gpa", "size"], MmioOp.WRITE)
+            return _io_rows(keys, ["gpa", "len"], u, n, d)
+        ev = pd.DataFrame({"gpa": ev["gpa"], "size": ev["size"], "op": ev["op"], "reason": ev["reason"],
+                           "err": ev["err"], "flags": ev["flags"], "per_page": page.astype(np.uint8)})
+        keys, d, u, n = _split_user(k, w, ev, EventKind.MMIO, ["gpa", "size", "per_page"], MmioOp.WRITE)
+        df = _io_rows(keys, ["gpa", "len", "per_page"], u, n, d)
+        return df.astype({"per_page": bool})
     pairing, completions = _paired(ev, pairing, completions)
     sel = np.flatnonzero((k == EventKind.MMIO) & ~completions)
     return _io_rows([ev["gpa"].to_numpy()[sel], ev["size"].to_numpy()[sel]], ["gpa", "len"],

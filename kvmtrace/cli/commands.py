@@ -32,8 +32,12 @@ def record(args) -> int:
 
     if args.domain is None and not args.all_domains and not args.dry_run:
         raise UsageError("record needs --domain NAME|UUID|ID or --all", "list domains with virsh list --all")
+    if args.mmio_addresses is not None and args.mode != "counts":
+        raise UsageError("--mmio-addresses applies to --mode counts only",
+                         "add --mode counts, or drop it (events mode keeps every address)")
     opts = _record_options(args, domain=args.domain, all_domains=args.all_domains, dry_run=args.dry_run,
-                           mode=args.mode, label=args.label, vcpu_time=args.vcpu_time)
+                           mode=args.mode, label=args.label, max_mmio_addresses=args.mmio_addresses,
+                           vcpu_time=args.vcpu_time)
     if args.start:
         from kvmtrace.record.launch import start_defined
 
@@ -165,8 +169,11 @@ def compare(args) -> int:
     from kvmtrace.trace import load_for_report
 
     window = args.window if args.method == "bootstrap" else None
+    tb, tn = (load_for_report(p, rates=True, window_s=window) for p in (args.base, args.new))
+    # MMIO by page in both when one run kept no addresses (an old counts recording).
+    mmio = "page" if "page" in (tb.mmio_granularity, tn.mmio_granularity) else None
     # Each run's rate tables gathered batch by batch: memory independent of the runs' lengths.
-    base, new = (load_for_report(p, rates=True, window_s=window).run_rates(window) for p in (args.base, args.new))
+    base, new = tb.run_rates(window, mmio), tn.run_rates(window, mmio)
     if window is not None:
         _check_windows(base, new, window)
     df = compare(base, new, threshold_pct=args.threshold, alpha=args.alpha, method=args.method)
@@ -175,6 +182,7 @@ def compare(args) -> int:
     if args.format == "json":
         print(json.dumps({"base": base.label, "new": new.label, "method": args.method, "alpha": args.alpha,
                           "threshold_pct": args.threshold, "regression": regression,
+                          "mmio_granularity": base.mmio_granularity, "left_out": df.attrs.get("left_out", []),
                           "causes": [{"dimension": str(r["dimension"]), "key": str(r["key"]),
                                       "change_pct": round(float(r["change_pct"]), 3)
                                       if math.isfinite(r["change_pct"]) else None,
@@ -187,6 +195,9 @@ def compare(args) -> int:
         if len(causes):
             print("regression in " + "; ".join(describe_cause(r) for r in causes.to_dict("records"))
                   + " (rows that contain it, by device, exit reason or vCPU, rose with it)")
+        if mmio == "page":
+            coarse = " and ".join(t.label for t in (tb, tn) if t.mmio_granularity == "page")
+            print(f"note: MMIO compared per 4 KiB page ({coarse} counted no finer)")
         sys.stdout.write(format_text(df))
     return ExitCode.REGRESSION if regression else ExitCode.OK
 

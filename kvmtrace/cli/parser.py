@@ -28,6 +28,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(int(ExitCode.USAGE), f"kvmtrace: error: {message} (see {self.prog} --help)\n")
 
 
+def _count(text: str) -> int:
+    """A whole number >= 1 (argparse type): anything else is a usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or n > 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {1 << 20}")
+    return n
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -143,6 +154,9 @@ def _record(sub) -> None:
     r.add_argument("--mode", choices=["events", "counts"], default="events",
                    help="events: every event to the file (default); counts: aggregate in the kernel, "
                         "written each second (cheapest; no per-event timeline)")
+    r.add_argument("--mmio-addresses", type=_count, metavar="N",
+                   help="counts mode: count MMIO per exact address for the first N addresses (default 4096), "
+                        "any further address per 4 KiB page (counted exactly, and reported)")
     r.add_argument("--start", action="store_true",
                    help="start the defined, inactive --domain paused and record it from its first instruction")
     r.add_argument("--dry-run", action="store_true", help="build, attach and detach the probes, then exit")

@@ -111,6 +111,21 @@ MAX_TICK_HZ = 10000
 """Highest ``Workload.tick_hz``.  KVM itself limits a periodic PIT to one tick
 per ``kvm.min_timer_period_us`` (200 us by default, i.e. 5000 Hz)."""
 
+ENDINGS = ("debug_exit", "emulation_failure", "triple_fault")
+"""How a finite ROM ends (rom.asm's ENDING 0, 1, 2): isa-debug-exit; lidt of an
+empty IDT and int3 (KVM_EXIT_INTERNAL_ERROR, suberror 1, on a host whose KVM
+emulates every instruction, as the development machines: measured); the same
+and ud2 (a triple fault: KVM_EXIT_SHUTDOWN, measured there too)."""
+
+MAX_VCPUS = 8
+AP_WRITES = (59, 61, 67, 71, 73, 79, 83)
+"""Port 0x80 writes of the application processor with APIC id k (1..7): AP_WRITES[k - 1]."""
+LAPIC_ID = 0xFEE00020  # 4-byte read by each AP: its APIC id (in-kernel APIC)
+LAPIC_ICR = 0xFEE00300  # 4-byte writes by the BSP: INIT, SIPI, SIPI
+
+IRQCHIPS = ("kernel", "off")
+"""Where the interrupt controllers are: KVM's (the default) or QEMU's (kernel_irqchip=off)."""
+
 _MAX_COUNT = 2**31
 QEMU_XML_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _DEBUG_EXIT_DEVICE = f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1"
@@ -150,10 +165,21 @@ class Workload:
     ioapic_writes: int = 137  # 4-byte write 0xFEC00000 (in-kernel IOAPIC)
     steady: bool = False
     tick_hz: int = 0  # passes per second (paced steady mode); 0: unpaced
+    irqs: int = 0  # finite: PIT interrupts to wait for (sti; hlt) before the pass; needs tick_hz
+    ending: str = "debug_exit"  # finite: "debug_exit", "emulation_failure" or "triple_fault"
+    vcpus: int = 1  # 2..8: the BSP starts the APs, AP k writes port 0x80 AP_WRITES[k - 1] times
 
     def __post_init__(self) -> None:
+        if self.ending not in ENDINGS:
+            raise ValueError(f"Workload.ending must be one of {', '.join(ENDINGS)}, not {self.ending!r}")
+        if self.ending != "debug_exit" and self.steady:
+            raise ValueError(f"Workload.ending={self.ending!r} needs steady=False: a steady guest never ends")
+        if not isinstance(self.vcpus, int) or isinstance(self.vcpus, bool) or not 1 <= self.vcpus <= MAX_VCPUS:
+            raise ValueError(f"Workload.vcpus must be in 1 .. {MAX_VCPUS}, not {self.vcpus!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "ending":
+                continue
             if field.name == "steady":
                 if not isinstance(value, bool):
                     raise TypeError(f"Workload.steady must be a bool, not {value!r}")
@@ -172,11 +198,13 @@ class Workload:
                 raise ValueError(
                     f"Workload.{field.name} must be in 0 .. 2**31-1, not {value}"
                 )
-        if self.tick_hz and not self.steady:
+        if self.tick_hz and not self.steady and not self.irqs:
             raise ValueError(
-                f"Workload.tick_hz={self.tick_hz} needs steady=True: only the endless"
-                " steady loop is paced"
+                f"Workload.tick_hz={self.tick_hz} needs steady=True (the endless paced loop)"
+                " or irqs > 0 (a finite run that waits for that many interrupts)"
             )
+        if self.irqs and (self.steady or not self.tick_hz):
+            raise ValueError(f"Workload.irqs={self.irqs} needs tick_hz > 0 and steady=False")
 
     @property
     def irqs_per_tick(self) -> int:
@@ -203,9 +231,18 @@ class Workload:
         return PIT_HZ / (divisor * k) if k else 0.0
 
     def defines(self) -> dict[str, int]:
-        """The nasm ``-D`` defines that build this workload (see rom.asm)."""
+        """The nasm ``-D`` defines that build this workload (see rom.asm).
+
+        The ending, interrupts and vCPUs are only defined when not their
+        defaults, so the default ROMs are the images built before they existed.
+        """
         values = dataclasses.asdict(self)
-        return {name.upper(): int(value) for name, value in values.items()}
+        values["ending"] = ENDINGS.index(self.ending)
+        out = {name.upper(): int(value) for name, value in values.items()}
+        for name, default in (("ENDING", 0), ("IRQS", 0), ("VCPUS", 1)):
+            if out[name] == default:
+                del out[name]
+        return out
 
 
 def _pit_setting(tick_hz: int) -> tuple[int, int]:
@@ -335,47 +372,92 @@ def _with_exits(pio: dict, mmio: dict) -> dict[str, dict]:
     return {"pio": pio, "mmio": mmio, "userspace_exits": exits}
 
 
-def expected(workload: Workload) -> dict[str, dict]:
+def expected(workload: Workload, irqchip: str = "kernel") -> dict[str, dict]:
     """Ground truth for ONE run of *workload*'s ROM, as the kernel sees it.
 
     Returns ``{"pio": {(port, "write"|"read", size, userspace): n},
     "mmio": {(gpa, "write"|"read", length, userspace): n},
-    "userspace_exits": {"IO": n, "MMIO": m}}``, where ``userspace`` tells
+    "userspace_exits": {"IO": n, "MMIO": m, ...}}``, where ``userspace`` tells
     whether the access is handed to the VMM (a ``KVM_EXIT_IO``/``KVM_EXIT_MMIO``
     exit of ``KVM_RUN``) or handled in the kernel.  Kinds with a count of 0 are
     left out, so the dicts compare equal to counters of what was observed.
 
-    For a finite workload this includes the final write of 0 to port 0xF4
-    (isa-debug-exit).  For a steady workload it describes one pass of the
-    endless loop (no 0xF4 write).  For a paced workload (``tick_hz > 0``) it
-    is :func:`expected_per_tick`: one pass plus its EOI write(s) to port 0x20;
-    the one-time setup is :func:`expected_setup`.
+    For a finite workload this includes its ending: the final write of 0 to
+    port 0xF4 (isa-debug-exit), one ``INTERNAL_ERROR`` or one ``SHUTDOWN``
+    userspace exit (see :data:`ENDINGS`).  For a steady workload it describes
+    one pass of the endless loop (no ending).  For a paced workload
+    (``tick_hz > 0``, steady) it is :func:`expected_per_tick`: one pass plus
+    its EOI write(s) to port 0x20; the one-time setup is
+    :func:`expected_setup`.  A finite workload with ``irqs`` includes that
+    setup and its ``irqs`` EOIs; with ``vcpus > 1`` it is the sum over the
+    vCPUs of :func:`expected_by_vcpu`.
+
+    ``irqchip="off"`` (QEMU's PIC, PIT, IOAPIC and local APIC: the domain's
+    kernel_irqchip=off) hands every access to the VMM, and each of the
+    ``irqs`` waits is one more userspace exit, HLT or IRQ_WINDOW_OPEN
+    (which, depends on timing): ``"interrupt_waits": irqs`` counts them
+    together.
 
     Each access is one exit and one ``kvm_pio`` or ``kvm_mmio`` event, except an
     MMIO read completed by the VMM (the HPET reads): ``kvm_mmio`` fires twice for
     it, "unsatisfied-read" when KVM hands it to userspace and "read" when the
     answer comes back.  It is counted once here.
     """
+    total: dict[str, dict] = {"pio": {}, "mmio": {}, "userspace_exits": {}}
+    for part in expected_by_vcpu(workload, irqchip).values():
+        for table, counts in part.items():
+            for key, n in counts.items():
+                _add(total.setdefault(table, {}), key, n)
+    return total
+
+
+def expected_by_vcpu(workload: Workload, irqchip: str = "kernel") -> dict[int, dict[str, dict]]:
+    """:func:`expected` per vCPU (its index, the APIC id): the BSP (0) does
+    everything but the APs' work; AP k reads its APIC id and writes port 0x80
+    ``AP_WRITES[k - 1]`` times.  Every vCPU of the domain has an entry."""
+    if irqchip not in IRQCHIPS:
+        raise ValueError(f"irqchip must be one of {', '.join(IRQCHIPS)}, not {irqchip!r}")
     w = workload
+    user = irqchip == "off"  # everything the kernel would emulate is QEMU's
     pio: dict[tuple[int, str, int, bool], int] = {}
     mmio: dict[tuple[int, str, int, bool], int] = {}
     add = _add
 
+    if w.vcpus > 1:
+        add(mmio, (LAPIC_SVR, "write", 4, user), 1)
+        add(mmio, (LAPIC_ICR, "write", 4, user), 3)
+    if w.irqs:
+        setup = expected_setup(w, irqchip)
+        for key, n in setup["pio"].items():
+            add(pio, key, n)
+        for key, n in setup["mmio"].items():
+            add(mmio, key, n)
     add(pio, (PORT_DELAY, "write", 1, True), w.port_writes)
     add(pio, (PORT_RTC, "read", 1, True), w.rtc_reads)
-    add(pio, (PORT_PIT_CMD, "write", 1, False), w.pit_writes)
-    add(pio, (PORT_PIT0, "read", 1, False), w.pit_reads)
-    if not w.steady:
+    add(pio, (PORT_PIT_CMD, "write", 1, user), w.pit_writes)
+    add(pio, (PORT_PIT0, "read", 1, user), w.pit_reads)
+    if not w.steady and w.ending == "debug_exit":
         add(pio, (DEBUG_EXIT_PORT, "write", 1, True), 1)
     # Paced: the timer handler's EOI, once per PIT interrupt (in-kernel PIC).
-    add(pio, (PORT_PIC1, "write", 1, False), w.irqs_per_tick)
+    add(pio, (PORT_PIC1, "write", 1, user), w.irqs if w.irqs else w.irqs_per_tick)
     add(mmio, (HPET_CONFIG, "write", 4, True), w.hpet_writes)
     add(mmio, (HPET_CAPS, "read", 4, True), w.hpet_reads)
-    add(mmio, (IOAPIC_REGSEL, "write", 4, False), w.ioapic_writes)
-    return _with_exits(pio, mmio)
+    add(mmio, (IOAPIC_REGSEL, "write", 4, user), w.ioapic_writes)
+    out = {0: _with_exits(pio, mmio)}
+    if not w.steady and w.ending != "debug_exit":
+        out[0]["userspace_exits"]["INTERNAL_ERROR" if w.ending == "emulation_failure" else "SHUTDOWN"] = 1
+    if user and w.irqs:
+        out[0]["interrupt_waits"] = {"HLT or IRQ_WINDOW_OPEN": w.irqs}
+    for k in range(1, w.vcpus):
+        ap_pio: dict = {}
+        ap_mmio: dict = {}
+        add(ap_mmio, (LAPIC_ID, "read", 4, user), 1)
+        add(ap_pio, (PORT_DELAY, "write", 1, True), AP_WRITES[k - 1])
+        out[k] = _with_exits(ap_pio, ap_mmio)
+    return out
 
 
-def expected_setup(workload: Workload) -> dict[str, dict]:
+def expected_setup(workload: Workload, irqchip: str = "kernel") -> dict[str, dict]:
     """The one-time accesses a paced ROM makes before its first pass.
 
     Same shape as :func:`expected`; all of them are emulated in the kernel
@@ -394,15 +476,16 @@ def expected_setup(workload: Workload) -> dict[str, dict]:
     """
     pio: dict[tuple[int, str, int, bool], int] = {}
     mmio: dict[tuple[int, str, int, bool], int] = {}
+    user = irqchip == "off"
     if workload.tick_hz:
-        _add(mmio, (LAPIC_SVR, "write", 4, False), 1)
-        _add(mmio, (LAPIC_LVT0, "write", 4, False), 1)
-        _add(pio, (PORT_PIC1, "write", 1, False), 1)
-        _add(pio, (PORT_PIC1_DATA, "write", 1, False), 4)
-        _add(pio, (PORT_PIC2, "write", 1, False), 1)
-        _add(pio, (PORT_PIC2_DATA, "write", 1, False), 4)
-        _add(pio, (PORT_PIT_CMD, "write", 1, False), 1)
-        _add(pio, (PORT_PIT0, "write", 1, False), 2)
+        _add(mmio, (LAPIC_SVR, "write", 4, user), 1)
+        _add(mmio, (LAPIC_LVT0, "write", 4, user), 1)
+        _add(pio, (PORT_PIC1, "write", 1, user), 1)
+        _add(pio, (PORT_PIC1_DATA, "write", 1, user), 4)
+        _add(pio, (PORT_PIC2, "write", 1, user), 1)
+        _add(pio, (PORT_PIC2_DATA, "write", 1, user), 4)
+        _add(pio, (PORT_PIT_CMD, "write", 1, user), 1)
+        _add(pio, (PORT_PIT0, "write", 1, user), 2)
     return _with_exits(pio, mmio)
 
 
@@ -436,11 +519,17 @@ def qemu_argv(
     debug_exit: bool = True,
     paused: bool = False,
     qemu: str = "qemu-system-x86_64",
+    vcpus: int = 1,
+    irqchip: str = "kernel",
 ) -> list[str]:
-    """Argument list that runs the ROM in a bare QEMU (no libvirt), under KVM."""
+    """Argument list that runs the ROM in a bare QEMU (no libvirt), under KVM.
+
+    ``irqchip="off"``: QEMU emulates the PIC, PIT, IOAPIC and local APIC
+    (``kernel_irqchip=off``; QEMU 7.2 warns that this is deprecated)."""
+    machine = "pc" + (",kernel_irqchip=off" if irqchip == "off" else "")
     argv = [
-        qemu, "-enable-kvm", "-machine", "pc", "-m", str(memory_mib),
-        "-bios", os.fspath(rom_path), "-display", "none", "-nodefaults",
+        qemu, "-enable-kvm", "-machine", machine, "-m", str(memory_mib), "-smp", str(vcpus),
+        "-bios", os.fspath(rom_path), "-display", "none", "-nodefaults", "-no-reboot",
     ]
     if debug_exit:
         argv += ["-device", _DEBUG_EXIT_DEVICE]
@@ -455,15 +544,18 @@ def domain_xml(
     memory_mib: int = 16,
     debug_exit: bool = True,
     uuid: str | _uuid.UUID | None = None,
+    vcpus: int = 1,
+    irqchip: str = "kernel",
 ) -> str:
     """libvirt domain XML that runs the ROM at *rom_path* as the whole guest.
 
-    ``type='kvm'``, one vCPU, *memory_mib* MiB, machine ``pc``, no disks, no
+    ``type='kvm'``, *vcpus* vCPUs, *memory_mib* MiB, machine ``pc``, no disks, no
     display, no balloon or USB controller.  With *debug_exit* the domain gets
     QEMU's isa-debug-exit device (through ``<qemu:commandline>``, which makes
     libvirt log "tainted: custom-argv"), so a finite ROM ends its own domain.
     Without *rom_path*, the default :class:`Workload`'s ROM is built first
-    with :func:`build_rom`.
+    with :func:`build_rom`. ``irqchip="off"`` adds ``-machine
+    kernel_irqchip=off`` (QEMU's interrupt controllers) to the command line.
     """
     if not isinstance(name, str) or not name or "/" in name or name != name.strip():
         raise ValueError(f"bad domain name {name!r}")
@@ -476,14 +568,19 @@ def domain_xml(
     uuid_xml = ""
     if uuid is not None:
         uuid_xml = f"\n  <uuid>{_uuid.UUID(str(uuid))}</uuid>"
-    commandline = ""
+    if irqchip not in IRQCHIPS:
+        raise ValueError(f"irqchip must be one of {', '.join(IRQCHIPS)}, not {irqchip!r}")
+    if not isinstance(vcpus, int) or isinstance(vcpus, bool) or not 1 <= vcpus <= MAX_VCPUS:
+        raise ValueError(f"vcpus must be in 1 .. {MAX_VCPUS}, not {vcpus!r}")
+    args = []
     if debug_exit:
-        commandline = (
-            "\n  <qemu:commandline>"
-            "\n    <qemu:arg value='-device'/>"
-            f"\n    <qemu:arg value='{_DEBUG_EXIT_DEVICE}'/>"
-            "\n  </qemu:commandline>"
-        )
+        args += ["-device", _DEBUG_EXIT_DEVICE]
+    if irqchip == "off":  # libvirt has no element for it; QEMU merges -machine options
+        args += ["-machine", "kernel_irqchip=off"]
+    commandline = ""
+    if args:
+        commandline = ("\n  <qemu:commandline>" + "".join(f"\n    <qemu:arg value='{a}'/>" for a in args)
+                       + "\n  </qemu:commandline>")
     template_text = _resource("domain.xml").read_text(encoding="utf-8")
     if template_text.startswith("<!--"):  # the template's own comment: not for libvirt
         template_text = template_text.split("-->", 1)[1].lstrip()
@@ -492,6 +589,7 @@ def domain_xml(
         name=_xml_escape(name),
         uuid=uuid_xml,
         memory_mib=memory_mib,
+        vcpus=vcpus,
         rom_path=_xml_escape(rom),
         qemu_commandline=commandline,
     )

@@ -89,6 +89,36 @@
 ; KVM also limits a periodic PIT to one tick per kvm.min_timer_period_us
 ; (200 us by default: 5000 Hz).
 ;
+; FINITE ENDINGS (STEADY=0), ENDING=
+;   0  write 0 to port 0xF4 (isa-debug-exit), as above (the default);
+;   1  an emulation failure: lidt of a zero-limit IDT, then int3.  On a host
+;      whose KVM emulates every guest instruction (the development machines)
+;      this is one KVM_EXIT_INTERNAL_ERROR, suberror 1 (EMULATION); QEMU stops
+;      the vCPU and the domain stays paused;
+;   2  a triple fault: lidt of a zero-limit IDT, then ud2 (#UD, then #GP and
+;      #DF find no IDT either): one KVM_EXIT_SHUTDOWN, measured on the
+;      development machines too; QEMU resets, libvirt (on_reboot=destroy) ends
+;      the domain.
+;
+; FINITE INTERRUPTS (STEADY=0, IRQS=n > 0, needs TICK_HZ): after the paced
+; mode's setup (below), wait for n PIT interrupts, one per "sti; nop; nop;
+; hlt", before the pass; every odd one is first left pending: a spin of SPIN
+; iterations with IF=0 that outlasts a tick.  With the irqchip in the kernel nothing of
+; the wait leaves the kernel but the n EOIs; with kernel_irqchip=off every
+; PIC/PIT/IOAPIC/LAPIC access is QEMU's and each of the n waits is one
+; userspace exit, KVM_EXIT_HLT (the vCPU halted before the tick) or
+; KVM_EXIT_IRQ_WINDOW_OPEN (the tick was pending at sti).
+;
+; SEVERAL vCPUs (VCPUS=n, 2..8): before anything else the bootstrap processor
+; enables its local APIC (SVR, as below), copies a real-mode trampoline to
+; RAM at TRAMPOLINE (4 KiB aligned, below 1 MiB) and starts the application
+; processors with INIT, SIPI, SIPI (three 4-byte writes to the in-kernel
+; APIC's ICR low, 0xFEE00300, "all excluding self").  Each AP switches to
+; protected mode, reads its APIC id (one 4-byte read of 0xFEE00020, in the
+; kernel) and writes port 0x80 AP_WRITES[id] times (ap_counts below: 59, 61,
+; 67, ... for ids 1, 2, 3, ...), counts itself done in RAM and halts for ever
+; (cli; hlt, in the kernel).  The BSP waits for all of them, then goes on.
+;
 ; Every value written is harmless: 0x00 to port 0x43 is a counter-latch command
 ; for PIT channel 0 (the PIT keeps its mode and count); 0 written to the HPET's
 ; general configuration register keeps the HPET disabled; 0 written to the
@@ -121,6 +151,15 @@
 %ifndef TICK_HZ
   %define TICK_HZ 0
 %endif
+%ifndef ENDING
+  %define ENDING 0
+%endif
+%ifndef IRQS
+  %define IRQS 0
+%endif
+%ifndef VCPUS
+  %define VCPUS 1
+%endif
 
 ; Counts are used as unsigned 32-bit loop counters; the Python side keeps them
 ; below 2^31.  Reject anything else here too, for hand-made builds.
@@ -142,8 +181,18 @@ check_count IOAPIC_WRITES
 %if (TICK_HZ) < 0 || (TICK_HZ) > 10000
   %error "TICK_HZ must be in 0 .. 10000"
 %endif
-%if (TICK_HZ) != 0 && STEADY == 0
-  %error "TICK_HZ needs STEADY=1 (a paced run never ends)"
+%if (TICK_HZ) != 0 && STEADY == 0 && (IRQS) == 0
+  %error "TICK_HZ needs STEADY=1 (a paced run never ends) or IRQS > 0"
+%endif
+%if (IRQS) != 0 && ((TICK_HZ) == 0 || STEADY != 0)
+  %error "IRQS needs TICK_HZ and STEADY=0"
+%endif
+check_count IRQS
+%if ENDING < 0 || ENDING > 2
+  %error "ENDING must be 0 (isa-debug-exit), 1 (emulation failure) or 2 (triple fault)"
+%endif
+%if (VCPUS) < 1 || (VCPUS) > 8
+  %error "VCPUS must be in 1 .. 8"
 %endif
 
 PIT_HZ      equ 1193182         ; the PIT's input clock (KVM's KVM_PIT_FREQ)
@@ -190,6 +239,16 @@ SPURIOUS    equ 0x2F            ; the LAPIC's spurious vector (low nibble 0xF)
 
 HPET_BASE   equ 0xFED00000      ; QEMU's HPET: emulated in userspace
 IOAPIC_BASE equ 0xFEC00000      ; KVM's IOAPIC: emulated in the kernel
+
+LAPIC_ID    equ 0x20            ; APIC id register (bits 31:24)
+LAPIC_ICR   equ 0x300           ; interrupt command register, low half
+ICR_INIT    equ 0x000C4500      ; INIT, level assert, all excluding self
+ICR_SIPI    equ 0x000C4600      ; start-up IPI, all excluding self (| vector)
+TRAMPOLINE  equ 0x8000          ; the APs' real-mode start (SIPI vector 0x08)
+AP_DONE     equ 0x7000          ; RAM: APs that have finished
+%ifndef SPIN
+  %define SPIN 20000            ; IRQS: iterations that outlast a tick here
+%endif
 
 SEL_CODE    equ 0x08
 SEL_DATA    equ 0x10
@@ -262,6 +321,22 @@ pm32:
         mov     es, ax
         mov     ss, ax
 
+%if VCPUS > 1
+        ; Start the APs (see the top of this file) and wait until they are done.
+        mov     dword [LAPIC_BASE + LAPIC_SVR], 0x100 | SPURIOUS
+        mov     dword [AP_DONE], 0
+        mov     esi, ROM_BASE + ap_tramp
+        mov     edi, TRAMPOLINE
+        mov     ecx, ap_tramp_end - ap_tramp
+        rep     movsb
+        mov     dword [LAPIC_BASE + LAPIC_ICR], ICR_INIT
+        mov     dword [LAPIC_BASE + LAPIC_ICR], ICR_SIPI | (TRAMPOLINE >> 12)
+        mov     dword [LAPIC_BASE + LAPIC_ICR], ICR_SIPI | (TRAMPOLINE >> 12)
+.wait_aps:
+        cmp     dword [AP_DONE], VCPUS - 1
+        jb      .wait_aps
+%endif
+
 %if TICK_HZ
         ; Paced mode: stack, IDT, PIC, PIT (see the top of this file).  IF
         ; stays 0 throughout; nothing is delivered before the first sti.
@@ -311,6 +386,27 @@ pm32:
         xor     edi, edi                ; the count at which the next pass is due
 %endif
 
+%if IRQS
+        ; Finite interrupts: IRQS waits, every odd one with its tick pending.
+tick_wait:
+        cmp     ebp, IRQS
+        jae     irqs_done
+        test    ebp, 1
+        jz      .now
+        mov     ecx, SPIN
+.spin:
+        dec     ecx
+        jnz     .spin
+.now:
+        sti                             ; IF = 1 after the next instruction:
+        nop                             ; ... this one
+        nop                             ; a pending tick is taken here (or before)
+        hlt                             ; else the vCPU halts until it comes
+        cli
+        jmp     tick_wait
+irqs_done:
+%endif
+
 pass:
         xor     eax, eax                ; al = 0: the value every out writes
 
@@ -346,12 +442,70 @@ tick_due:
   %endif
         jmp     pass
 %else
+  %if ENDING == 0
         xor     eax, eax
         out     PORT_EXIT, al           ; isa-debug-exit: QEMU exits with status 1
+  %elif ENDING == 1
+        lidt    [ROM_BASE + null_idt]   ; no IDT at all ...
+        int3                            ; ... and an interrupt: emulation failure here
+  %else
+        lidt    [ROM_BASE + null_idt]
+        ud2                             ; #UD -> #GP -> #DF -> triple fault: shutdown
+  %endif
 .halt:                                  ; without that device: stop here quietly
         cli
         hlt
         jmp     .halt
+null_idt:
+        dw      0                       ; limit 0: no vector is present
+        dd      0
+%endif
+
+%if VCPUS > 1
+; ---------------------------------------------------------------------------
+; The APs: the real-mode trampoline (copied to TRAMPOLINE; CS = TRAMPOLINE >> 4,
+; so its own labels are CS offsets from ap_tramp) and their protected-mode work.
+; ---------------------------------------------------------------------------
+        bits    16
+ap_tramp:
+        cli
+        o32 lgdt [cs:ap_gdt_desc - ap_tramp]
+        mov     eax, cr0
+        or      al, 1
+        mov     cr0, eax
+        jmp     dword SEL_CODE:(ROM_BASE + ap_pm32)
+ap_gdt_desc:
+        dw      gdt_end - gdt - 1
+        dd      ROM_BASE + gdt
+ap_tramp_end:
+
+        bits    32
+ap_pm32:
+        mov     ax, SEL_DATA
+        mov     ds, ax
+        mov     es, ax
+        mov     ss, ax
+        mov     eax, [LAPIC_BASE + LAPIC_ID]
+        shr     eax, 24                 ; this AP's APIC id
+        and     eax, 7
+        mov     ecx, [ROM_BASE + ap_counts + eax * 4]
+        xor     eax, eax
+        test    ecx, ecx
+        jz      .done
+.writes:
+        out     PORT_DELAY, al
+        dec     ecx
+        jnz     .writes
+.done:
+        lock inc dword [AP_DONE]
+.halt:
+        cli
+        hlt
+        jmp     .halt
+
+        align   4
+ap_counts:                              ; port 0x80 writes by APIC id (guest.AP_WRITES)
+        dd      0, 59, 61, 67, 71, 73, 79, 83
 %endif
 
 %if TICK_HZ
@@ -402,6 +556,15 @@ tag:
         db      " hpet_reads=", %str(HPET_READS)
         db      " ioapic_writes=", %str(IOAPIC_WRITES)
         db      " steady=", %str(STEADY)
+%if ENDING
+        db      " ending=", %str(ENDING)
+%endif
+%if IRQS
+        db      " irqs=", %str(IRQS)
+%endif
+%if VCPUS > 1
+        db      " vcpus=", %str(VCPUS)
+%endif
 %if TICK_HZ
         db      " tick_hz=", %str(TICK_HZ)
         db      " pit_divisor=", %str(PIT_DIVISOR)

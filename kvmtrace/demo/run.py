@@ -18,7 +18,7 @@ def _owned_by_us(dom) -> bool:
 
 
 def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, paused: bool = False,
-               replace: bool = True, debug_exit: bool = True):
+               replace: bool = True, irqchip: str = "kernel", debug_exit: bool = True):
     """Create the demo domain from its XML through libvirt (virDomainCreateXML).
 
     A running domain of the same name that is a kvmtrace demo guest is
@@ -38,7 +38,8 @@ def start_demo(workload: Workload, uri: str, name: str = DEFAULT_DOMAIN_NAME, pa
             )
         old.destroy()
     try:
-        dom = create(conn, domain_xml(name=name, rom_path=str(rom), debug_exit=debug_exit), paused=paused)
+        dom = create(conn, domain_xml(name=name, rom_path=str(rom), vcpus=workload.vcpus, irqchip=irqchip,
+                                      debug_exit=debug_exit), paused=paused)
     except LibvirtError as e:
         raise LibvirtError(str(e).replace("the domain", "the demo guest")) from e
     return conn, dom

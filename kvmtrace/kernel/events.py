@@ -77,6 +77,12 @@ class EventFlag(enum.IntFlag):
     VALUE = 2  # the ``value`` column holds the guest's data (--values)
     RUN_FIELDS = 4  # a userspace exit with its kvm_run member read from the VMM
     PREEMPT = 8  # a SCHED_SWITCH out that was a preemption (sched_switch's ``preempt``)
+    # A userspace exit other than IO/MMIO whose union member's first RUN_UNION_BYTES
+    # are in rip, info1, info2, gpa, value (words 0..4; tables/exits/runfields decodes them).
+    RUN_UNION = 16
+    # Counts mode: an MMIO row counted per page (``gpa`` is the page's address) because
+    # the exact-address table (MAX_MMIO_ADDRESSES) was full when the address came.
+    MMIO_PAGE = 32
 
 
 class SchedOp(enum.IntEnum):
@@ -144,9 +150,17 @@ KVM_RUN_UNION_OFFSET = 32
 NR_IOCTL = 16
 #: ``vcpu`` of an event whose tracepoint carries no vCPU id.
 NO_VCPU = 0xFFFFFFFF
-#: Counts mode counts MMIO per guest page of this many bytes: the ``gpa`` of
-#: an MMIO aggregate (and of an MMIO userspace exit's) is its page's address.
+#: Counts mode counts MMIO per exact address for the first MAX_MMIO_ADDRESSES
+#: addresses it sees; accesses to any other address are counted per guest page
+#: of this many bytes (their rows carry EventFlag.MMIO_PAGE).
 MMIO_PAGE_SIZE = 4096
+#: How many distinct MMIO addresses counts mode counts exactly (per recording).
+MAX_MMIO_ADDRESSES = 4096
+#: Bytes of the kvm_run union a userspace exit other than IO/MMIO carries
+#: (EventFlag.RUN_UNION): five u64 words, in the event's rip, info1, info2, gpa, value.
+RUN_UNION_BYTES = 40
+#: The event columns that hold those words, in order.
+RUN_UNION_COLUMNS = ("rip", "info1", "info2", "gpa", "value")
 
 #: (system, event, kind) of every probe, in the order they are attached.
 TRACEPOINTS: tuple[tuple[str, str, EventKind], ...] = (
@@ -235,6 +249,14 @@ KEY_DTYPE = np.dtype(
 PADDING = ("pad", "pad2")
 
 
+def _member_mask() -> int:
+    """Bit n set: KVM_EXIT_* code n (< 64) fills a kvm_run union member other than io/mmio."""
+    from kvmtrace.tables.exits import KVM_EXITS
+
+    return sum(1 << code for code, info in KVM_EXITS.items()
+               if code < 64 and info.member and code not in (KvmExit.IO, KvmExit.MMIO))
+
+
 def _enum_defines(prefix: str, members: type[enum.IntEnum] | type[enum.IntFlag]) -> list[str]:
     """-D<prefix><NAME>=<value> for each member of an enum."""
     return [f"-D{prefix}{m.name}={m.value}" for m in members]
@@ -251,6 +273,7 @@ def bpf_defines(
     capture_values: bool = False,
     counts_mode: bool = False,
     max_keys: int = 65536,
+    max_mmio_addresses: int = MAX_MMIO_ADDRESSES,
     raw: frozenset[str] | set[str] = frozenset(),
     launch: bool = False,
     run_by_syscall: bool = False,
@@ -297,6 +320,8 @@ def bpf_defines(
         *(f"-DKT_KVM_{c.name}={c.value:#x}U" for c in KvmIoctl if c is not KvmIoctl.RUN),
         f"-DKT_KVM_EXIT_IO={KvmExit.IO.value}",
         f"-DKT_KVM_EXIT_MMIO={KvmExit.MMIO.value}",
+        f"-DKT_RUN_UNION_BYTES={RUN_UNION_BYTES}",
+        f"-DKT_KVM_EXIT_MEMBERS={_member_mask():#x}U",
         f"-DKT_RINGBUF_PAGES={ringbuf_pages}",
         f"-DKT_NR_IOCTL={NR_IOCTL}",
     ]
@@ -318,6 +343,6 @@ def bpf_defines(
     if capture_values:
         flags.append("-DKT_CAPTURE_VALUES")
     if counts_mode:
-        flags += ["-DKT_MODE_COUNTS", f"-DKT_MAX_KEYS={max_keys}"]
+        flags += ["-DKT_MODE_COUNTS", f"-DKT_MAX_KEYS={max_keys}", f"-DKT_MAX_MMIO_ADDRS={max_mmio_addresses}"]
         flags += _enum_defines("KT_LAT_", Latency)
     return flags

@@ -182,6 +182,7 @@ class Probes:
         capture_values: bool = False,
         counts_mode: bool = False,
         max_vcpus: int | None = None,
+        max_mmio_addresses: int | None = None,
         plan: ProbePlan | None = None,
     ):
         """``plan``: which probes, raw or regular (kvmtrace/kernel/layouts.py);
@@ -213,6 +214,7 @@ class Probes:
             kernel=kernel_version(platform.release()),
             task_offsets=task,
             **({"max_vcpus": max_vcpus} if max_vcpus else {}),
+            **({"max_mmio_addresses": max_mmio_addresses} if max_mmio_addresses else {}),
         )
         self.counts_mode = counts_mode
         pdir = probes_dir()

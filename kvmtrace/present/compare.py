@@ -65,6 +65,8 @@ def format_text(df: pd.DataFrame, width: int = 80, max_rows: int | None = None) 
         con.print(f"{a.get('method', '?')} test, Holm-corrected alpha {a.get('alpha', float('nan')):g}; "
                   f"regression = significant rise above {a.get('threshold_pct', float('nan')):g}%")
     con.print(f"{n_reg} regression(s), {n_sig} significant change(s) in {len(df)} rows")
+    for note in a.get("left_out", []) if a else []:
+        con.print(f"left out: {note}")
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for name, justify in [("dimension", "left"), ("key", "left"), ("base/s", "right"), ("new/s", "right"),
                           ("change", "right"), ("p (Holm)", "right"), ("verdict", "left")]:

@@ -52,6 +52,11 @@ duration_us    how long the step took, microseconds (lifecycle)
 slot           KVM memory slot number (memory_slots)
 bytes          slot size in bytes (memory_slots)
 slot_flags     KVM_MEM_* flags, hex (memory_slots)
+values         a kvm_run member's decoded values (userspace_exit_values: one
+               row per distinct value of exits other than IO/MMIO)
+vcpu, tid      the vCPU and its thread (vcpus)
+pio, mmio      port and MMIO accesses of the vCPU (vcpus; count: its
+               userspace exits)
 ============== ================================================================
 
 ``count`` summed over a section equals the report's total for it, e.g. the
@@ -69,7 +74,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kvmtrace.errors import MissingTraceEventError
-from kvmtrace.present.report import render_json, render_text, report_dict
+from kvmtrace.present.report import member_value_rows, render_json, render_text, report_dict, vcpu_rows
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -92,14 +97,15 @@ __all__ = [
 
 CSV_COLUMNS = ["section", "isa", "reason", "code", "exit_flags", "member", "fields", "device", "port", "gpa",
                "direction", "size", "handled_by", "count", "rate_per_s", "unpaired", "p50_us", "p90_us", "p99_us",
-               "max_us", "t_ms", "step", "detail", "duration_us", "slot", "bytes", "slot_flags"]
+               "max_us", "t_ms", "step", "detail", "duration_us", "slot", "bytes", "slot_flags", "values", "vcpu",
+               "tid", "pio", "mmio"]
 
 
 @dataclass
 class Section:
     """One table of the report, as text cells: what Markdown and HTML print."""
 
-    key: str  # stable id: userspace_exits, exits, lifecycle, memory_slots, vmm_service, exit_handling, pio, mmio
+    key: str  # stable id: userspace_exits, userspace_exit_values, vcpus, exits, lifecycle, memory_slots, vmm_service, exit_handling, pio, mmio
     title: str
     columns: list[str]
     right: list[bool]  # per column: right-aligned (numbers)
@@ -149,7 +155,9 @@ def report_facts(trace, d: dict) -> list[str]:
                                           if trace.values_captured else "not captured" if not imp
                                           else "none (the imported text has no kvm_pio or kvm_mmio lines)"))
     if trace.header.get("mode") == "counts":
-        lines.append("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
+        lines.append("mode: counts (aggregated in the kernel)")
+    if trace.mmio_note():
+        lines.append(f"note: {trace.mmio_note()}")
     from kvmtrace.present.report import memory_map_lines
 
     return lines + memory_map_lines(d)
@@ -180,6 +188,13 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
         [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"].replace(",", ", ") or "-",
           f"{r['count']:,}", _num(r["rate"])] for r in d["userspace_exits"]],
         notes, "No userspace exits in this trace."))
+    values = member_value_rows(d)
+    if values:
+        out.append(Section("userspace_exit_values", "kvm_run members' values (exits other than IO/MMIO, by value)",
+                           ["KVM_EXIT_", "member", "values", "count"], [False, False, False, True], values))
+    if len(d["vcpus"]) > 1:
+        out.append(Section("vcpus", "Per vCPU", ["vcpu", "thread", "userspace exits", "port I/O", "MMIO"],
+                           [True, True, True, True, True], vcpu_rows(d)))
 
     probes = trace.header.get("probes", [])
     why = "did not fire on this host" if "kvm_exit" in probes else "was not recorded"
@@ -321,6 +336,14 @@ def csv_rows(trace, d: dict | None = None) -> list[dict]:
         rows.append({"section": "userspace_exits", "reason": r["reason"], "code": r["code"], "member": r["member"],
                      "fields": r["fields"].replace(",", " "), "count": r["count"],
                      "rate_per_s": _rate(r["count"], dur)})
+    for r in d["userspace_exits"]:
+        if r["reason"] not in ("IO", "MMIO"):
+            for x in r["details"]:
+                rows.append({"section": "userspace_exit_values", "reason": r["reason"], "code": r["code"],
+                             "member": x["member"], "values": x["text"], "count": x["count"]})
+    for v in d["vcpus"]:
+        rows.append({"section": "vcpus", "vcpu": v["vcpu"], "tid": v["tid"], "count": v["userspace_exits"],
+                     "pio": v["pio"], "mmio": v["mmio"]})
     for r in d["exits"]:
         rows.append({"section": "exits", "isa": r["isa"], "reason": r["reason"], "code": r["code"],
                      "exit_flags": r["flags"], "count": r["count"], "rate_per_s": _rate(r["count"], dur)})
@@ -557,6 +580,9 @@ def render_html(trace, freq: str | float | None = None) -> str:
 
     body: list[tuple[str, str, str]] = []  # (anchor, nav label, html)
     body.append(("userspace_exits", "Userspace exits", _html_section(sections["userspace_exits"])))
+    for key in ("userspace_exit_values", "vcpus"):
+        if key in sections:
+            body.append((key, sections[key].title.split(" (")[0], _html_section(sections[key])))
     body.append(("exits", "Hardware exits", _html_section(sections["exits"])))
     body.append(("exit-mix", "Exit mix", '<h2 id="exit-mix">Exit mix</h2>\n' + figures("exit_mix")))
     body.append(("over-time", "Exits over time", '<h2 id="over-time">Exits over time</h2>\n' + figures("over_time")))

@@ -24,6 +24,7 @@ import math
 import pandas as pd
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kvmtrace.analysis.records import plain_records
@@ -53,12 +54,16 @@ def report_dict(trace: Trace) -> dict:
         "values_captured": trace.values_captured,
         "mode": trace.header.get("mode", "events"),
         **_import_dict(trace),
-        "userspace_exits": _records(s.userspace_exits),
+        "userspace_exits": [{**r, "details": trace.exit_details.get(r["code"], [])}
+                            for r in _records(s.userspace_exits)],
+        "vcpus": trace.vcpu_counts(),
         "exits": _records(s.exits),
         "pio": _records(trace.io_tables["pio"]),
         "mmio": _records(trace.io_tables["mmio"]),
         "handled_by_method": _method(trace),
         "memory_maps": memory_map_notes(trace),
+        "mmio_granularity": trace.mmio_granularity,
+        **({"mmio_note": trace.mmio_note()} if trace.mmio_note() else {}),
         "unpaired_userspace_io": s.unpaired_userspace_io,
         "interrupted_runs": s.interrupted_runs,
         "failed_runs": s.failed_runs,
@@ -234,6 +239,22 @@ def _launch_dict(trace: Trace) -> dict:
     }
 
 
+def member_value_rows(d: dict) -> list[list[str]]:
+    """The report's userspace exits other than IO/MMIO, one row per distinct value of their member."""
+    return [[r["reason"], x["member"], x["text"] + ("" if x["bytes"] >= 40 else f" (first {x['bytes']} bytes)"),
+             f"{x['count']:,}"]
+            for r in d["userspace_exits"] if r["reason"] not in ("IO", "MMIO") for x in r["details"]]
+
+
+def vcpu_rows(d: dict) -> list[list[str]]:
+    """The report's per-vCPU counts as text cells ("-" where a counts trace has none)."""
+    def n(x):
+        return "-" if x is None else f"{x:,}"
+
+    return [[str(v["vcpu"]), str(v["tid"] or "-"), n(v["userspace_exits"]), n(v["pio"]), n(v["mmio"])]
+            for v in d["vcpus"]]
+
+
 def render_json(trace: Trace) -> str:
     return json.dumps(report_dict(trace), indent=2) + "\n"
 
@@ -355,13 +376,19 @@ def render_text(trace: Trace, width: int = 80) -> str:
                                         if trace.values_captured else "not captured" if "import" not in trace.header
                                         else "none (the imported text has no kvm_pio or kvm_mmio lines)"))
     if trace.header.get("mode") == "counts":
-        con.print("mode: counts (aggregated in the kernel; MMIO grouped by 4 KiB page)")
+        con.print("mode: counts (aggregated in the kernel)")
+    if trace.mmio_note():
+        con.print(f"note: {trace.mmio_note()}")
 
     rows = [[r["reason"], str(r["code"]), r["member"] or "-", r["fields"].replace(",", ", ") or "-", f"{r['count']:,}", _rate(r["rate"])]
             for r in d["userspace_exits"]]
     con.print(_table("Userspace exits (KVM_RUN returning to the VMM)",
                      [("KVM_EXIT_", "left"), ("code", "right"), ("kvm_run member", "left"),
                       ("fields", "left"), ("count", "right"), ("/s", "right")], rows))
+    rows = [[escape(c) for c in r] for r in member_value_rows(d)]  # "[cc fa ...]" is not rich markup
+    if rows:
+        con.print(_table("kvm_run members' values (exits other than IO/MMIO, by value)",
+                         [("KVM_EXIT_", "left"), ("member", "left"), ("values", "left"), ("count", "right")], rows))
     if s.interrupted_runs or s.failed_runs:
         con.print(f"KVM_RUN interrupted by signals (-EINTR, not exits): {s.interrupted_runs:,}; "
                   f"failed: {s.failed_runs:,}")
@@ -372,6 +399,9 @@ def render_text(trace: Trace, width: int = 80) -> str:
         con.print("note: the kvm_run members were not read in this trace; "
                   "I/O rows cannot be split into kernel and userspace")
 
+    if len(d["vcpus"]) > 1:
+        con.print(_table("Per vCPU", [("vcpu", "right"), ("thread", "right"), ("userspace exits", "right"),
+                                      ("port I/O", "right"), ("MMIO", "right")], vcpu_rows(d)))
     if d["exits"]:
         rows = [[r["isa"], r["reason"] + (f" [{r['flags']}]" if r["flags"] else ""), str(r["code"]),
                  f"{r['count']:,}", _rate(r["rate"])] for r in d["exits"]]

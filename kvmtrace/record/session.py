@@ -51,6 +51,7 @@ class RecordOptions:
     dry_run: bool = False
     argv: list[str] = field(default_factory=list)
     label: str | None = None
+    max_mmio_addresses: int | None = None  # counts mode: exact MMIO addresses (None: the default)
     vcpu_time: bool = True  # attach the sched probes (where each vCPU's time goes)
 
 
@@ -61,6 +62,12 @@ class RecordResult:
     lost: int
     stop_reason: str
     duration_s: float
+
+
+def _max_mmio_addresses() -> int:
+    from kvmtrace.kernel.events import MAX_MMIO_ADDRESSES
+
+    return MAX_MMIO_ADDRESSES
 
 
 def default_output(name: str) -> str:
@@ -167,6 +174,9 @@ class Session:
             "domains": [g.as_dict() for g in (self.guests if guests is None else guests)],
             "values_captured": self.opts.capture_values,
             "mode": self.opts.mode,
+            **({"mmio_granularity": "address",
+                "max_mmio_addresses": self.opts.max_mmio_addresses or _max_mmio_addresses()}
+               if self.opts.mode == "counts" else {}),
             "clock": "CLOCK_MONOTONIC",
             "label": self.opts.label,
             **(extra or {}),
@@ -189,6 +199,7 @@ class Session:
             ringbuf_pages=self.opts.ringbuf_pages or DEFAULT_RINGBUF_PAGES,
             capture_values=self.opts.capture_values,
             counts_mode=self.opts.mode == "counts",
+            max_mmio_addresses=self.opts.max_mmio_addresses,
             plan=self.plan,
         )
 

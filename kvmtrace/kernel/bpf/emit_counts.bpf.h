@@ -18,6 +18,26 @@
 
 BPF_PERCPU_ARRAY(scratch, struct kt_event, 1);
 BPF_PERCPU_HASH(counts, struct kt_key, u64, KT_MAX_KEYS);
+/* The MMIO addresses counted exactly; once full, others are counted per page. */
+BPF_HASH(mmio_addrs, u64, u8, KT_MAX_MMIO_ADDRS);
+
+/*
+ * The key's address for an MMIO access (``admit``: may enter it in
+ * `mmio_addrs`) or an MMIO userspace exit (its access came first and entered
+ * it): the exact address while `mmio_addrs` has room for it, else its page,
+ * marked with KT_FLAG_MMIO_PAGE, so every access is still counted exactly.
+ */
+static __always_inline u64 kt_mmio_key(u64 gpa, u8 *flags, int admit)
+{
+	u8 one = 1;
+
+	if (mmio_addrs.lookup(&gpa))
+		return gpa;
+	if (admit && mmio_addrs.update(&gpa, &one) == 0)
+		return gpa;
+	*flags |= KT_FLAG_MMIO_PAGE;
+	return KT_MMIO_PAGE(gpa);
+}
 
 /*
  * No per-CPU copy of a thread's state: counts mode changes the entry with
@@ -88,7 +108,7 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 	k.pid = e->pid;
 	k.kind = e->kind;
 	k.op = e->op;
-	k.flags = e->flags & KT_FLAG_RUN_FIELDS;
+	k.flags = e->flags & (KT_FLAG_RUN_FIELDS | KT_FLAG_RUN_UNION);
 	switch (e->kind) {
 	case KT_KIND_EXIT:
 		k.tid = e->tid;
@@ -108,6 +128,7 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 		}
 		break;
 	case KT_KIND_PIO:
+		k.tid = e->tid;		/* per vCPU thread, as events mode */
 		k.port = e->port;
 		k.size = e->size;
 		break;
@@ -122,7 +143,8 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 		}
 		t->mmio_gpa = e->gpa;
 		t->mmio_open = e->op == KT_MMIO_UNSATISFIED_READ;
-		k.gpa = KT_MMIO_PAGE(e->gpa);
+		k.tid = e->tid;
+		k.gpa = kt_mmio_key(e->gpa, &k.flags, 1);
 		k.size = e->size;
 		break;
 	case KT_KIND_USERSPACE_EXIT:
@@ -131,11 +153,13 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 		k.err = e->err;
 		k.port = e->port;
 		k.size = e->size;
-		k.gpa = KT_MMIO_PAGE(e->gpa);
-		if (e->reason != KT_KVM_EXIT_IO && e->reason != KT_KVM_EXIT_MMIO) {
-			k.port = 0;
-			k.size = 0;
-			k.gpa = 0;
+		if (e->reason == KT_KVM_EXIT_MMIO) {
+			k.gpa = kt_mmio_key(e->gpa, &k.flags, 0);
+		} else if (e->reason != KT_KVM_EXIT_IO) {
+			/* Other members: their first 16 bytes (runfields.py), or nothing. */
+			k.gpa = e->rip;
+			k.port = (u32)e->info1;
+			k.size = e->info1 >> 32;
 		}
 		if (t && e->err >= 0) {
 			t->uexit_ts = e->ts_ns;

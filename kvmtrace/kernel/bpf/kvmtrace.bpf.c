@@ -332,7 +332,7 @@ static __always_inline void kt_userspace_exit(u32 reason, s32 err)
 	union {
 		struct kt_run_io io;
 		struct kt_run_mmio mmio;
-		u64 raw[3];
+		u64 raw[KT_RUN_UNION_BYTES / 8];	/* any other member's first bytes */
 	} u;
 
 	if (!e)
@@ -356,11 +356,19 @@ static __always_inline void kt_userspace_exit(u32 reason, s32 err)
 			__builtin_memcpy(&e->value, u.mmio.data, sizeof(e->value));
 			e->flags |= KT_FLAG_VALUE;
 #endif
-		} else {
-			/* Other members (hypercall, system_event, ex, ...): raw words. */
-			e->info1 = u.raw[0];
-			e->info2 = u.raw[1];
-			e->gpa = u.raw[2];
+		} else if (e->reason < 64 && ((KT_KVM_EXIT_MEMBERS >> e->reason) & 1)) {
+			/*
+			 * Every other member (internal, system_event, ex, hypercall,
+			 * msr, ...): its first KT_RUN_UNION_BYTES, word by word, for
+			 * tables/exits/runfields.py to decode. Exits that fill no
+			 * member (HLT, SHUTDOWN, ...) leave the union stale: not read.
+			 */
+			e->flags |= KT_FLAG_RUN_UNION;
+			e->rip = u.raw[0];
+			e->info1 = u.raw[1];
+			e->info2 = u.raw[2];
+			e->gpa = u.raw[3];
+			e->value = u.raw[4];
 		}
 	}
 	kt_submit(e, t);

@@ -41,7 +41,7 @@ struct kt_event {
 
 /* Counts mode: the key of one aggregate (kvmtrace/kernel/events.py KEY_DTYPE). */
 struct kt_key {
-	u64 gpa;		/* MMIO page: KT_MMIO_PAGE() */
+	u64 gpa;		/* MMIO address (its page if KT_FLAG_MMIO_PAGE), or union word 0 */
 	u32 pid;
 	u32 tid;		/* 0 where counted per guest, not per thread */
 	u32 reason;		/* exit reason, or the latency's reason */

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind
+from kvmtrace.kernel.events import NO_VCPU, EventKind
 from kvmtrace.tables.exits import KvmExit, kvm_exit_info
 from kvmtrace.tables.ioctls import KvmIoctl, ioctl_name
 
@@ -142,19 +142,6 @@ def _hardware_exits(trace, q: _Names) -> tuple[_Source | None, pd.DataFrame | No
     return src, x
 
 
-def _union_words(trace) -> dict[tuple[int, int, int], tuple[int, int, int]]:
-    """(pid, tid, ts) -> the first three u64 words of kvm_run's union, for exits other than IO/MMIO."""
-    ev = trace.events
-    sel = ((ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)
-           & ((ev["flags"] & int(EventFlag.RUN_FIELDS)) != 0)
-           & ~ev["reason"].isin([int(KvmExit.IO), int(KvmExit.MMIO)])).to_numpy()
-    if not sel.any():
-        return {}
-    u = ev[sel]
-    return {(int(p), int(t), int(s)): (int(a), int(b), int(c))
-            for p, t, s, a, b, c in zip(u["pid"], u["tid"], u["ts_ns"], u["info1"], u["info2"], u["gpa"])}
-
-
 def _userspace_exits(trace, q: _Names) -> tuple[_Source, pd.DataFrame]:
     r = trace.df_userspace_exits()
     ts = r["ts_ns"].to_numpy(np.int64)
@@ -169,7 +156,7 @@ def _userspace_exits(trace, q: _Names) -> tuple[_Source, pd.DataFrame]:
     direction = r["direction"].astype(str).to_numpy()
     device = r["device"].astype(str).to_numpy()
     pid, tid = r["pid"].to_numpy(np.int64), r["tid"].to_numpy(np.int64)
-    words = _union_words(trace)
+    values = r["values"].astype(str).to_numpy()  # the other members' decoded values
     name_cache: dict[tuple, str] = {}
     io, mm = int(KvmExit.IO), int(KvmExit.MMIO)
 
@@ -201,10 +188,8 @@ def _userspace_exits(trace, q: _Names) -> tuple[_Source, pd.DataFrame]:
             elif c == mm:
                 a.append(f'"phys_addr":"{int(gpa[i]):#x}","len":{int(length[i])},'
                          f'"is_write":{"true" if direction[i] == "write" else "false"},"device":{q(device[i])}')
-            else:
-                w = words.get((int(pid[i]), int(tid[i]), int(ts[i])))
-                if w is not None:
-                    a.append(f'"union_u64_0":"{w[0]:#x}","union_u64_1":"{w[1]:#x}","union_u64_2":"{w[2]:#x}"')
+            elif values[i]:
+                a.append(f'"values":{q(values[i])}')
             if service[i] >= 0:
                 a.append(f'"service_ns":{int(service[i])}')
             else:

@@ -136,7 +136,10 @@ def plot_latency_hist(trace, which: str = "vmm_service", by: str | None = "devic
         other = f"other ({len(groups) - max_groups + 1} groups)"
         labels = np.where(pd.Series(labels).isin(keep).to_numpy(), labels, other)
         groups = groups[:max_groups - 1] + [other]
-    data = pd.DataFrame({"group": pd.Categorical(labels.astype(str), categories=groups), "ns": values})
+    # A group whose every exit is unpaired (an exit that ended the guest) has nothing to draw.
+    lab = labels.astype(str)
+    drawn = np.isin(lab, groups)
+    data = pd.DataFrame({"group": pd.Categorical(lab[drawn], categories=groups), "ns": values[drawn]})
     hist = log2_histograms(data, "ns", ["group"])
     stats = latency_stats(data, "ns", ["group"], percentiles=(50, 99)).set_index("group")
     palette = _palette(trace, "device") if by == "device" else {}
