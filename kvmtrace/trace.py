@@ -328,15 +328,6 @@ class Trace:
         ts = self.events["ts_ns"]
         return int(ts.max()) if len(ts) else self.start_ns
 
-    def _vcpu_time_args(self, analysis: str) -> tuple:
-        from kvmtrace.analysis.requirements import missing_events
-        from kvmtrace.analysis.vcpu_time import has_vcpu_time
-        from kvmtrace.kernel.events import EventKind
-
-        if not has_vcpu_time(self.header, self.events):
-            raise missing_events(self, [EventKind.SCHED_SWITCH], analysis)
-        return (self.events, self.header, self.start_ns, self.end_ns, self.vcpu_by_tid)
-
     def df_vcpu_time(self) -> pd.DataFrame:
         """Where each vCPU thread's time went: seconds guest, halted, vmm, vmm_waiting, preempted.
 
@@ -344,26 +335,26 @@ class Trace:
         total_s and one ``<state>_s`` per state, float64 seconds). Both modes;
         needs a recording with the sched probes.
         """
-        from kvmtrace.analysis.vcpu_time import vcpu_time
+        from kvmtrace.analysis.vcpu_time import trace_inputs, vcpu_time
 
-        return vcpu_time(*self._vcpu_time_args("df_vcpu_time"), counts_mode=self.header.get("mode") == "counts")
+        return vcpu_time(*trace_inputs(self, "df_vcpu_time"), counts_mode=self.header.get("mode") == "counts")
 
     def df_vcpu_time_intervals(self, freq: str | float = "1s") -> pd.DataFrame:
         """df_vcpu_time per window of ``freq`` ("1s", "250ms" or seconds), with t_s
         (window start, seconds since the recording started); see
         analysis.vcpu_time.vcpu_time_intervals."""
-        from kvmtrace.analysis.vcpu_time import vcpu_time_intervals
+        from kvmtrace.analysis.vcpu_time import trace_inputs, vcpu_time_intervals
 
         window_s = pd.Timedelta(freq).total_seconds() if isinstance(freq, str) else float(freq)
-        return vcpu_time_intervals(*self._vcpu_time_args("df_vcpu_time_intervals"), window_s,
+        return vcpu_time_intervals(*trace_inputs(self, "df_vcpu_time_intervals"), window_s,
                                    counts_mode=self.header.get("mode") == "counts")
 
     def vcpu_timeline(self):
         """Events mode: every vCPU thread's state segments (analysis.vcpu_time.Timeline)."""
-        from kvmtrace.analysis.vcpu_time import segments
+        from kvmtrace.analysis.vcpu_time import segments, trace_inputs
 
         self._need_events("vcpu_timeline")
-        return segments(*self._vcpu_time_args("vcpu_timeline")[:4])
+        return segments(*trace_inputs(self, "vcpu_timeline")[:4])
 
     @cached_property
     def keyed(self) -> pd.DataFrame:
@@ -380,7 +371,7 @@ class Trace:
         """
         from kvmtrace.analysis.compare import RunRates
         from kvmtrace.analysis.rates import counts, keyed, windows
-        from kvmtrace.analysis.vcpu_time import has_vcpu_time, rate_rows
+        from kvmtrace.analysis.vcpu_time import with_rate_rows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
@@ -389,14 +380,8 @@ class Trace:
         if mmio == "page" and granularity != "page":
             k = keyed(self.events, self.names, self.device_map, self.vcpu_by_tid, mmio_page=True)
             granularity = "page"
-        table = counts(k)
-        wins = windows(k, self.start_ns, window_s) if window_s else None
-        if has_vcpu_time(self.header, self.events):  # the vcpu_time dimension: ms per state
-            table = pd.concat([table, rate_rows(self.df_vcpu_time())], ignore_index=True)
-            if window_s:
-                w = rate_rows(self.df_vcpu_time_intervals(window_s))
-                w.insert(0, "window", np.round(w.pop("t_s") / window_s).astype("int64"))
-                wins = pd.concat([wins, w], ignore_index=True)
+        table, wins = with_rate_rows(self, counts(k), windows(k, self.start_ns, window_s) if window_s else None,
+                                     window_s)
         return RunRates(label=self.label, counts=table, duration_s=self.duration_s, exits=exits,
                         windows=wins, window_s=window_s, mmio_granularity=granularity,
                         dimensions=self._dimensions())
@@ -750,10 +735,11 @@ class ReportTrace(Trace):
         if not self.tables.has_rates(window_s) or (mmio == "page" and self.mmio_granularity != "page"):
             return super().run_rates(window_s, mmio)  # MMIO by page: from the events, read whole
         from kvmtrace.analysis.compare import RunRates
+        from kvmtrace.analysis.vcpu_time import with_rate_rows
 
         s = self.summary
         exits = int(s.userspace_exits["count"].sum() + (s.exits["count"].sum() if len(s.exits) else 0))
-        counts, windows = self.tables.rates(self._pid)
+        counts, windows = with_rate_rows(self, *self.tables.rates(self._pid), window_s)
         return RunRates(label=self.label, counts=counts, duration_s=self.duration_s, exits=exits,
                         windows=windows, window_s=window_s, mmio_granularity=self.mmio_granularity,
                         dimensions=self._dimensions())

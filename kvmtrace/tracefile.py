@@ -141,6 +141,7 @@ class TraceWriter:
         """
         batch = pa.RecordBatch.from_arrays([pa.array(empty_events()[n]) for n in COLUMNS], schema=SCHEMA)
         meta = {MEMORY_MAP_KEY: json.dumps(version)}
+        self._start()  # a deferred header goes first, as with write()
         self._guard(lambda: self._writer.write_batch(batch, custom_metadata=meta))
         self._guard(self._file.flush)
 

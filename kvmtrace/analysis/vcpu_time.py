@@ -36,8 +36,8 @@ import pandas as pd
 
 from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind, SchedOp, ThreadSched, VcpuState
 
-__all__ = ["DIMENSION", "STATES", "Timeline", "has_vcpu_time", "rate_rows", "segments", "state_of", "vcpu_time",
-           "vcpu_time_intervals"]
+__all__ = ["DIMENSION", "STATES", "Timeline", "has_vcpu_time", "rate_rows", "segments", "state_of", "trace_inputs",
+           "vcpu_time", "vcpu_time_intervals", "with_rate_rows"]
 
 #: compare's and trend's dimension for the states: key "vcpu N STATE", count
 #: the milliseconds the vCPU spent in it, so its rate (ms per second of the
@@ -311,3 +311,29 @@ def rate_rows(df: pd.DataFrame) -> pd.DataFrame:
                         "key": f"{who} {s}", "count": int(round(r[f"{s}_s"] * 1e3))})
     cols = (["t_s"] if "t_s" in df.columns else []) + ["dimension", "key", "count"]
     return pd.DataFrame(out, columns=cols).astype({"count": "int64"})
+
+
+def trace_inputs(trace, analysis: str) -> tuple:
+    """(events, header, start_ns, end_ns, vcpu_by_tid) of a Trace, or
+    MissingTraceEventError naming sched_switch when it was recorded without
+    the sched probes. The header answers first: a recording's events are
+    read only when they are needed."""
+    from kvmtrace.analysis.requirements import missing_events
+
+    if not has_vcpu_time(trace.header, trace.events if "probes" not in trace.header else pd.DataFrame()):
+        raise missing_events(trace, [EventKind.SCHED_SWITCH], analysis)
+    return trace.events, trace.header, trace.start_ns, trace.end_ns, trace.vcpu_by_tid
+
+
+def with_rate_rows(trace, table: pd.DataFrame, windows: pd.DataFrame | None,
+                   window_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """compare's count table (and windows) of a Trace with the vcpu_time
+    dimension added, where the recording has the sched probes."""
+    if not has_vcpu_time(trace.header, trace.events if "probes" not in trace.header else pd.DataFrame()):
+        return table, windows
+    table = pd.concat([table, rate_rows(trace.df_vcpu_time())], ignore_index=True)
+    if window_s:
+        w = rate_rows(trace.df_vcpu_time_intervals(window_s))
+        w.insert(0, "window", np.round(w.pop("t_s") / window_s).astype("int64"))
+        windows = pd.concat([windows, w], ignore_index=True)
+    return table, windows

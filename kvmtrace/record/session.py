@@ -230,6 +230,12 @@ class Session:
     def mark_start(self) -> None:
         self.start_ns = time.monotonic_ns()
         self.start_wall = dt.datetime.now(dt.timezone.utc)
+        if self.probes is not None and self.probes.counts_mode:
+            # The kernel counts each vCPU's state time from when its thread was
+            # entered (trace()); the recording starts now: what came before is
+            # the baseline of the first interval's deltas, not written.
+            keys, totals = self.probes.read_vcpu_time(self.start_ns)
+            self._delta.rows(keys, totals, self.start_ns)
 
     def _meta(self) -> dict:
         lost = self.probes.counters().lost_total

@@ -138,3 +138,16 @@ def test_vcpu_states_are_slices_on_the_vcpu_track(tmp_path):
                                                  and "overlap" in e.get("args", {}).get("name", "")}
     assert collections.Counter(e["name"] for e in states) == collections.Counter(seg["state"].astype(str))
     assert sum(e["dur"] for e in states) == pytest.approx((seg["end_ns"] - seg["start_ns"]).sum() / 1e3, rel=1e-6)
+
+
+def test_compare_reads_vcpu_time_also_batch_by_batch():
+    """`kvmtrace compare` reads runs batch by batch (load_for_report(rates=True)): the vcpu_time rows are there too."""
+    from kvmtrace.trace import load_for_report
+
+    path = SAMPLES / "demo-vcpu-time.kvmtrace"
+    got = load_for_report(path, rates=True).run_rates().counts
+    want = load(path).run_rates().counts
+    vt = got[got["dimension"] == "vcpu_time"].sort_values("key", ignore_index=True)
+    assert len(vt) == 5
+    pd.testing.assert_frame_equal(vt, want[want["dimension"] == "vcpu_time"].sort_values("key", ignore_index=True),
+                                  check_dtype=False, check_categorical=False)
