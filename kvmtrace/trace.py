@@ -735,7 +735,6 @@ class ReportTrace(Trace):
         if not self.tables.has_rates(window_s) or (mmio == "page" and self.mmio_granularity != "page"):
             return super().run_rates(window_s, mmio)  # MMIO by page: from the events, read whole
         from kvmtrace.analysis.compare import RunRates
-
         from kvmtrace.analysis.vcpu_time import with_rate_rows
 
         s = self.summary

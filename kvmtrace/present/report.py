@@ -59,7 +59,7 @@ def report_dict(trace: Trace) -> dict:
         "vcpus": trace.vcpu_counts(),
         "exits": _records(s.exits),
         "pio": _records(trace.io_tables["pio"]),
-        "mmio": _records(trace.io_tables["mmio"]),
+        "mmio": _per_page(s.mmio, _records(trace.io_tables["mmio"])),
         "handled_by_method": _method(trace),
         "memory_maps": memory_map_notes(trace),
         "mmio_granularity": trace.mmio_granularity,
@@ -237,6 +237,15 @@ def _launch_dict(trace: Trace) -> dict:
                       for r in life.to_dict("records")],
         "memory_slots": _records(slots),
     }
+
+
+def _per_page(m: pd.DataFrame, rows: list[dict]) -> list[dict]:
+    """Mark the MMIO rows a counts recording counted per 4 KiB page (``per_page``),
+    where its table of exact addresses overflowed; rows as they are otherwise."""
+    if "per_page" not in m.columns or not m["per_page"].any():
+        return rows
+    pages = {(int(r["gpa"]), r["direction"], int(r["len"])) for r in m[m["per_page"]].to_dict("records")}
+    return [{**r, "per_page": (int(r["gpa"]), r["direction"], int(r["len"])) in pages} for r in rows]
 
 
 def member_value_rows(d: dict) -> list[list[str]]:
