@@ -37,7 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "live": ("errors", "tables", "kernel", "tracefile", "record", "live", "analysis"),
     "importer": ("errors", "tables", "kernel", "tracefile", "importer"),
     "analysis": ("errors", "tables", "kernel.events", "analysis"),
-    "trace": ("errors", "tables", "kernel.events", "tracefile", "analysis"),
+    "trace": ("errors", "tables", "kernel.events", "tracefile", "analysis", "trace"),
     "present": ("errors", "tables", "kernel.events", "tracefile", "analysis", "trace", "present"),
     "demo": ("errors", "record", "demo"),
     "cli": ("*",),
@@ -165,7 +165,7 @@ def test_the_table_names_every_layer():
     # the scan sees what it must: a plain, a from-, a relative and a function-local import
     names = {(i.path, i.name) for i in package_imports()}
     assert ("kernel/probe.py", "bcc") in names
-    assert ("trace.py", "kvmtrace.analysis.summary") in names
+    assert ("trace/core.py", "kvmtrace.analysis.summary") in names
     assert ("__init__.py", "kvmtrace.trace") in names
 
 
