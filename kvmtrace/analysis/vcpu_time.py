@@ -21,6 +21,24 @@ says it was on a CPU, a switch in that it was runnable, KVM_RUN entered that
 it was outside, KVM_RUN returning that it was inside. The five states cover
 each thread's recorded time, start to stop, exactly.
 
+On VMX/SVM hosts ``guest`` splits in two by kvm_exit and kvm_entry (EXIT and
+ENTRY events): ``in_guest`` (after a kvm_entry, until the kvm_exit) and
+``exit_handling`` (the rest of ``guest``: KVM handling an exit, or inside
+KVM_RUN on a CPU before its next kvm_entry); the two sum to ``guest``
+exactly. A third fact makes it, in_guest: a kvm_entry sets it, a kvm_exit,
+a switch out, KVM_RUN returning and KVM_RUN entered clear it (a thread
+switched out or outside KVM_RUN cannot be in the guest). Before a thread's
+first kvm_exit/kvm_entry the first one says what held (a kvm_exit: in the
+guest; a kvm_entry: not), until one of those clearing events. The split
+exists only for threads with a kvm_exit or kvm_entry (hosts where they do
+not fire, such as a nested PVM host, have none: the columns are absent or
+NaN, never zero). Both edges also mean the thread is inside KVM_RUN: a
+trace without KVM_RUN edges (an import of kvm_exit/kvm_entry alone) counts
+the thread inside from its first kvm_exit/kvm_entry (and, with no header,
+from the start, as the header's default says). Counts mode books the same
+in the kernel (kt_guest_edge(), vcpu_time.bpf.h) as VCPU_TIME rows with op
+VCPU_TIME_IN_GUEST, only for threads whose edge it saw.
+
 Events mode: :func:`segments` builds the timeline from the events; counts
 mode holds the kernel's own per-state nanoseconds (VCPU_TIME aggregate rows,
 kernel/bpf/vcpu_time.bpf.h): :func:`vcpu_time` and :func:`vcpu_time_intervals`
@@ -34,9 +52,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kvmtrace.kernel.events import AGGREGATE, NO_VCPU, EventFlag, EventKind, SchedOp, ThreadSched, VcpuState
+from kvmtrace.kernel.events import (AGGREGATE, NO_VCPU, VCPU_TIME_IN_GUEST, EventFlag, EventKind, SchedOp,
+                                    ThreadSched, VcpuState)
 
-__all__ = ["DIMENSION", "STATES", "Timeline", "has_vcpu_time", "rate_rows", "segments", "state_of", "trace_inputs",
+__all__ = ["DIMENSION", "GUEST_PARTS", "STATES", "Timeline", "has_vcpu_time", "rate_rows", "segments", "state_of", "trace_inputs",
            "vcpu_time", "vcpu_time_intervals", "with_rate_rows"]
 
 #: compare's and trend's dimension for the states: key "vcpu N STATE", count
@@ -47,9 +66,14 @@ DIMENSION = "vcpu_time"
 #: The states' names, in VcpuState order: the JSON's ``<state>_s`` and the frames' columns.
 STATES = tuple(s.name.lower() for s in VcpuState)
 _COLUMNS = [f"{s}_s" for s in STATES]
+#: The two parts of ``guest`` on VMX/SVM hosts: the JSON's and frames' ``<part>_s``.
+GUEST_PARTS = ("in_guest", "exit_handling")
+#: Column of the per-thread ns arrays (after the states) holding the in-guest ns.
+_IN_GUEST = len(STATES)
 
 _RUN, _UEXIT = int(EventKind.RUN), int(EventKind.USERSPACE_EXIT)
 _SWITCH, _WAKEUP = int(EventKind.SCHED_SWITCH), int(EventKind.WAKEUP)
+_EXIT, _ENTRY = int(EventKind.EXIT), int(EventKind.ENTRY)
 _ON, _RUNNABLE, _ASLEEP = int(ThreadSched.ON_CPU), int(ThreadSched.RUNNABLE), int(ThreadSched.ASLEEP)
 
 
@@ -85,40 +109,68 @@ class Timeline:
     end: np.ndarray
     state: np.ndarray  # VcpuState code
     in_run: np.ndarray  # per segment: inside KVM_RUN (which side of it a preempted segment is on)
+    in_guest: np.ndarray | None = None  # per segment: a guest segment in the guest (after kvm_entry)
+    guest_seen: np.ndarray | None = None  # per thread: it had a kvm_exit or kvm_entry (the split exists)
+
+    def __post_init__(self):
+        if self.in_guest is None:
+            self.in_guest = np.zeros(len(self.state), dtype=bool)
+        if self.guest_seen is None:
+            self.guest_seen = np.zeros(len(self.tid), dtype=bool)
+
+    @property
+    def has_guest_split(self) -> bool:
+        """Whether any thread's guest time splits into in_guest and exit_handling."""
+        return bool(self.guest_seen.any())
 
     def frame(self, merge: bool = True) -> pd.DataFrame:
         """One row per segment (pid, tid, start_ns, end_ns, state); ``merge``
-        joins neighbours of the same state (what a timeline draws)."""
+        joins neighbours of the same state (what a timeline draws). Where a
+        thread had kvm_exit/kvm_entry (has_guest_split) a bool column
+        ``in_guest`` follows (True: a guest segment after kvm_entry; merging
+        then keeps in-guest and exit-handling guest segments apart)."""
         thread = np.repeat(np.arange(len(self.tid)), np.diff(self.bounds))
         keep = self.end > self.start  # an instant between two edges at the same time is no segment
-        start, end, state, thread = self.start[keep], self.end[keep], self.state[keep], thread[keep]
+        split = self.has_guest_split
+        in_guest = self.in_guest & (self.state == VcpuState.GUEST)
+        start, end, state, thread, in_guest = (self.start[keep], self.end[keep], self.state[keep], thread[keep],
+                                               in_guest[keep])
         if merge and len(state):
             change = np.ones(len(state), dtype=bool)
             change[1:] = (state[1:] != state[:-1]) | (thread[1:] != thread[:-1])
+            if split:
+                change[1:] |= in_guest[1:] != in_guest[:-1]
             first = np.flatnonzero(change)
             last = np.r_[first[1:], len(state)] - 1
-            start, end, state, thread = start[first], end[last], state[first], thread[first]
+            start, end, state, thread, in_guest = start[first], end[last], state[first], thread[first], in_guest[first]
         df = pd.DataFrame({"pid": self.pid[thread].astype(np.uint32), "tid": self.tid[thread].astype(np.uint32),
                            "start_ns": start.astype(np.int64), "end_ns": end.astype(np.int64),
                            "state": pd.Categorical.from_codes(state, categories=list(STATES))})
+        if split:
+            df["in_guest"] = in_guest.astype(bool)
         df.index.name = "segment"
         return df
 
     def totals_ns(self) -> np.ndarray:
-        """ns per thread (rows) and state (columns, VcpuState order)."""
-        out = np.zeros((len(self.tid), len(STATES)), dtype=np.int64)
+        """ns per thread (rows) and state (columns, VcpuState order), then one
+        more column: the in-guest part of guest (0 where guest_seen is False)."""
+        out = np.zeros((len(self.tid), len(STATES) + 1), dtype=np.int64)
         thread = np.repeat(np.arange(len(self.tid)), np.diff(self.bounds))
         np.add.at(out, (thread, self.state.astype(np.int64)), self.end - self.start)
+        g = self.in_guest & (self.state == VcpuState.GUEST)
+        np.add.at(out[:, _IN_GUEST], thread[g], (self.end - self.start)[g])
         return out
 
     def in_windows(self, edges: np.ndarray) -> np.ndarray:
-        """ns per window [edges[k], edges[k+1]), thread and state: shape (windows, threads, states)."""
-        out = np.zeros((max(len(edges) - 1, 0), len(self.tid), len(STATES)), dtype=np.int64)
+        """ns per window [edges[k], edges[k+1]), thread and state (then the
+        in-guest column, as totals_ns): shape (windows, threads, states + 1)."""
+        out = np.zeros((max(len(edges) - 1, 0), len(self.tid), len(STATES) + 1), dtype=np.int64)
         for i in range(len(self.tid)):
             lo, hi = self.bounds[i], self.bounds[i + 1]
             start, end, state = self.start[lo:hi], self.end[lo:hi], self.state[lo:hi].astype(np.int64)
-            for s in range(len(STATES)):
-                mine = state == s
+            in_guest = self.in_guest[lo:hi] & (state == VcpuState.GUEST)
+            for s in range(len(STATES) + 1):
+                mine = in_guest if s == _IN_GUEST else state == s
                 # F(T): time in state s before T, from the segments' cumulative sums.
                 cum = np.r_[0, np.cumsum(np.where(mine, end - start, 0))]
                 j = np.searchsorted(start, edges, side="right") - 1
@@ -141,7 +193,8 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
     and any other with sched events.
     """
     kind = events["kind"].to_numpy()
-    sel = np.flatnonzero((kind == _RUN) | (kind == _UEXIT) | (kind == _SWITCH) | (kind == _WAKEUP))
+    sel = np.flatnonzero((kind == _RUN) | (kind == _UEXIT) | (kind == _SWITCH) | (kind == _WAKEUP)
+                         | (kind == _EXIT) | (kind == _ENTRY))
     tid = events["tid"].to_numpy()[sel].astype(np.int64)
     ts = events["ts_ns"].to_numpy()[sel].astype(np.int64)
     order = np.lexsort((sel, ts, tid))
@@ -154,7 +207,7 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
     init = _initial(header)
     sched_tids = np.unique(tid[(k == _SWITCH) | (k == _WAKEUP)])
     threads = sorted(set(init) | set(sched_tids.tolist()))
-    pids, starts, ends, states, runs, bounds = [], [], [], [], [], [0]
+    pids, starts, ends, states, runs, guests, seen, bounds = [], [], [], [], [], [], [], [0]
     for t in threads:
         lo, hi = np.searchsorted(tid, [t, t + 1])
         st = init.get(t, {})
@@ -162,6 +215,7 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
         tk, tts = k[lo:hi], np.clip(ts[lo:hi], start_ns, end_ns)
         in_run = _in_run_after(tk, bool(st.get("in_run", True)))
         sched = _sched_after(tk, op[lo:hi], reason[lo:hi], flags[lo:hi], st.get("sched", "on_cpu"))
+        in_guest = _in_guest_after(tk, op[lo:hi])
         # The state before the first event, then after each event.
         code = state_of(in_run, sched)
         seg_start = np.r_[start_ns, tts]
@@ -171,21 +225,50 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
         ends.append(seg_end)
         states.append(code)
         runs.append(in_run)
+        guests.append(in_guest)
+        seen.append(bool(((tk == _EXIT) | (tk == _ENTRY)).any()))
         bounds.append(bounds[-1] + len(code))
     cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
     return Timeline(np.array(pids, dtype=np.int64), np.array(threads, dtype=np.int64), np.array(bounds),
-                    cat(starts, np.int64), cat(ends, np.int64), cat(states, np.int8), cat(runs, bool))
+                    cat(starts, np.int64), cat(ends, np.int64), cat(states, np.int8), cat(runs, bool),
+                    cat(guests, bool), np.array(seen, dtype=bool))
 
 
-def _in_run_after(kind: np.ndarray, recorded: bool) -> np.ndarray:
-    """in_run before the first event (index 0) and after each event (1..n)."""
-    edge = np.where(kind == _RUN, 1, np.where(kind == _UEXIT, 0, -1))
-    edges = np.flatnonzero(edge >= 0)
-    first = (1 - edge[edges[0]]) if len(edges) else int(recorded)
+def _carry(first: int, edge: np.ndarray) -> np.ndarray:
+    """``first`` before the first event, then each event's edge value (-1: no
+    change) carried forward: the fact before (index 0) and after each event."""
     vals = np.r_[first, edge]
     idx = np.where(vals >= 0, np.arange(len(vals)), 0)
     np.maximum.accumulate(idx, out=idx)
     return vals[idx]
+
+
+def _in_run_after(kind: np.ndarray, recorded: bool) -> np.ndarray:
+    """in_run before the first event (index 0) and after each event (1..n).
+
+    KVM_RUN entered or returning sets it, and the first of them says what
+    held before; a kvm_exit or kvm_entry happens inside KVM_RUN, so sets it
+    too (what a trace without KVM_RUN edges has), but says nothing of before.
+    """
+    edge = np.where((kind == _RUN) | (kind == _EXIT) | (kind == _ENTRY), 1, np.where(kind == _UEXIT, 0, -1))
+    edges = np.flatnonzero((kind == _RUN) | (kind == _UEXIT))
+    first = (1 - edge[edges[0]]) if len(edges) else int(recorded)
+    return _carry(first, edge)
+
+
+def _in_guest_after(kind: np.ndarray, op: np.ndarray) -> np.ndarray:
+    """in_guest before the first event (index 0) and after each event (1..n).
+
+    kvm_entry sets it; kvm_exit, a switch out, KVM_RUN returning or entered
+    clear it. Before the thread's first kvm_exit/kvm_entry it is what that
+    edge says held (kvm_exit: 1; kvm_entry or none: 0) until a clearing
+    event (kernel/bpf/vcpu_time.bpf.h's kt_guest_edge() books the same).
+    """
+    out_ = (kind == _EXIT) | (kind == _UEXIT) | (kind == _RUN) | ((kind == _SWITCH) & (op == SchedOp.OUT))
+    edge = np.where(kind == _ENTRY, 1, np.where(out_, 0, -1))
+    edges = np.flatnonzero((kind == _EXIT) | (kind == _ENTRY))
+    first = int(kind[edges[0]] == _EXIT) if len(edges) else 0
+    return _carry(first, edge).astype(bool)
 
 
 def _sched_after(kind, op, reason, flags, recorded: str) -> np.ndarray:
@@ -214,13 +297,22 @@ def _sched_after(kind, op, reason, flags, recorded: str) -> np.ndarray:
     return out
 
 
-def _frame(pid, tid, ns: np.ndarray, vcpu_by_tid: dict[int, int]) -> pd.DataFrame:
+def _frame(pid, tid, ns: np.ndarray, vcpu_by_tid: dict[int, int], seen: np.ndarray | None = None) -> pd.DataFrame:
+    """``ns``: per thread, the states' ns and then the in-guest ns; ``seen``:
+    the threads whose guest splits (the two part columns exist when any does,
+    NaN on the others)."""
     vcpu = np.array([vcpu_by_tid.get(int(t), NO_VCPU) for t in tid], dtype=np.uint32)
     df = pd.DataFrame({"vcpu": vcpu, "pid": np.asarray(pid, dtype=np.uint32), "tid": np.asarray(tid, dtype=np.uint32)})
-    secs = ns / 1e9
-    df["total_s"] = secs.sum(axis=1) if len(secs) else np.zeros(0)
+    ns = np.asarray(ns, dtype=np.int64).reshape(len(df), -1)
+    secs = ns[:, :len(STATES)] / 1e9
+    df["total_s"] = ns[:, :len(STATES)].sum(axis=1) / 1e9
     for i, c in enumerate(_COLUMNS):
-        df[c] = secs[:, i] if len(secs) else np.zeros(0)
+        df[c] = secs[:, i]
+    if seen is not None and np.any(seen):
+        in_guest = ns[:, _IN_GUEST]
+        # The two parts from the same ns, so that they sum to guest exactly.
+        df["in_guest_s"] = np.where(seen, in_guest / 1e9, np.nan)
+        df["exit_handling_s"] = np.where(seen, (ns[:, VcpuState.GUEST] - in_guest) / 1e9, np.nan)
     return df
 
 
@@ -229,31 +321,45 @@ def _counts_rows(events: pd.DataFrame) -> pd.DataFrame:
     return events[kind == (EventKind.VCPU_TIME | AGGREGATE)]
 
 
+def _counts_ns(events: pd.DataFrame, header: dict, window: np.ndarray | None = None, n: int = 1):
+    """Counts mode: (tids, pids, ns of shape (n, threads, states + 1), seen)
+    from the VCPU_TIME rows (``window``: each row's window, None: all in one)."""
+    rows = _counts_rows(events)
+    tids = sorted(set(rows["tid"].astype(int)) | set(_initial(header)))
+    at = {t: i for i, t in enumerate(tids)}
+    ns = np.zeros((n, len(tids), len(STATES) + 1), dtype=np.int64)
+    pid = np.zeros(len(tids), dtype=np.int64)
+    seen = np.zeros(len(tids), dtype=bool)
+    for t, st in _initial(header).items():
+        pid[at[t]] = st.get("pid", 0)
+    if len(rows):
+        r = np.array([at[int(t)] for t in rows["tid"]])
+        op = rows["op"].to_numpy().astype(np.int64)
+        w = np.zeros(len(rows), dtype=np.int64) if window is None else window
+        np.add.at(ns, (w, r, op), rows["value"].to_numpy().astype(np.int64))
+        pid[r] = rows["pid"].to_numpy()
+        seen[r[op == VCPU_TIME_IN_GUEST]] = True
+    return tids, pid, ns, seen
+
+
 def vcpu_time(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int,
               vcpu_by_tid: dict[int, int], counts_mode: bool = False) -> pd.DataFrame:
     """Seconds per state of each vCPU thread over the recording.
 
     Columns: vcpu (uint32, NO_VCPU when the header does not name it), pid,
     tid (uint32), total_s (the recorded time the states cover), guest_s,
-    halted_s, vmm_s, vmm_waiting_s, preempted_s (float64 seconds). One row
-    per thread, by vcpu then tid; index "thread".
+    halted_s, vmm_s, vmm_waiting_s, preempted_s (float64 seconds); where a
+    thread had kvm_exit/kvm_entry (VMX/SVM hosts) also in_guest_s and
+    exit_handling_s (float64 seconds, summing to guest_s; NaN for the
+    threads without them; absent when none had them). One row per thread,
+    by vcpu then tid; index "thread".
     """
     if counts_mode:
-        rows = _counts_rows(events)
-        tids = sorted(set(rows["tid"].astype(int)) | set(_initial(header)))
-        ns = np.zeros((len(tids), len(STATES)), dtype=np.int64)
-        at = {t: i for i, t in enumerate(tids)}
-        pid = np.zeros(len(tids), dtype=np.int64)
-        for t, st in _initial(header).items():
-            pid[at[t]] = st.get("pid", 0)
-        if len(rows):
-            r = np.array([at[int(t)] for t in rows["tid"]])
-            np.add.at(ns, (r, rows["op"].to_numpy().astype(np.int64)), rows["value"].to_numpy().astype(np.int64))
-            pid[r] = rows["pid"].to_numpy()
-        df = _frame(pid, tids, ns, vcpu_by_tid)
+        tids, pid, ns, seen = _counts_ns(events, header)
+        df = _frame(pid, tids, ns[0], vcpu_by_tid, seen)
     else:
         tl = segments(events, header, start_ns, end_ns)
-        df = _frame(tl.pid, tl.tid, tl.totals_ns(), vcpu_by_tid)
+        df = _frame(tl.pid, tl.tid, tl.totals_ns(), vcpu_by_tid, tl.guest_seen)
     df = df.sort_values(["vcpu", "tid"], kind="stable").reset_index(drop=True)
     df.index.name = "thread"
     return df
@@ -265,7 +371,8 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
 
     Columns: t_s (float64, window start in seconds since the recording
     started), vcpu, pid, tid (uint32), total_s and the five ``<state>_s``
-    (float64 seconds; the last window may be short). Index "interval".
+    (float64 seconds; the last window may be short), and in_guest_s and
+    exit_handling_s as :func:`vcpu_time` has them. Index "interval".
     Counts mode: each read-out's time goes to the window its read-out falls in
     (the read-outs come every --interval).
     """
@@ -274,27 +381,18 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
     n = max(int(np.ceil((end_ns - start_ns) / (window_s * 1e9))), 1)
     edges = np.minimum(start_ns + (np.arange(n + 1) * window_s * 1e9).astype(np.int64), end_ns)
     if counts_mode:
-        rows = _counts_rows(events)
-        tids = sorted(set(rows["tid"].astype(int)) | set(_initial(header)))
-        at = {t: i for i, t in enumerate(tids)}
-        ns = np.zeros((n, len(tids), len(STATES)), dtype=np.int64)
-        pid = np.zeros(len(tids), dtype=np.int64)
-        for t, st in _initial(header).items():
-            pid[at[t]] = st.get("pid", 0)
-        if len(rows):
-            w = np.clip(((rows["ts_ns"].to_numpy().astype(np.int64) - start_ns - 1) // int(window_s * 1e9)), 0, n - 1)
-            r = np.array([at[int(t)] for t in rows["tid"]])
-            np.add.at(ns, (w, r, rows["op"].to_numpy().astype(np.int64)), rows["value"].to_numpy().astype(np.int64))
-            pid[r] = rows["pid"].to_numpy()
+        ts = _counts_rows(events)["ts_ns"].to_numpy().astype(np.int64)
+        w = np.clip((ts - start_ns - 1) // int(window_s * 1e9), 0, n - 1)
+        tids, pid, ns, seen = _counts_ns(events, header, w, n)
     else:
         tl = segments(events, header, start_ns, end_ns)
-        tids, pid, ns = tl.tid, tl.pid, tl.in_windows(edges)
+        tids, pid, ns, seen = tl.tid, tl.pid, tl.in_windows(edges), tl.guest_seen
     parts = []
     for w in range(n):
-        f = _frame(pid, tids, ns[w], vcpu_by_tid)
+        f = _frame(pid, tids, ns[w], vcpu_by_tid, seen)
         f.insert(0, "t_s", w * window_s)
         parts.append(f)
-    df = pd.concat(parts, ignore_index=True) if parts else _frame([], [], np.zeros((0, len(STATES))), {})
+    df = pd.concat(parts, ignore_index=True) if parts else _frame([], [], np.zeros((0, len(STATES) + 1)), {})
     df = df.sort_values(["t_s", "vcpu", "tid"], kind="stable").reset_index(drop=True)
     df.index.name = "interval"
     return df
@@ -302,11 +400,14 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
 
 def rate_rows(df: pd.DataFrame) -> pd.DataFrame:
     """A :func:`vcpu_time` (or, with its t_s, :func:`vcpu_time_intervals`) frame as
-    compare's rows: dimension "vcpu_time", key "vcpu N STATE", count (int64 ms)."""
+    compare's rows: dimension "vcpu_time", key "vcpu N STATE" (and "vcpu N
+    in_guest", "vcpu N exit_handling" where the guest time splits), count (int64 ms)."""
     out = []
     for r in df.to_dict("records"):
         who = f"vcpu {r['vcpu']}" if r["vcpu"] != NO_VCPU else f"tid {r['tid']}"
-        for s in STATES:
+        for s in STATES + GUEST_PARTS:
+            if f"{s}_s" not in r or pd.isna(r[f"{s}_s"]):  # no guest split on this thread
+                continue
             out.append({**({"t_s": r["t_s"]} if "t_s" in r else {}), "dimension": DIMENSION,
                         "key": f"{who} {s}", "count": int(round(r[f"{s}_s"] * 1e3))})
     cols = (["t_s"] if "t_s" in df.columns else []) + ["dimension", "key", "count"]

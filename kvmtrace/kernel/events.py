@@ -31,6 +31,7 @@ __all__ = [
     "SchedOp",
     "ThreadSched",
     "VcpuState",
+    "VCPU_TIME_IN_GUEST",
     "TRACEPOINTS",
     "bpf_defines",
 ]
@@ -114,6 +115,13 @@ class VcpuState(enum.IntEnum):
     VMM = 2  # outside KVM_RUN, on a CPU
     VMM_WAITING = 3  # outside KVM_RUN, asleep
     PREEMPTED = 4  # runnable, not on a CPU (inside KVM_RUN or not)
+
+
+#: ``op`` of a VCPU_TIME row holding the in-guest part of GUEST (after
+#: kvm_entry, until kvm_exit; VMX/SVM hosts): only for threads whose
+#: kvm_exit/kvm_entry the kernel saw. Not a state: the five states sum to the
+#: recorded time, and GUEST minus this is the exit handling.
+VCPU_TIME_IN_GUEST = len(VcpuState)
 
 
 class PioOp(enum.IntEnum):

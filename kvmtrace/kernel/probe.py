@@ -20,7 +20,8 @@ import numpy as np
 
 from kvmtrace.errors import BccError
 from kvmtrace.kernel.layouts import ProbePlan, kernel_version, plan_probes
-from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, SCHED_PROBES, TRACEPOINTS, EventKind,
+from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, KEY_DTYPE, NO_VCPU, SCHED_PROBES, TRACEPOINTS,
+                                    VCPU_TIME_IN_GUEST, EventKind,
                                     ThreadSched, VcpuState, bpf_defines)
 
 #: Default ring buffer size: 2^13 pages = 32 MiB, about 320k events of slack.
@@ -297,13 +298,20 @@ class Probes:
         """Counts mode: each vCPU thread's cumulative nanoseconds per state up to
         ``now_ns``, as read_counts() gives counts (keys of kind VCPU_TIME, ``op``
         the VcpuState): the state open since the thread's last change gets the
-        time since then."""
+        time since then. A thread whose kvm_exit/kvm_entry the kernel saw
+        (VMX/SVM hosts) has one more row, ``op`` VCPU_TIME_IN_GUEST: the
+        in-guest part of GUEST (struct kt_thread's guest_ns, plus the open
+        time when GUEST is open and the thread not outside the guest)."""
         rows = []
         for k, t in self.bpf[b"threads"].items():
             ns = [int(t.state_ns[s]) for s in VcpuState]
-            if t.state_ts and now_ns > t.state_ts:
-                ns[_open_state(t.in_run, t.sched)] += now_ns - int(t.state_ts)
+            opened = _open_state(t.in_run, t.sched)
+            since = now_ns - int(t.state_ts) if t.state_ts and now_ns > t.state_ts else 0
+            ns[opened] += since
             rows += [(t.pid, k.value, s, n) for s, n in zip(VcpuState, ns) if t.state_ts or n]
+            if t.guest_seen:
+                in_guest = int(t.guest_ns) + (since if opened == VcpuState.GUEST and not t.guest_out else 0)
+                rows.append((t.pid, k.value, VCPU_TIME_IN_GUEST, in_guest))
         keys = np.zeros(len(rows), dtype=KEY_DTYPE)
         totals = np.zeros(len(rows), dtype=np.uint64)
         for i, (pid, tid, s, n) in enumerate(rows):

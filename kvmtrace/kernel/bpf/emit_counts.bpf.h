@@ -118,6 +118,7 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 			t->exit_ts = e->ts_ns;
 			t->exit_reason = e->reason;
 			t->exit_isa = e->isa;
+			kt_guest_edge(t, e->ts_ns, 0);
 		}
 		break;
 	case KT_KIND_ENTRY:
@@ -126,6 +127,8 @@ static __always_inline void kt_submit(struct kt_event *e, struct kt_thread *t)
 			kt_hist(e, KT_LAT_EXIT_HANDLING, t->exit_reason, t->exit_isa, t->exit_ts);
 			t->exit_ts = 0;
 		}
+		if (t)
+			kt_guest_edge(t, e->ts_ns, 1);
 		break;
 	case KT_KIND_PIO:
 		k.tid = e->tid;		/* per vCPU thread, as events mode */

@@ -78,9 +78,11 @@ struct kt_thread {
 	u8 sched;		/* KT_SCHED_*: on a CPU, runnable, asleep */
 	u8 run_seen;		/* 1: a KVM_RUN edge was seen */
 	u8 sched_seen;		/* 1: a sched_switch was seen */
-	u8 pad[2];
+	u8 guest_out;		/* 1: outside the guest (0: after kvm_entry, or not known yet) */
+	u8 guest_seen;		/* 1: a kvm_exit or kvm_entry was seen (guest_ns is read out) */
 	u64 state_ts;		/* the last change (0: none yet, nothing booked) */
 	u64 state_ns[KT_STATE_COUNT];	/* ns per KT_STATE_* until state_ts */
+	u64 guest_ns;		/* the in-guest part of state_ns[KT_STATE_GUEST] until state_ts */
 };
 
 /*

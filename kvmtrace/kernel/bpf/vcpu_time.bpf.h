@@ -11,7 +11,18 @@
  * the first edge of each kind also says what held before it (a switch out:
  * the thread was on a CPU; a switch in: it was runnable; KVM_RUN entered:
  * it was outside; KVM_RUN returning: it was inside), which corrects /proc's
- * answer, read a moment before the probes matched. Inlined into
+ * answer, read a moment before the probes matched.
+ *
+ * On VMX/SVM hosts GUEST splits by kvm_exit/kvm_entry (kt_guest_edge()):
+ * guest_ns books the GUEST time after a kvm_entry, until the kvm_exit (the
+ * rest of GUEST is exit handling). guest_out is 1 once the thread is known
+ * to be outside the guest: after a kvm_exit, a switch out, KVM_RUN
+ * returning or entered. Before the first kvm_exit/kvm_entry it is 0 (maybe
+ * in the guest); if that first edge is a kvm_entry the thread was not in
+ * the guest, and what guest_ns booked until then goes. User space reads
+ * guest_ns only once guest_seen (VCPU_TIME_IN_GUEST rows), so hosts where
+ * these tracepoints never fire have no split. analysis/vcpu_time.py's
+ * _in_guest_after() gives the same. Inlined into
  * kvmtrace.bpf.c through emit_counts.bpf.h by kvmtrace/kernel/probe.py.
  */
 #ifndef KT_VCPU_TIME_BPF_H
@@ -31,12 +42,15 @@ static __always_inline void kt_account(struct kt_thread *t, u64 now)
 {
 	u32 s = kt_state(t);
 
-	if (t->state_ts && now > t->state_ts && s < KT_STATE_COUNT)
+	if (t->state_ts && now > t->state_ts && s < KT_STATE_COUNT) {
 		t->state_ns[s] += now - t->state_ts;
+		if (s == KT_STATE_GUEST && !t->guest_out)
+			t->guest_ns += now - t->state_ts;
+	}
 	t->state_ts = now;
 }
 
-/* KVM_RUN entered (inside = 1) or returned (0). */
+/* KVM_RUN entered (inside = 1) or returned (0): outside the guest either way. */
 static __always_inline void kt_run_edge(struct kt_thread *t, u64 now, u8 inside)
 {
 	if (!t->run_seen) {
@@ -45,6 +59,24 @@ static __always_inline void kt_run_edge(struct kt_thread *t, u64 now, u8 inside)
 	}
 	kt_account(t, now);
 	t->in_run = inside;
+	t->guest_out = 1;
+}
+
+/*
+ * kvm_entry (entry = 1) or kvm_exit (0) of thread ``t``: into the guest or
+ * out of it. Both happen inside KVM_RUN, which a trace without KVM_RUN
+ * edges learns from them.
+ */
+static __always_inline void kt_guest_edge(struct kt_thread *t, u64 now, u8 entry)
+{
+	kt_account(t, now);
+	if (!t->guest_seen) {
+		if (entry)	/* it was not in the guest: nothing booked was */
+			t->guest_ns = 0;
+		t->guest_seen = 1;
+	}
+	t->guest_out = !entry;
+	t->in_run = 1;
 }
 
 /* A SCHED_SWITCH or WAKEUP event of thread ``t``. */
@@ -63,9 +95,12 @@ static __always_inline void kt_sched_edge(struct kt_thread *t, const struct kt_e
 		t->sched_seen = 1;
 	}
 	kt_account(t, e->ts_ns);
-	if (e->op == KT_SWITCH_IN)
+	if (e->op == KT_SWITCH_IN) {
 		t->sched = KT_SCHED_ON_CPU;
-	else if ((e->flags & KT_FLAG_PREEMPT) || e->reason == 0)
+		return;
+	}
+	t->guest_out = 1;	/* a thread off its CPU is not in the guest */
+	if ((e->flags & KT_FLAG_PREEMPT) || e->reason == 0)
 		t->sched = KT_SCHED_RUNNABLE;	/* preempted, or yielded: still runnable */
 	else
 		t->sched = KT_SCHED_ASLEEP;
