@@ -24,6 +24,11 @@ same thing, and holds the same names, in every metric):
   spent in each state (``guest``, ``halted``, ``vmm``, ``vmm_waiting``,
   ``preempted``: see kvmtrace.analysis.vcpu_time), the shape of
   node_cpu_seconds_total: ``rate()`` of one series is its state's share
+- ``kvmtrace_vcpu_guest_seconds_total{vcpu,part}``: on VMX/SVM hosts (where
+  kvm_exit/kvm_entry fire; no series elsewhere), the two parts of a vCPU's
+  ``guest`` seconds: ``in_guest`` (after kvm_entry, until kvm_exit) and
+  ``exit_handling`` (the rest); they sum to its ``state="guest"`` series. A
+  family of its own, so that kvmtrace_vcpu_seconds_total still sums to wall time
 - ``kvmtrace_lost_events_total``: counts the kernel could not keep
 """
 
@@ -38,7 +43,7 @@ import numpy as np
 from kvmtrace.analysis.handlers import handler_of
 from kvmtrace.analysis.summary import mmio, port_io, userspace_exits, hardware_exits, weighted
 from kvmtrace.errors import UsageError
-from kvmtrace.kernel.events import EventKind, Latency
+from kvmtrace.kernel.events import AGGREGATE, VCPU_TIME_IN_GUEST, EventKind, Latency, VcpuState
 from kvmtrace.tables.exits import ExitNames, Isa
 from kvmtrace.live.counter import LiveCounter, RESCAN_SECONDS, vcpu_seconds
 
@@ -57,7 +62,7 @@ BUCKETS = tuple(2.0 ** b / 1e9 for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
 #: counters and _bucket/_count/_sum to histograms).
 METRICS = ("kvmtrace_userspace_exits", "kvmtrace_exits", "kvmtrace_pio", "kvmtrace_mmio",
            "kvmtrace_vmm_service_seconds", "kvmtrace_exit_handling_seconds", "kvmtrace_vcpu_seconds",
-           "kvmtrace_lost_events")
+           "kvmtrace_vcpu_guest_seconds", "kvmtrace_lost_events")
 
 
 def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
@@ -81,6 +86,20 @@ def histogram(counts: dict[int, int]) -> tuple[list[tuple[str, int]], float]:
     buckets = [(floatToGoString(le), int(c)) for le, c in zip(BUCKETS, cum)]
     buckets.append(("+Inf", total))
     return buckets, est
+
+
+def guest_parts(rows, pid: int, vcpus: dict[int, int]) -> list[tuple[int | None, int, str, float]]:
+    """(vcpu, tid, part, seconds) of VMM ``pid``'s threads whose guest time splits
+    (VCPU_TIME rows with op VCPU_TIME_IN_GUEST): in_guest, and exit_handling =
+    guest - in_guest in the same nanoseconds."""
+    r = rows[(rows["kind"] == (EventKind.VCPU_TIME | AGGREGATE)) & (rows["pid"] == pid)]
+    ns = r.groupby(["tid", "op"])["value"].sum().to_dict() if len(r) else {}
+    out = []
+    for tid in sorted({int(t) for t, op in ns if op == VCPU_TIME_IN_GUEST}, key=lambda t: (vcpus.get(t, 1 << 30), t)):
+        in_guest, guest = int(ns[(tid, VCPU_TIME_IN_GUEST)]), int(ns.get((tid, int(VcpuState.GUEST)), 0))
+        out += [(vcpus.get(tid), tid, "in_guest", in_guest / 1e9),
+                (vcpus.get(tid), tid, "exit_handling", (guest - in_guest) / 1e9)]
+    return out
 
 
 def _summed(rows, labels) -> dict[tuple, int]:
@@ -138,11 +157,17 @@ class KvmtraceCollector:
         vcpu_time = CounterMetricFamily("kvmtrace_vcpu_seconds", "Seconds each vCPU spent in each state "
                                         "(guest, halted, vmm, vmm_waiting, preempted)",
                                         labels=["domain", "vcpu", "state"])
+        vcpu_guest = CounterMetricFamily("kvmtrace_vcpu_guest_seconds", "The two parts of each vCPU's guest "
+                                         "seconds where kvm_exit/kvm_entry fire (VMX/SVM): in_guest and "
+                                         "exit_handling, summing to its state=\"guest\" seconds",
+                                         labels=["domain", "vcpu", "part"])
         for guest in self.live.guests:
             r = rows[rows["pid"] == guest.pid]
             by_tid = {tid: v for v, tid in getattr(guest, "vcpu_threads", {}).items()}
             for vcpu, tid, state, secs in vcpu_seconds(r, guest.pid, by_tid):
                 vcpu_time.add_metric([guest.name, f"tid{tid}" if vcpu is None else str(vcpu), state], secs)
+            for vcpu, tid, part, secs in guest_parts(r, guest.pid, by_tid):
+                vcpu_guest.add_metric([guest.name, f"tid{tid}" if vcpu is None else str(vcpu), part], secs)
             dom = guest.name
             dev = self._devmap(guest, r)
 
@@ -182,7 +207,7 @@ class KvmtraceCollector:
                 hists[lat].add_metric([dom, *labels], buckets, est)
         lost = CounterMetricFamily("kvmtrace_lost_events", "Events or counts the kernel could not keep")
         lost.add_metric([], self.live.session.probes.counters().lost_total)
-        yield from (uexit, hw, pio, mm, *hists.values(), vcpu_time, lost)
+        yield from (uexit, hw, pio, mm, *hists.values(), vcpu_time, vcpu_guest, lost)
 
 
 def check_port(port: int) -> None:

@@ -12,7 +12,9 @@ in µs for an events trace; ``vmm_service_log2`` (and ``exit_handling_log2``)
 for a counts trace, whose quantiles are the upper bounds of the kernel's
 log2 buckets. ``vcpu_time`` (recordings with the sched probes): one row per
 vCPU thread, ``vcpu``, ``tid``, ``total_s``, ``guest_s``, ``halted_s``,
-``vmm_s``, ``vmm_waiting_s``, ``preempted_s`` (seconds).
+``vmm_s``, ``vmm_waiting_s``, ``preempted_s`` (seconds), and where the thread
+had kvm_exit/kvm_entry (VMX/SVM hosts) ``in_guest_s`` and ``exit_handling_s``,
+the two parts of ``guest_s`` (absent on the other threads).
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def _latency_dict(trace: Trace) -> dict:
 
 
 def _vcpu_time_dict(trace: Trace) -> dict:
-    """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes)."""
+    """``vcpu_time``: one row per vCPU thread, seconds per state (absent without the sched probes),
+    and ``in_guest_s`` and ``exit_handling_s`` on the threads whose guest time splits (VMX/SVM)."""
     from kvmtrace.analysis.vcpu_time import has_vcpu_time
 
     header = trace.header
@@ -204,7 +207,9 @@ def _vcpu_time_dict(trace: Trace) -> dict:
     rows = []
     for r in df.to_dict("records"):
         rows.append({"vcpu": None if r["vcpu"] == NO_VCPU else int(r["vcpu"]), "tid": int(r["tid"]),
-                     **{k: round(float(r[k]), 6) for k in df.columns if k.endswith("_s")}})
+                     **{k: round(float(r[k]), 6) for k in df.columns if k.endswith("_s") and not pd.isna(r[k])}})
+        if "in_guest_s" in rows[-1]:  # the two parts of guest sum to its rounded value
+            rows[-1]["exit_handling_s"] = round(rows[-1]["guest_s"] - rows[-1]["in_guest_s"], 6)
     return {"vcpu_time": rows}
 
 
@@ -220,6 +225,10 @@ def _vcpu_time_text(con: Console, d: dict) -> None:
         for st in STATES:
             share = r[st + "_s"] / total if total else 0.0
             rows.append([st, meaning[st], f"{r[st + '_s']:,.3f}", f"{100 * share:5.1f}%", "#" * round(20 * share)])
+            if st == "guest" and "in_guest_s" in r:  # VMX/SVM: kvm_exit/kvm_entry split it
+                for part, what in (("in_guest", "after kvm_entry"), ("exit_handling", "KVM, not in the guest")):
+                    share = r[part + "_s"] / total if total else 0.0
+                    rows.append([f"  {part}", what, f"{r[part + '_s']:,.3f}", f"{100 * share:5.1f}%", ""])
         rows.append(["total", "", f"{total:,.3f}", "", ""])
         vcpu = "?" if r["vcpu"] is None else r["vcpu"]
         con.print(_table(f"Where vCPU {vcpu}'s time went (thread {r['tid']})",

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from kvmtrace.errors import ExitCode, UsageError
-from kvmtrace.kernel.events import AGGREGATE, EVENT_DTYPE, PADDING, EventFlag, EventKind, Latency
+from kvmtrace.kernel.events import (AGGREGATE, EVENT_DTYPE, PADDING, VCPU_TIME_IN_GUEST, EventFlag, EventKind,
+                                    Latency)
 from kvmtrace.live import serve
 from kvmtrace.live.serve import BUCKETS, KvmtraceCollector, check_port, histogram
 
@@ -88,6 +89,8 @@ FRAME = rows(
     {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 0, "value": 3_000_000_000},
     {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 2, "value": 500_000_000},
     {"kind": EventKind.VCPU_TIME, "tid": TID, "op": 4, "value": 1_500_000_000},
+    # ... and the in-guest part of its guest time (a VMX host: kvm_exit/kvm_entry fired)
+    {"kind": EventKind.VCPU_TIME, "tid": TID, "op": VCPU_TIME_IN_GUEST, "value": 2_250_000_000},
 )
 
 
@@ -242,3 +245,14 @@ def test_vcpu_seconds_per_state_in_the_shape_of_node_cpu_seconds(samples):
     got = {(x["domain"], x["vcpu"], x["state"]): v for x, v in samples["kvmtrace_vcpu_seconds_total"]}
     assert got == {("web1", "0", "guest"): 3.0, ("web1", "0", "halted"): 0.0, ("web1", "0", "vmm"): 0.5,
                    ("web1", "0", "vmm_waiting"): 0.0, ("web1", "0", "preempted"): 1.5}
+    assert sum(got.values()) == 5.0  # the states sum to the recorded time: the guest split is not among them
+
+
+def test_vcpu_guest_seconds_split_guest_in_a_family_of_their_own(samples):
+    got = {(x["domain"], x["vcpu"], x["part"]): v for x, v in samples["kvmtrace_vcpu_guest_seconds_total"]}
+    assert got == {("web1", "0", "in_guest"): 2.25, ("web1", "0", "exit_handling"): 0.75}
+
+
+def test_no_guest_split_series_where_kvm_exit_never_fired():
+    frame = FRAME[FRAME["op"].to_numpy() != VCPU_TIME_IN_GUEST]
+    assert "kvmtrace_vcpu_guest_seconds_total" not in scrape(frame)
