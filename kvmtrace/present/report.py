@@ -226,7 +226,7 @@ def _vcpu_time_text(con: Console, d: dict) -> None:
             share = r[st + "_s"] / total if total else 0.0
             rows.append([st, meaning[st], f"{r[st + '_s']:,.3f}", f"{100 * share:5.1f}%", "#" * round(20 * share)])
             if st == "guest" and "in_guest_s" in r:  # VMX/SVM: kvm_exit/kvm_entry split it
-                for part, what in (("in_guest", "after kvm_entry"), ("exit_handling", "KVM, not in the guest")):
+                for part, what in (("in_guest", "after kvm_entry"), ("exit_handling", "KVM handling exits")):
                     share = r[part + "_s"] / total if total else 0.0
                     rows.append([f"  {part}", what, f"{r[part + '_s']:,.3f}", f"{100 * share:5.1f}%", ""])
         rows.append(["total", "", f"{total:,.3f}", "", ""])

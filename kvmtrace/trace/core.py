@@ -331,8 +331,10 @@ class Trace:
         """Where each vCPU thread's time went: seconds guest, halted, vmm, vmm_waiting, preempted.
 
         See analysis.vcpu_time.vcpu_time for the columns (vcpu, pid, tid,
-        total_s and one ``<state>_s`` per state, float64 seconds). Both modes;
-        needs a recording with the sched probes.
+        total_s and one ``<state>_s`` per state, float64 seconds; on VMX/SVM
+        hosts, where kvm_exit/kvm_entry fired, also in_guest_s and
+        exit_handling_s, the two parts of guest_s, NaN on threads without
+        them). Both modes; needs a recording with the sched probes.
         """
         from kvmtrace.analysis.vcpu_time import trace_inputs, vcpu_time
 
@@ -340,7 +342,8 @@ class Trace:
 
     def df_vcpu_time_intervals(self, freq: str | float = "1s") -> pd.DataFrame:
         """df_vcpu_time per window of ``freq`` ("1s", "250ms" or seconds), with t_s
-        (window start, seconds since the recording started); see
+        (window start, seconds since the recording started) and the same
+        columns, in_guest_s and exit_handling_s included where they exist; see
         analysis.vcpu_time.vcpu_time_intervals."""
         from kvmtrace.analysis.vcpu_time import trace_inputs, vcpu_time_intervals
 
@@ -349,7 +352,8 @@ class Trace:
                                    counts_mode=self.header.get("mode") == "counts")
 
     def vcpu_timeline(self):
-        """Events mode: every vCPU thread's state segments (analysis.vcpu_time.Timeline)."""
+        """Events mode: every vCPU thread's state segments (analysis.vcpu_time.Timeline),
+        with the in-guest flag per segment where kvm_exit/kvm_entry fired."""
         from kvmtrace.analysis.vcpu_time import segments, trace_inputs
 
         self._need_events("vcpu_timeline")
