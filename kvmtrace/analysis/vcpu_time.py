@@ -127,8 +127,9 @@ class Timeline:
         """One row per segment (pid, tid, start_ns, end_ns, state); ``merge``
         joins neighbours of the same state (what a timeline draws). Where a
         thread had kvm_exit/kvm_entry (has_guest_split) a bool column
-        ``in_guest`` follows (True: a guest segment after kvm_entry; merging
-        then keeps in-guest and exit-handling guest segments apart)."""
+        ``in_guest`` follows (nullable boolean: True for a guest segment
+        after kvm_entry, NA on the threads without the edges; merging then
+        keeps in-guest and exit-handling guest segments apart)."""
         thread = np.repeat(np.arange(len(self.tid)), np.diff(self.bounds))
         keep = self.end > self.start  # an instant between two edges at the same time is no segment
         split = self.has_guest_split
@@ -147,7 +148,8 @@ class Timeline:
                            "start_ns": start.astype(np.int64), "end_ns": end.astype(np.int64),
                            "state": pd.Categorical.from_codes(state, categories=list(STATES))})
         if split:
-            df["in_guest"] = in_guest.astype(bool)
+            df["in_guest"] = pd.array(in_guest.astype(bool), dtype="boolean")
+            df.loc[~self.guest_seen[thread], "in_guest"] = pd.NA
         df.index.name = "segment"
         return df
 

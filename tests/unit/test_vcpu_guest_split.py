@@ -70,10 +70,11 @@ def test_frames_carry_the_parts_where_the_edges_fired(trace):
 
 def test_timeline_segments_carry_the_in_guest_flag(trace):
     seg = trace.vcpu_timeline().frame()
-    assert seg["in_guest"].dtype == bool
+    assert str(seg["in_guest"].dtype) == "boolean"
+    assert seg.loc[seg["tid"] == 300, "in_guest"].isna().all()  # no kvm_exit/kvm_entry: no flag
     assert not seg.loc[seg["state"] != "guest", "in_guest"].any()
     dur = seg["end_ns"] - seg["start_ns"]
-    by_tid = dur[seg["in_guest"]].groupby(seg["tid"]).sum().to_dict()
+    by_tid = dur[seg["in_guest"].fillna(False).to_numpy(bool)].groupby(seg["tid"]).sum().to_dict()
     assert by_tid == {100: 6350, 200: 6800, 400: 9000}
     # Merging keeps an in-guest and an exit-handling stretch of guest apart.
     t100 = seg[seg["tid"] == 100]
@@ -136,3 +137,19 @@ def test_counts_mode_reads_the_kernels_in_guest_rows(tmp_path):
     w100 = w[w["tid"] == 100]
     assert _ns(w100["in_guest_s"]).tolist() == [650, 900, 0, 0, 0, 0, 0]
     assert _ns(w100["exit_handling_s"]).tolist() == [50, 100, 0, 0, 0, 0, 0]
+
+
+def test_perfetto_guest_slices_say_their_part(trace, tmp_path):
+    from kvmtrace.present.perfetto import export_perfetto
+
+    export_perfetto(trace, tmp_path / "t.json", format="json")
+    doc = json.loads((tmp_path / "t.json").read_text())
+    events = doc["traceEvents"] if isinstance(doc, dict) else doc
+    guest = [e for e in events if e.get("cat") == "vcpu_state" and e["name"] == "guest"]
+    parts = {}
+    for e in (e for e in guest if "part" in e["args"]):
+        parts[(e["tid"], e["args"]["part"])] = parts.get((e["tid"], e["args"]["part"]), 0) + round(e["dur"] * 1000)
+    assert parts[(100, "in_guest")] == 6350 and parts[(100, "exit_handling")] == 960
+    assert not [e for e in events if e.get("cat") == "vcpu_state" and e["name"] != "guest" and "part" in e["args"]]
+    assert not [e for e in guest if e["tid"] == 300 and "part" in e["args"]]
+    assert {e["tid"] for e in guest if "part" not in e["args"]} == {300}
