@@ -116,6 +116,15 @@ def test_states_cover_the_recorded_time_and_agree_with_schedstat(guest, tmp_path
     ind = run.independent
     assert run.share("guest") + run.share("vmm") == pytest.approx(ind["on_cpu"], abs=0.05), (r, ind)
     assert run.share("preempted") == pytest.approx(ind["preempted"], abs=0.05), (r, ind)
+    # kvm_exit/kvm_entry never fire on this host: guest has no split, in neither mode.
+    assert "in_guest_s" not in r and "exit_handling_s" not in r
+    assert "in_guest_s" not in run.trace.df_vcpu_time().columns
+    if mode == "counts":  # the kernel saw no edge, so read out no in-guest row
+        from kvmtrace.kernel.events import AGGREGATE, VCPU_TIME_IN_GUEST, EventKind
+
+        ev = run.trace.events
+        vt = ev[ev["kind"] == (EventKind.VCPU_TIME | AGGREGATE)]
+        assert len(vt) and not (vt["op"] == VCPU_TIME_IN_GUEST).any()
 
 
 @pytest.mark.parametrize("mode", MODES)
