@@ -24,12 +24,15 @@ from kvmtrace.analysis.summary import hardware_exits, mmio, port_io, userspace_e
 from kvmtrace.kernel.events import EventKind
 from kvmtrace.tables.exits import ExitNames
 from kvmtrace.live.counter import LiveCounter, Snapshot, vcpu_seconds
+from kvmtrace.live.serve import guest_parts
 
 NAMES = ExitNames.builtin()
 COLUMNS = ["time_s", "domain", "dimension", "key", "rate", "total"]
 DIMENSIONS = ["userspace exit", "exit", "port", "mmio", "vcpu", "vcpu time"]
 #: ``vcpu time`` rows (key "vcpu N (tid T) STATE"): rate is the state's share of
 #: the interval (seconds per second), total the milliseconds since the start.
+#: Where kvm_exit/kvm_entry fire (VMX/SVM) STATE is also in_guest and
+#: exit_handling, the two parts of guest.
 VCPU_TIME = "vcpu time"
 
 
@@ -83,7 +86,7 @@ def _table(rows: pd.DataFrame, domains: dict[int, str], vcpus: dict[int, int], d
         for tid, n in u.groupby("tid")["w"].sum().items():
             out.append({"domain": name, "dimension": "vcpu", "key": f"vcpu {vcpus.get(int(tid), '?')} (tid {tid})",
                         "count": int(n)})
-        for vcpu, tid, state, secs in vcpu_seconds(r, pid, vcpus):
+        for vcpu, tid, state, secs in vcpu_seconds(r, pid, vcpus) + guest_parts(r, pid, vcpus):
             out.append({"domain": name, "dimension": VCPU_TIME,
                         "key": f"vcpu {'?' if vcpu is None else vcpu} (tid {tid}) {state}", "count": secs * 1e3})
     return pd.DataFrame(out, columns=["domain", "dimension", "key", "count"])
@@ -126,20 +129,23 @@ def render(df: pd.DataFrame, snap: Snapshot, width: int = 80) -> str:
 
 
 def _vcpu_time_table(domain: str, part: pd.DataFrame) -> Table:
-    """One row per vCPU, one column per state: its share of the interval, in %."""
-    from kvmtrace.analysis.vcpu_time import STATES
+    """One row per vCPU, one column per state: its share of the interval, in %
+    (and guest's two parts where a vCPU has them; "-" on the others)."""
+    from kvmtrace.analysis.vcpu_time import GUEST_PARTS, STATES
 
     t = Table(title=f"{domain}: where each vCPU's time went, % of the interval", box=box.SIMPLE_HEAD,
               title_justify="left", pad_edge=False)
     t.add_column("vcpu", overflow="fold")
-    for s in STATES:
-        t.add_column(s.replace("_", " "), justify="right", no_wrap=True)
     share: dict[str, dict[str, float]] = {}
     for r in part.to_dict("records"):
         who, state = str(r["key"]).rsplit(" ", 1)
         share.setdefault(who, {})[state] = r["rate"]
+    parts = [p for p in GUEST_PARTS if any(p in by_state for by_state in share.values())]
+    for s in STATES + tuple(parts):
+        t.add_column(s.replace("_", " "), justify="right", no_wrap=True)
     for who, by_state in share.items():
-        t.add_row(who, *(f"{100 * by_state.get(s, 0.0):.0f}" for s in STATES))
+        t.add_row(who, *(f"{100 * by_state.get(s, 0.0):.0f}" for s in STATES),
+                  *(f"{100 * by_state[p]:.0f}" if p in by_state else "-" for p in parts))
     return t
 
 

@@ -153,3 +153,31 @@ def test_perfetto_guest_slices_say_their_part(trace, tmp_path):
     assert not [e for e in events if e.get("cat") == "vcpu_state" and e["name"] != "guest" and "part" in e["args"]]
     assert not [e for e in guest if e["tid"] == 300 and "part" in e["args"]]
     assert {e["tid"] for e in guest if "part" not in e["args"]} == {300}
+
+
+def test_top_shows_the_parts_as_shares_of_the_interval():
+    import pandas as pd
+
+    from kvmtrace.live.counter import Snapshot
+    from kvmtrace.live.top import render, snapshot_frame
+
+    a = np.zeros(7, EVENT_DTYPE)
+    a["pid"] = 7
+    a["kind"] = EventKind.VCPU_TIME | AGGREGATE
+    a["tid"] = [70, 70, 70, 71, 71, 71, 71]
+    a["op"] = [VcpuState.GUEST, VcpuState.HALTED, VCPU_TIME_IN_GUEST,  # tid 70: a VMX vCPU
+               VcpuState.GUEST, VcpuState.HALTED, VcpuState.VMM, VcpuState.PREEMPTED]  # tid 71: no edges
+    a["value"] = [600_000_000, 400_000_000, 450_000_000, 250_000_000, 250_000_000, 250_000_000, 250_000_000]
+    rows = pd.DataFrame({n: a[n] for n in EVENT_DTYPE.names if not n.startswith("pad")})
+    snap = Snapshot(t=1.0, interval_s=1.0, delta=rows, total=rows, domains={7: "g"}, vcpus={70: 0, 71: 1})
+    df = snapshot_frame(snap, {})
+    rate = df[df["dimension"] == "vcpu time"].set_index("key")["rate"]
+    assert rate["vcpu 0 (tid 70) in_guest"] == pytest.approx(0.45)
+    assert rate["vcpu 0 (tid 70) exit_handling"] == pytest.approx(0.15)
+    assert "vcpu 1 (tid 71) in_guest" not in rate.index
+    out = render(df, snap, width=140)
+    header = next(ln for ln in out.splitlines() if "preempted" in ln)
+    assert header.split()[-5:] == ["preempted", "in", "guest", "exit", "handling"], out
+    row0 = next(ln for ln in out.splitlines() if ln.lstrip().startswith("vcpu 0")).split()
+    row1 = next(ln for ln in out.splitlines() if ln.lstrip().startswith("vcpu 1")).split()
+    assert row0[-2:] == ["45", "15"] and row1[-2:] == ["-", "-"]
