@@ -130,6 +130,16 @@ def _need_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
                              f"give it the columns {', '.join(cols)}")
 
 
+def _guest_parts(c: pd.Series) -> np.ndarray:
+    """Which rows of a run's counts are the parts of a vCPU's guest time
+    (analysis.vcpu_time.GUEST_PARTS: "vcpu N in_guest", "vcpu N exit_handling")."""
+    if not len(c):
+        return np.zeros(0, dtype=bool)
+    dims, keys = c.index.get_level_values("dimension"), c.index.get_level_values("key").astype(str)
+    return np.asarray((dims == VCPU_TIME) & (keys.str.endswith(" in_guest") | keys.str.endswith(" exit_handling")),
+                      dtype=bool)
+
+
 def run_counts(run: RunRates) -> pd.Series:
     """The run's counts as an int64 Series indexed by (dimension, key) strings.
 
@@ -278,6 +288,10 @@ def compare(base: RunRates, new: RunRates, threshold_pct: float = 10.0, alpha: f
     has = [(VCPU_TIME in c.index.get_level_values("dimension")) for c in (b, n)]
     if has[0] != has[1]:
         b, n = (c[c.index.get_level_values("dimension") != VCPU_TIME] for c in (b, n))
+    # Nor is a guest time not split (no kvm_exit/kvm_entry on that host) "0 % in the guest".
+    split = [_guest_parts(c) for c in (b, n)]
+    if split[0].any() != split[1].any():
+        b, n = b[~split[0]], n[~split[1]]
     keys = b.index.union(n.index, sort=False)
     keys = keys.sort_values() if len(keys) else keys
     bc = b.reindex(keys, fill_value=0).to_numpy(dtype=np.int64)

@@ -181,3 +181,27 @@ def test_top_shows_the_parts_as_shares_of_the_interval():
     row0 = next(ln for ln in out.splitlines() if ln.lstrip().startswith("vcpu 0")).split()
     row1 = next(ln for ln in out.splitlines() if ln.lstrip().startswith("vcpu 1")).split()
     assert row0[-2:] == ["45", "15"] and row1[-2:] == ["-", "-"]
+
+
+def _run(label, rows: dict[str, int]):
+    import pandas as pd
+
+    from kvmtrace.analysis.compare import RunRates
+
+    counts = pd.DataFrame({"dimension": ["vcpu_time"] * len(rows), "key": list(rows), "count": list(rows.values())})
+    return RunRates(label=label, counts=counts, duration_s=4.0, exits=40_000)
+
+
+def test_compare_leaves_the_parts_out_when_one_run_has_none():
+    from kvmtrace.analysis.compare import compare, describe_cause, regression_causes
+
+    pvm = _run("pvm", {"vcpu 0 guest": 3000, "vcpu 0 halted": 1000})
+    vmx = _run("vmx", {"vcpu 0 guest": 3000, "vcpu 0 halted": 1000, "vcpu 0 in_guest": 2600,
+                       "vcpu 0 exit_handling": 400})
+    df = compare(pvm, vmx)
+    assert set(df["key"].astype(str)) == {"vcpu 0 guest", "vcpu 0 halted"} and not df["regression"].any()
+    # Two VMX runs compare them: exit handling from 10 % to 40 % of the vCPU's time is a regression.
+    slow = _run("slow", {"vcpu 0 guest": 3000, "vcpu 0 halted": 1000, "vcpu 0 in_guest": 1400,
+                         "vcpu 0 exit_handling": 1600})
+    causes = [describe_cause(r) for r in regression_causes(compare(vmx, slow)).to_dict("records")]
+    assert causes == ["vcpu_time vcpu 0 exit_handling rose from 10% to 40%"]
