@@ -24,7 +24,7 @@ import pandas as pd
 
 from kvmtrace import __version__
 from kvmtrace.errors import OutputError, TraceFileError
-from kvmtrace.importer.checks import check_isa, process_ids, timestamp_resolution_ns
+from kvmtrace.importer.checks import check_isa, domains_of, no_events, process_ids, timestamp_resolution_ns
 from kvmtrace.importer.result import ImportResult
 from kvmtrace.importer.rows import (
     _ENTRY_K,
@@ -107,6 +107,8 @@ class _State:
         # The scheduler's lines read, and their rows per (tid, kind, op): (count, first ts, last ts).
         self.sched_lines: dict[str, int] = {}
         self.sched_cands: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+        self.sched_last_op: dict[int, int] = {}  # tid -> its last switch's op
+        self.sched_breaks: dict[int, int] = {}  # tid -> switches out of sequence
 
     def undecodable(self) -> dict[str, int]:
         return {t: r.count for t, r in sorted(self.reasons.items()) if not r.decodable}
@@ -134,7 +136,7 @@ class _State:
         self.others.clear()
         # Sched rows are spilled in order but kept only for vCPU threads, known at the end:
         # the counts, time span and threads below are of the other rows.
-        full, out = out, out[candidates(out, self.sched_cands)]
+        full, out = out, out[candidates(out, self.sched_cands, self.sched_last_op, self.sched_breaks)]
         self._tally(out)
         try:
             full.tofile(self.spill)
@@ -353,25 +355,6 @@ def _trace_isa(st: _State, override: Isa | None) -> Isa:
     return isa_from_names(n for r in st.reasons.values() if r.vote is not None for n in (r.vote,) * r.count)
 
 
-def _domains(st: _State) -> list[dict]:
-    per_pid: dict[int, dict] = {}
-    for pid in st.pid_order:
-        per_pid[pid] = {"name": st.comms.get(pid, ""), "pid": pid, "vcpus": set(), "tids": set(), "vcpu_threads": {}}
-    for pid, tid, vcpu in st.threads:
-        d = per_pid[pid]
-        d["tids"].add(tid)
-        if vcpu != NO_VCPU:
-            d["vcpus"].add(vcpu)
-            d["vcpu_threads"].setdefault(str(vcpu), tid)
-    out = []
-    for d in per_pid.values():
-        d["vcpus"] = sorted(d["vcpus"])
-        d["tids"] = sorted(d["tids"])
-        d["vcpu_threads"] = dict(sorted(d["vcpu_threads"].items(), key=lambda kv: int(kv[0])))
-        out.append(d)
-    return out
-
-
 def default_output(path: str | os.PathLike) -> Path:
     """Where ``kvmtrace import FILE`` writes without ``-o``: FILE's name with ``.kvmtrace``."""
     p = Path(path)
@@ -484,8 +467,8 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         st.ts_min = sched_lo if st.ts_min is None else min(st.ts_min, sched_lo)
         st.ts_max = sched_hi if st.ts_max is None else max(st.ts_max, sched_hi)
     if events == 0:
-        raise _no_events(path, detected, st, lines, undecodable)
-    domains = _domains(st)
+        raise no_events(path, detected, st, lines, undecodable)
+    domains = domains_of(st.pid_order, st.comms, st.threads)
     isa_name = trace_isa.name if trace_isa != Isa.UNKNOWN else "unknown"
     info = {
         "path": str(path),
@@ -503,7 +486,8 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         "exit_lines": kinds.get("kvm_exit", 0) + sum(undecodable.values()),
         "process_ids": process_ids(st.threads, detected),
         # The scheduler's lines read, the rows kept (vCPU threads') and those of other threads left out.
-        "sched": {"lines": dict(st.sched_lines), "kept": sched_kept, "other_threads": sched_other},
+        "sched": {"lines": dict(st.sched_lines), "kept": sched_kept, "other_threads": sched_other,
+                  "out_of_sequence": sum(n for t, n in st.sched_breaks.items() if t in vcpu_pid)},
         "run_edges": dict(sorted(st.run_by.items())),  # RUN rows by the line they came from
         "folded": dict(sorted(st.folded.items())),  # lines read that add no row of their own
     }
@@ -575,20 +559,3 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         run_edges=info["run_edges"], folded=info["folded"],
         seconds=time.perf_counter() - t0,
     )
-
-
-def _no_events(path: Path, detected: str, st: _State, lines: int, undecodable: dict[str, int]) -> TraceFileError:
-    seen = sorted({**st.skipped, **st.sched_lines}.items(), key=lambda kv: -kv[1])[:5]
-    parts = []
-    if seen:
-        parts.append("events seen: " + ", ".join(f"{k} {v:,}" for k, v in seen))
-    if undecodable:
-        parts.append("kvm_exit lines with reasons no name or number gives: "
-                     + ", ".join(f"{k!r} {v:,}" for k, v in undecodable.items()))
-    if st.unknown:
-        parts.append(f"{st.unknown:,} unreadable lines (first: line {st.unknown_examples[0]})")
-    detail = f" ({'; '.join(parts)})" if parts else ""
-    return TraceFileError(
-        f"{path} holds no kvm events kvmtrace can import: {lines:,} lines of {detected} text{detail}",
-        "capture kvm:kvm_exit, kvm:kvm_entry, kvm:kvm_pio, kvm:kvm_mmio or kvm:kvm_userspace_exit "
-        "(e.g. trace-cmd record -e kvm, then trace-cmd report > FILE)")

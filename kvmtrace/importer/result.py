@@ -34,7 +34,8 @@ class ImportResult:
     exit_lines: int = 0  # kvm_exit lines read, stored or not
     process_ids: str = "tgid"  # or "thread ids only": the text names no process (trace-cmd)
     # The scheduler's lines: {"lines": {event: lines read}, "kept": {event: rows of vCPU threads},
-    # "other_threads": {event: rows of other threads, left out}} (a switch has two sides).
+    # "other_threads": {event: rows of other threads, left out}, "out_of_sequence": vCPU threads'
+    # switches in after in or out after out} (a switch has two sides).
     sched: dict = field(default_factory=dict)
     run_edges: dict[str, int] = field(default_factory=dict)  # RUN rows by the line they came from
     folded: dict[str, int] = field(default_factory=dict)  # lines read that add no row of their own
@@ -63,6 +64,10 @@ class ImportResult:
                        + f"), left out {sum(other.values()):,} of other threads"
                        + ("" if kept.get("sched_switch") else
                           ": no sched_switch of a vCPU thread, so no vCPU time"))
+            if self.sched.get("out_of_sequence"):
+                out.append(f"{self.sched['out_of_sequence']:,} switches of vCPU threads out of sequence (in after in, "
+                           "or out after out): the text lacks switch lines (an excerpt, or lost events), and vCPU "
+                           "time across such a gap is the state the last line left")
         if self.run_edges:
             out.append("KVM_RUN entered (RUN): " + ", ".join(
                 f"{n:,} from {'sys_enter_ioctl KVM_RUN' if e == 'sys_enter_ioctl' else 'kvm_fpu load'}"

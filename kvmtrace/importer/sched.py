@@ -170,13 +170,16 @@ HANDLERS = {
 }
 
 
-def candidates(out: np.ndarray, into: dict) -> np.ndarray:
+def candidates(out: np.ndarray, into: dict, last_op: dict[int, int], breaks: dict[int, int]) -> np.ndarray:
     """Tally a spilled batch's sched rows per (tid, kind, op) with their first and last
-    timestamp into ``into``; returns the mask of the batch's other rows."""
+    timestamp into ``into``, and each thread's switches out of sequence (in after in, out
+    after out: a switch line the text lacks) into ``breaks``, ``last_op`` carrying each
+    thread's last switch across batches; returns the mask of the batch's other rows."""
     kind = out["kind"]
     sched = (kind == _SWITCH_K) | (kind == _WAKEUP_K)
     if sched.any():
         s = out[sched]
+        _sequence(s[s["kind"] == _SWITCH_K], last_op, breaks)
         key = (s["tid"].astype(np.uint64) << np.uint64(16)) | (s["kind"].astype(np.uint64) << np.uint64(8)) | s["op"]
         uniq, inv = np.unique(key, return_inverse=True)
         ts = s["ts_ns"].astype(np.int64)
@@ -190,6 +193,18 @@ def candidates(out: np.ndarray, into: dict) -> np.ndarray:
             old = into.get(t)
             into[t] = (c, a, b) if old is None else (old[0] + c, min(old[1], a), max(old[2], b))
     return ~sched
+
+
+def _sequence(sw: np.ndarray, last_op: dict[int, int], breaks: dict[int, int]) -> None:
+    if not len(sw):
+        return
+    order = np.argsort(sw["tid"], kind="stable")  # each thread's switches, in the text's order
+    tid, op = sw["tid"][order].tolist(), sw["op"][order].tolist()
+    for i, (t, o) in enumerate(zip(tid, op)):
+        prev = last_op.get(t) if i == 0 or tid[i - 1] != t else op[i - 1]
+        if prev == o:
+            breaks[t] = breaks.get(t, 0) + 1
+        last_op[t] = o
 
 
 def kept_counts(cands: dict, vcpu_pid: dict[int, int]) -> tuple[dict[str, int], dict[str, int], int | None, int | None]:

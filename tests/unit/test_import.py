@@ -80,7 +80,8 @@ def test_ftrace_trace_file_every_event(tmp_path):
     assert res.events_by_probe == {"kvm_exit": 3, "kvm_entry": 2, "kvm_pio": 1, "kvm_mmio": 3,
                                    "kvm_userspace_exit": 4, "sys_enter_ioctl": 2, "sched_switch": 1}
     # swapper/2 -> CPU 1/KVM: the idle task's side is no vCPU thread; 4243's (it has kvm lines) is kept.
-    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {}}
+    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {},
+                         "out_of_sequence": 0}
     sw = kind(ev, EventKind.SCHED_SWITCH)
     assert len(sw) == 1 and tuple(sw.iloc[0][["ts_ns", "tid", "pid", "cpu", "op", "reason", "flags", "vcpu"]]) == (
         812_000_250_000, 4243, 4243, 2, SchedOp.IN, 0, 0, NO_VCPU)
@@ -153,7 +154,8 @@ def test_perf_script(tmp_path):
     assert res.skipped_by_event == {"kvm_fast_mmio": 1}
     assert res.events_by_probe == {"kvm_exit": 3, "kvm_entry": 1, "kvm_pio": 1, "kvm_userspace_exit": 1}
     # swapper -> 3927: the process's main thread has no kvm line, so it is no vCPU thread.
-    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {}, "other_threads": {"sched_switch": 1}}
+    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {}, "other_threads": {"sched_switch": 1},
+                         "out_of_sequence": 0}
     assert kind(ev, EventKind.SCHED_SWITCH).empty
     x = kind(ev, EventKind.EXIT)
     assert list(zip(x["pid"], x["tid"])) == [(3927, 3930), (3927, 3931), (5120, 5120)]
@@ -459,7 +461,8 @@ def test_header_and_trailer(tmp_path):
     assert imp["path"] == str(DATA / "ftrace-trace.txt") and imp["format"] == "ftrace"
     assert imp["lines"] == 31 == res.lines and imp["events"] == 16 == res.events == len(trace.events)
     assert imp["skipped_by_event"] == {"kvm_nested_vmexit": 1}
-    assert imp["sched"] == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {}}
+    assert imp["sched"] == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {},
+                            "out_of_sequence": 0}
     assert imp["run_edges"] == {"sys_enter_ioctl": 2} and imp["folded"] == {}
     assert imp["unknown_lines"] == 0 and imp["unknown_examples"] == [] and imp["truncated_last_line"] is False
     assert [(d["name"], d["pid"], d["vcpus"]) for d in h["domains"]] == [("CPU 0/KVM", 4242, [0]), ("CPU 1/KVM", 4243, [1])]
