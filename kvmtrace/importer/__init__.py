@@ -67,8 +67,10 @@ trace at the end, when the header (counts, domains, ISA) is known.
 
 The modules: :mod:`.source` (opening the input, format detection),
 :mod:`.shapes` (line patterns, exit reasons), :mod:`.rows` (one handler per
-event), :mod:`.sched` (the scheduler's lines and kvm_fpu), :mod:`.convert` (the parse loop, batches, the trace file) and
-:mod:`.result` (:class:`ImportResult`).
+event), :mod:`.sched` (the scheduler's lines and kvm_fpu), :mod:`.convert`
+(the parse loop, batches, the trace file), :mod:`.checks` (what an import
+can know: ISA, resolution, process ids, domains) and :mod:`.result`
+(:class:`ImportResult`).
 """
 
 from kvmtrace.importer.convert import default_output, import_text
