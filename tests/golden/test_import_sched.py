@@ -118,6 +118,8 @@ def test_real_trace_vcpu_time_in_the_json_report(tmp_path):
     r = cli("import", str(MIXED), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "scheduler: read 515 sched_switch, 256 sched_wakeup lines" in r.stderr
+    assert f"{truth['breaks']} switches of vCPU threads out of sequence" in r.stderr
+    assert "KVM_RUN entered (RUN): 8 from sys_enter_ioctl KVM_RUN" in r.stderr
     d = json.loads(cli("report", str(out), "--format", "json").stdout)
     rows = d["vcpu_time"]
     assert [(x["vcpu"], x["tid"]) for x in rows] == [(0, 150750)]
