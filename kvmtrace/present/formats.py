@@ -20,8 +20,9 @@ something for that section and empty elsewhere:
 ============== ================================================================
 column         meaning (sections that fill it)
 ============== ================================================================
-section        userspace_exits, exits, pio, mmio, vmm_service, exit_handling,
-               lifecycle, memory_slots
+section        userspace_exits, userspace_exit_values, vcpus, exits, pio,
+               mmio, vmm_service, exit_handling, vcpu_time, lifecycle,
+               memory_slots
 isa            VMX, SVM or UNKNOWN (exits, exit_handling)
 reason         KVM_EXIT_* name without the prefix (userspace_exits,
                vmm_service) or the hardware exit's name (exits, exit_handling)
@@ -54,9 +55,15 @@ bytes          slot size in bytes (memory_slots)
 slot_flags     KVM_MEM_* flags, hex (memory_slots)
 values         a kvm_run member's decoded values (userspace_exit_values: one
                row per distinct value of exits other than IO/MMIO)
-vcpu, tid      the vCPU and its thread (vcpus)
+vcpu, tid      the vCPU and its thread (vcpus, vcpu_time)
 pio, mmio      port and MMIO accesses of the vCPU (vcpus; count: its
                userspace exits)
+state          where the vCPU thread's time went (vcpu_time: guest, halted,
+               vmm, vmm_waiting, preempted, which sum to the recorded time;
+               on VMX/SVM hosts also in_guest and exit_handling, the two
+               parts of guest)
+seconds        the thread's seconds in that state (vcpu_time)
+share          seconds / the thread's recorded seconds, 0-1 (vcpu_time)
 ============== ================================================================
 
 ``count`` summed over a section equals the report's total for it, e.g. the
@@ -93,7 +100,7 @@ __all__ = [
 CSV_COLUMNS = ["section", "isa", "reason", "code", "exit_flags", "member", "fields", "device", "port", "gpa",
                "direction", "size", "handled_by", "count", "rate_per_s", "unpaired", "p50_us", "p90_us", "p99_us",
                "max_us", "t_ms", "step", "detail", "duration_us", "slot", "bytes", "slot_flags", "values", "vcpu",
-               "tid", "pio", "mmio"]
+               "tid", "pio", "mmio", "state", "seconds", "share"]
 
 
 # --------------------------------------------------------------- Markdown
@@ -185,6 +192,10 @@ def csv_rows(trace, d: dict | None = None) -> list[dict]:
                      "direction": r["direction"], **{k: r[k] for k in lat}})
     for r in d.get("exit_handling", []):
         rows.append({"section": "exit_handling", "isa": r["isa"], "reason": r["reason"], **{k: r[k] for k in lat}})
+    for r in d.get("vcpu_time", []):
+        for key in (k for k in r if k.endswith("_s") and k != "total_s"):
+            rows.append({"section": "vcpu_time", "vcpu": r["vcpu"], "tid": r["tid"], "state": key[:-2],
+                         "seconds": r[key], "share": round(r[key] / r["total_s"], 6) if r["total_s"] else ""})
     for r in d.get("lifecycle", []):
         rows.append({"section": "lifecycle", "t_ms": r["t_ms"], "step": r["step"], "detail": r["detail"],
                      "duration_us": r["duration_us"]})
