@@ -26,8 +26,11 @@ works on it.  Accepted, and told apart by :func:`detect_format`:
 
 Events read (one row of :data:`kvmtrace.kernel.events.EVENT_DTYPE` each):
 ``kvm_exit`` in every kernel era and the trace-cmd plugin's form,
-``kvm_entry``, ``kvm_pio``, ``kvm_mmio``, ``kvm_userspace_exit`` and
-``sys_enter_ioctl`` with cmd ``KVM_RUN`` (a RUN event).  Lines of other
+``kvm_entry``, ``kvm_pio``, ``kvm_mmio``, ``kvm_userspace_exit``,
+``sys_enter_ioctl`` with cmd ``KVM_RUN`` or, on a thread whose ioctls the text
+does not hold, ``kvm_fpu`` load (a RUN event), and the scheduler's
+``sched_switch``, ``sched_wakeup`` and ``sched_wakeup_new`` of the vCPU threads
+(:mod:`.sched`: what vCPU time needs).  Lines of other
 events, ``kvm_nested_vmexit*`` included (those are exits of a nested guest,
 not of this one), are counted per event name and left out; lines nobody can
 read are counted with their first line numbers; nothing in the text is fatal.
@@ -64,8 +67,10 @@ trace at the end, when the header (counts, domains, ISA) is known.
 
 The modules: :mod:`.source` (opening the input, format detection),
 :mod:`.shapes` (line patterns, exit reasons), :mod:`.rows` (one handler per
-event), :mod:`.convert` (the parse loop, batches, the trace file) and
-:mod:`.result` (:class:`ImportResult`).
+event), :mod:`.sched` (the scheduler's lines and kvm_fpu), :mod:`.convert`
+(the parse loop, batches, the trace file), :mod:`.checks` (what an import
+can know: ISA, resolution, process ids, domains) and :mod:`.result`
+(:class:`ImportResult`).
 """
 
 from kvmtrace.importer.convert import default_output, import_text

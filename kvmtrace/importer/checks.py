@@ -5,7 +5,9 @@
 * :func:`timestamp_resolution_ns`: the text's timestamp resolution (trace-cmd
   and ftrace print microseconds), which the report states beside latencies;
 * :func:`process_ids`: whether the text said which process each thread
-  belongs to (a tgid): without it each task is its own "domain".
+  belongs to (a tgid): without it each task is its own "domain";
+* :func:`domains_of`: the header's ``domains`` from the threads seen;
+* :func:`no_events`: the error of a text with no kvm event, naming what it holds.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmtrace.errors import UsageError
-from kvmtrace.kernel.events import EVENT_DTYPE
+from kvmtrace.errors import TraceFileError, UsageError
+from kvmtrace.kernel.events import EVENT_DTYPE, NO_VCPU
 from kvmtrace.tables.exits import Isa, isa_from_names
 
-__all__ = ["check_isa", "process_ids", "timestamp_resolution_ns"]
+__all__ = ["check_isa", "domains_of", "no_events", "process_ids", "timestamp_resolution_ns"]
 
 
 def check_isa(path: Path, reasons: dict, override: Isa | None) -> None:
@@ -74,3 +76,42 @@ def process_ids(threads, detected: str) -> str:
     if detected == "perf" or any(pid != tid for pid, tid, _vcpu in threads):
         return "tgid"
     return "thread ids only"
+
+
+def domains_of(pid_order, comms: dict[int, str], threads) -> list[dict]:
+    """The header's ``domains``: one per process in order of appearance, with its threads and vCPUs
+    (``threads``: (pid, tid, vcpu) seen)."""
+    per_pid: dict[int, dict] = {}
+    for pid in pid_order:
+        per_pid[pid] = {"name": comms.get(pid, ""), "pid": pid, "vcpus": set(), "tids": set(), "vcpu_threads": {}}
+    for pid, tid, vcpu in threads:
+        d = per_pid[pid]
+        d["tids"].add(tid)
+        if vcpu != NO_VCPU:
+            d["vcpus"].add(vcpu)
+            d["vcpu_threads"].setdefault(str(vcpu), tid)
+    out = []
+    for d in per_pid.values():
+        d["vcpus"] = sorted(d["vcpus"])
+        d["tids"] = sorted(d["tids"])
+        d["vcpu_threads"] = dict(sorted(d["vcpu_threads"].items(), key=lambda kv: int(kv[0])))
+        out.append(d)
+    return out
+
+
+def no_events(path: Path, detected: str, st, lines: int, undecodable: dict[str, int]) -> TraceFileError:
+    """The error of an import that found no kvm event: what the text holds instead (``st``: the import's state)."""
+    seen = sorted({**st.skipped, **st.sched_lines}.items(), key=lambda kv: -kv[1])[:5]
+    parts = []
+    if seen:
+        parts.append("events seen: " + ", ".join(f"{k} {v:,}" for k, v in seen))
+    if undecodable:
+        parts.append("kvm_exit lines with reasons no name or number gives: "
+                     + ", ".join(f"{k!r} {v:,}" for k, v in undecodable.items()))
+    if st.unknown:
+        parts.append(f"{st.unknown:,} unreadable lines (first: line {st.unknown_examples[0]})")
+    detail = f" ({'; '.join(parts)})" if parts else ""
+    return TraceFileError(
+        f"{path} holds no kvm events kvmtrace can import: {lines:,} lines of {detected} text{detail}",
+        "capture kvm:kvm_exit, kvm:kvm_entry, kvm:kvm_pio, kvm:kvm_mmio or kvm:kvm_userspace_exit "
+        "(e.g. trace-cmd record -e kvm, then trace-cmd report > FILE)")

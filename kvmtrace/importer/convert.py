@@ -24,14 +24,13 @@ import pandas as pd
 
 from kvmtrace import __version__
 from kvmtrace.errors import OutputError, TraceFileError
-from kvmtrace.importer.checks import check_isa, process_ids, timestamp_resolution_ns
+from kvmtrace.importer.checks import check_isa, domains_of, no_events, process_ids, timestamp_resolution_ns
 from kvmtrace.importer.result import ImportResult
 from kvmtrace.importer.rows import (
     _ENTRY_K,
     _ENTRY_ROW,
     _EXIT_K,
     _EXIT_ROW,
-    _HANDLERS,
     _IMMEDIATE,
     _OTHER_ROW,
     _SKIP,
@@ -51,8 +50,10 @@ from kvmtrace.importer.shapes import (
     _ZEROS,
     _Reason,
 )
+from kvmtrace.importer.sched import HANDLERS as _HANDLERS
+from kvmtrace.importer.sched import candidates, keep_vcpu_rows, kept_counts
 from kvmtrace.importer.source import DETECT_LINES, FORMATS, _bounded, _open_text, detect_format
-from kvmtrace.kernel.events import EVENT_DTYPE, NO_VCPU, TRACEPOINTS
+from kvmtrace.kernel.events import EVENT_DTYPE, NO_VCPU, TRACEPOINTS, EventKind
 from kvmtrace.tables.exits import Isa, isa_from_names
 from kvmtrace.tracefile import TraceWriter
 
@@ -66,6 +67,7 @@ UNKNOWN_EXAMPLES = 10
 NO_CPU = 0xFFFF_FFFF  # cpu of an event whose line names none (bare lines)
 
 _EVENT_OF_KIND = {kind: event for _system, event, kind in TRACEPOINTS}
+_RUN = int(EventKind.RUN)  # named by the line it came from (State.run_by)
 _FRAC_SCALE = {n: 10 ** (9 - n) for n in range(10)}
 
 
@@ -96,6 +98,17 @@ class _State:
         self.cpus: int | None = None
         self.lost_marks_without_count = 0  # "[LOST EVENTS]": events lost, how many unknown
         self.raw_clock = False  # whole-number timestamps: a counter, not seconds
+        # The KVM_RUN edge (.sched): threads with sys_enter_ioctl lines, those inside a KVM_RUN
+        # ioctl, RUN rows per source line, lines read that add no row of their own.
+        self.ioctl_tids: set[int] = set()
+        self.in_ioctl_run: set[int] = set()
+        self.run_by: dict[str, int] = {}
+        self.folded: dict[str, int] = {}
+        # The scheduler's lines read, and their rows per (tid, kind, op): (count, first ts, last ts).
+        self.sched_lines: dict[str, int] = {}
+        self.sched_cands: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+        self.sched_last_op: dict[int, int] = {}  # tid -> its last switch's op
+        self.sched_breaks: dict[int, int] = {}  # tid -> switches out of sequence
 
     def undecodable(self) -> dict[str, int]:
         return {t: r.count for t, r in sorted(self.reasons.items()) if not r.decodable}
@@ -121,6 +134,19 @@ class _State:
         self.exits.clear()
         self.entries.clear()
         self.others.clear()
+        # Sched rows are spilled in order but kept only for vCPU threads, known at the end:
+        # the counts, time span and threads below are of the other rows.
+        full, out = out, out[candidates(out, self.sched_cands, self.sched_last_op, self.sched_breaks)]
+        self._tally(out)
+        try:
+            full.tofile(self.spill)
+        except OSError as e:
+            raise OutputError(f"writing the temporary event file failed: {e.strerror}",
+                              "free space next to the output file or choose another -o") from e
+
+    def _tally(self, out: np.ndarray) -> None:
+        if not len(out):
+            return
         self.kinds += np.bincount(out["kind"], minlength=256)
         ts = out["ts_ns"]
         lo, hi = int(ts.min()), int(ts.max())
@@ -135,11 +161,6 @@ class _State:
         for t, v in zip(threads[(pairs >> np.uint64(32)).astype(np.int64)].tolist(),
                         (pairs & np.uint64(_U32)).tolist()):
             self.threads.setdefault((t >> 32, t & _U32, v), None)
-        try:
-            out.tofile(self.spill)
-        except OSError as e:
-            raise OutputError(f"writing the temporary event file failed: {e.strerror}",
-                              "free space next to the output file or choose another -o") from e
 
     def unknown_line(self, lineno: int, line: str) -> None:
         if line[-1:] != "\n":
@@ -334,25 +355,6 @@ def _trace_isa(st: _State, override: Isa | None) -> Isa:
     return isa_from_names(n for r in st.reasons.values() if r.vote is not None for n in (r.vote,) * r.count)
 
 
-def _domains(st: _State) -> list[dict]:
-    per_pid: dict[int, dict] = {}
-    for pid in st.pid_order:
-        per_pid[pid] = {"name": st.comms.get(pid, ""), "pid": pid, "vcpus": set(), "tids": set(), "vcpu_threads": {}}
-    for pid, tid, vcpu in st.threads:
-        d = per_pid[pid]
-        d["tids"].add(tid)
-        if vcpu != NO_VCPU:
-            d["vcpus"].add(vcpu)
-            d["vcpu_threads"].setdefault(str(vcpu), tid)
-    out = []
-    for d in per_pid.values():
-        d["vcpus"] = sorted(d["vcpus"])
-        d["tids"] = sorted(d["tids"])
-        d["vcpu_threads"] = dict(sorted(d["vcpu_threads"].items(), key=lambda kv: int(kv[0])))
-        out.append(d)
-    return out
-
-
 def default_output(path: str | os.PathLike) -> Path:
     """Where ``kvmtrace import FILE`` writes without ``-o``: FILE's name with ``.kvmtrace``."""
     p = Path(path)
@@ -447,14 +449,26 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         else:
             fixes.append((row, int(trace_isa), r.code))
     dropped = sum(1 for _, i, _ in fixes if i < 0)
-    events = st.rows_total - dropped
-    kinds = {_EVENT_OF_KIND[k]: int(st.kinds[k]) for k in _EVENT_OF_KIND if st.kinds[k]}
+    # The vCPU threads (those with run-loop rows): the sched rows of no other thread are kept.
+    vcpu_pid: dict[int, int] = {}
+    for pid, tid, _vcpu in st.threads:
+        vcpu_pid.setdefault(tid, pid)
+    sched_kept, sched_other, sched_lo, sched_hi = kept_counts(st.sched_cands, vcpu_pid)
+    events = (st.rows_total - sum(c for c, _lo, _hi in st.sched_cands.values()) + sum(sched_kept.values())
+              - dropped)
+    # Per event name: RUN rows by the line they came from, sched rows kept.
+    kinds = {_EVENT_OF_KIND[k]: int(st.kinds[k]) for k in _EVENT_OF_KIND if st.kinds[k] and k != _RUN}
+    kinds.update({k: v for k, v in st.run_by.items() if v})
+    kinds.update(sched_kept)
     if dropped:
         kinds["kvm_exit"] -= dropped
         kinds = {k: v for k, v in kinds.items() if v}
+    if sched_lo is not None:
+        st.ts_min = sched_lo if st.ts_min is None else min(st.ts_min, sched_lo)
+        st.ts_max = sched_hi if st.ts_max is None else max(st.ts_max, sched_hi)
     if events == 0:
-        raise _no_events(path, detected, st, lines, undecodable)
-    domains = _domains(st)
+        raise no_events(path, detected, st, lines, undecodable)
+    domains = domains_of(st.pid_order, st.comms, st.threads)
     isa_name = trace_isa.name if trace_isa != Isa.UNKNOWN else "unknown"
     info = {
         "path": str(path),
@@ -471,6 +485,11 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         "isa_from": "--isa" if override is not None else "exit-reason names",
         "exit_lines": kinds.get("kvm_exit", 0) + sum(undecodable.values()),
         "process_ids": process_ids(st.threads, detected),
+        # The scheduler's lines read, the rows kept (vCPU threads') and those of other threads left out.
+        "sched": {"lines": dict(st.sched_lines), "kept": sched_kept, "other_threads": sched_other,
+                  "out_of_sequence": sum(n for t, n in st.sched_breaks.items() if t in vcpu_pid)},
+        "run_edges": dict(sorted(st.run_by.items())),  # RUN rows by the line they came from
+        "folded": dict(sorted(st.folded.items())),  # lines read that add no row of their own
     }
     if not st.raw_clock:
         info["timestamp_resolution_ns"] = timestamp_resolution_ns(spill, st.rows_total, BATCH_EVENTS)
@@ -513,7 +532,9 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
                 fi += 1
             if keep is not None:
                 batch = batch[keep]
-            writer.write(batch, {"source": "import"})
+            batch = keep_vcpu_rows(batch, vcpu_pid)
+            if len(batch):
+                writer.write(batch, {"source": "import"})
             start = end
         writer.close({
             "start_time_ns": st.ts_min or 0,
@@ -534,23 +555,7 @@ def _write(path: Path, output: Path, detected: str, st: _State, lines: int, over
         unknown_examples=list(st.unknown_examples), undecodable_exits=info["undecodable_exits"],
         truncated_last_line=st.truncated, lost_events=st.lost,
         lost_marks_without_count=st.lost_marks_without_count, domains=domains,
-        exit_lines=info["exit_lines"], process_ids=info["process_ids"],
+        exit_lines=info["exit_lines"], process_ids=info["process_ids"], sched=info["sched"],
+        run_edges=info["run_edges"], folded=info["folded"],
         seconds=time.perf_counter() - t0,
     )
-
-
-def _no_events(path: Path, detected: str, st: _State, lines: int, undecodable: dict[str, int]) -> TraceFileError:
-    seen = sorted(st.skipped.items(), key=lambda kv: -kv[1])[:5]
-    parts = []
-    if seen:
-        parts.append("events seen: " + ", ".join(f"{k} {v:,}" for k, v in seen))
-    if undecodable:
-        parts.append("kvm_exit lines with reasons no name or number gives: "
-                     + ", ".join(f"{k!r} {v:,}" for k, v in undecodable.items()))
-    if st.unknown:
-        parts.append(f"{st.unknown:,} unreadable lines (first: line {st.unknown_examples[0]})")
-    detail = f" ({'; '.join(parts)})" if parts else ""
-    return TraceFileError(
-        f"{path} holds no kvm events kvmtrace can import: {lines:,} lines of {detected} text{detail}",
-        "capture kvm:kvm_exit, kvm:kvm_entry, kvm:kvm_pio, kvm:kvm_mmio or kvm:kvm_userspace_exit "
-        "(e.g. trace-cmd record -e kvm, then trace-cmd report > FILE)")

@@ -33,6 +33,12 @@ class ImportResult:
     seconds: float = 0.0
     exit_lines: int = 0  # kvm_exit lines read, stored or not
     process_ids: str = "tgid"  # or "thread ids only": the text names no process (trace-cmd)
+    # The scheduler's lines: {"lines": {event: lines read}, "kept": {event: rows of vCPU threads},
+    # "other_threads": {event: rows of other threads, left out}, "out_of_sequence": vCPU threads'
+    # switches in after in or out after out} (a switch has two sides).
+    sched: dict = field(default_factory=dict)
+    run_edges: dict[str, int] = field(default_factory=dict)  # RUN rows by the line they came from
+    folded: dict[str, int] = field(default_factory=dict)  # lines read that add no row of their own
 
     @property
     def lines_per_second(self) -> float:
@@ -48,6 +54,26 @@ class ImportResult:
             top = sorted(self.skipped_by_event.items(), key=lambda kv: (-kv[1], kv[0]))
             names = ", ".join(f"{k} {v:,}" for k, v in top[:6]) + (", ..." if len(top) > 6 else "")
             out.append(f"skipped: not kvmtrace events: {skipped:,} lines ({names})")
+        lines = self.sched.get("lines") or {}
+        if lines:
+            kept = self.sched.get("kept") or {}
+            other = self.sched.get("other_threads") or {}
+            read = ", ".join(f"{n:,} {e}" for e, n in lines.items())
+            out.append(f"scheduler: read {read} lines; kept {sum(kept.values()):,} events of vCPU threads ("
+                       + (", ".join(f"{n:,} {e}" for e, n in kept.items()) or "none")
+                       + f"), left out {sum(other.values()):,} of other threads"
+                       + ("" if kept.get("sched_switch") else
+                          ": no sched_switch of a vCPU thread, so no vCPU time"))
+            if self.sched.get("out_of_sequence"):
+                out.append(f"{self.sched['out_of_sequence']:,} switches of vCPU threads out of sequence (in after in, "
+                           "or out after out): the text lacks switch lines (an excerpt, or lost events), and vCPU "
+                           "time across such a gap is the state the last line left")
+        if self.run_edges:
+            out.append("KVM_RUN entered (RUN): " + ", ".join(
+                f"{n:,} from {'sys_enter_ioctl KVM_RUN' if e == 'sys_enter_ioctl' else 'kvm_fpu load'}"
+                for e, n in self.run_edges.items()))
+        if self.folded:
+            out.append("read, no event of their own: " + ", ".join(f"{n:,} {e}" for e, n in self.folded.items()))
         if self.undecodable_exits:
             names = ", ".join(f"{k!r} {v:,}" for k, v in sorted(self.undecodable_exits.items()))
             n = sum(self.undecodable_exits.values())

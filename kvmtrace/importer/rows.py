@@ -118,6 +118,7 @@ def _h_uexit(line, pos, ts, tid, pid, cpu, st):
         reason, err = 0, -abs(n)
     else:
         reason, err = n & _U32, 0
+    st.in_ioctl_run.discard(tid)  # KVM_RUN returned (kvm_fpu loads after it are not in it)
     return _other(st, ts, tid, pid, cpu, _UEXIT_K, reason=reason, err=err)
 
 
@@ -125,9 +126,19 @@ def _h_ioctl(line, pos, ts, tid, pid, cpu, st):
     m = _IOCTL.fullmatch(line, pos)
     if m is None:
         return None
+    st.ioctl_tids.add(tid)  # the thread's syscalls are traced: its RUN edges come from here (see .sched)
     if int(m.group(2), 16) & _U32 != KVM_RUN:
+        st.in_ioctl_run.discard(tid)
         return _SKIP
+    st.in_ioctl_run.add(tid)
+    st.run_by["sys_enter_ioctl"] = st.run_by.get("sys_enter_ioctl", 0) + 1
     return _other(st, ts, tid, pid, cpu, _RUN_K)
+
+
+def _h_ioctl_exit(line, pos, ts, tid, pid, cpu, st):
+    """sys_exit_ioctl: no row (kvmtrace's IOCTL rows need the call's cmd), but the end of a KVM_RUN."""
+    st.in_ioctl_run.discard(tid)
+    return _SKIP
 
 
 _HANDLERS = {
@@ -137,4 +148,5 @@ _HANDLERS = {
     "kvm_mmio": _h_mmio,
     "kvm_userspace_exit": _h_uexit,
     "sys_enter_ioctl": _h_ioctl,
+    "sys_exit_ioctl": _h_ioctl_exit,
 }

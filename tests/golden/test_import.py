@@ -80,13 +80,17 @@ def test_real_two_renders_of_one_2vm_trace_agree(tmp_path):
 def test_real_mixed_trace_cmd_report(tmp_path):
     res, trace, ev = run(tmp_path, src=MIXED)
     assert res.format == "trace-cmd" and res.unknown_lines == 0 and not res.truncated_last_line
-    assert res.events_by_probe == {"kvm_exit": 810, "kvm_entry": 806, "kvm_mmio": 27, "kvm_userspace_exit": 7,
-                                   "sys_enter_ioctl": 8}
+    kvm = {"kvm_exit": 810, "kvm_entry": 806, "kvm_mmio": 27, "kvm_userspace_exit": 7, "sys_enter_ioctl": 8}
+    assert {k: v for k, v in res.events_by_probe.items() if not k.startswith("sched_")} == kvm
     s = res.skipped_by_event
-    assert s["kvm_msr"] == 505 and s["kvm_fast_mmio"] == 43 and s["sched_switch"] == 515
+    assert s["kvm_msr"] == 505 and s["kvm_fast_mmio"] == 43 and s["sched_waking"] == 274
+    assert res.sched["lines"] == {"sched_switch": 515, "sched_wakeup": 256}  # the scheduler's: test_import_sched.py
     assert s["sys_enter_ioctl"] == 5  # ioctls other than KVM_RUN
-    assert "kvm_exit" not in s and "kvm_entry" not in s
-    assert res.lines == 16672 == 1 + sum(s.values()) + res.events
+    assert "kvm_exit" not in s and "kvm_entry" not in s and "sched_switch" not in s
+    # Every line: the cpus= header, skipped, read into no row of its own (kvm_fpu), a scheduler line, or a kvm event.
+    assert res.folded == {"kvm_fpu load inside a KVM_RUN ioctl (its sys_enter_ioctl is the edge)": 8,
+                          "kvm_fpu unload (KVM_RUN returning: kvm_userspace_exit is the edge)": 7}
+    assert res.lines == 16672 == 1 + sum(s.values()) + 15 + 515 + 256 + sum(kvm.values())
     assert trace.header["host"] == {"isa": "VMX", "cpus": 20}
     u = trace.summary.userspace_exits
     assert dict(zip(u["reason"], u["count"])) == {"MMIO": 7}

@@ -15,7 +15,7 @@ import pytest
 
 from kvmtrace.importer import convert as importer
 from kvmtrace.errors import OutputError, TraceFileError
-from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.kernel.events import NO_VCPU, EventFlag, EventKind, MmioOp, PioOp, SchedOp
 from kvmtrace.tables.exits import Isa, SvmExit, VmxExit
 from kvmtrace.tracefile import read_trace
 from kvmtrace.importer import detect_format, import_text
@@ -76,9 +76,15 @@ def test_ftrace_trace_file_every_event(tmp_path):
     assert res.format == "ftrace" and res.isa == "VMX"
     assert res.unknown_lines == 0 and not res.truncated_last_line
     assert res.lost_events == 3 and trace.lost_events == 3
-    assert res.skipped_by_event == {"kvm_nested_vmexit": 1, "sched_switch": 1}
+    assert res.skipped_by_event == {"kvm_nested_vmexit": 1}
     assert res.events_by_probe == {"kvm_exit": 3, "kvm_entry": 2, "kvm_pio": 1, "kvm_mmio": 3,
-                                   "kvm_userspace_exit": 4, "sys_enter_ioctl": 2}
+                                   "kvm_userspace_exit": 4, "sys_enter_ioctl": 2, "sched_switch": 1}
+    # swapper/2 -> CPU 1/KVM: the idle task's side is no vCPU thread; 4243's (it has kvm lines) is kept.
+    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {},
+                         "out_of_sequence": 0}
+    sw = kind(ev, EventKind.SCHED_SWITCH)
+    assert len(sw) == 1 and tuple(sw.iloc[0][["ts_ns", "tid", "pid", "cpu", "op", "reason", "flags", "vcpu"]]) == (
+        812_000_250_000, 4243, 4243, 2, SchedOp.IN, 0, 0, NO_VCPU)
     assert list(ev["ts_ns"]) == sorted(ev["ts_ns"]) and ev["ts_ns"].iloc[0] == 812_000_100_000
 
     x = kind(ev, EventKind.EXIT)
@@ -112,7 +118,12 @@ def test_ftrace_trace_file_every_event(tmp_path):
 def test_ftrace_tgid_column_and_4_char_flags(tmp_path):
     res, trace, ev = run(tmp_path, src=DATA / "ftrace-tgid.txt")
     assert res.format == "ftrace" and res.unknown_lines == 0
-    assert res.skipped_by_event == {"sched_wakeup": 1}
+    assert res.skipped_by_event == {}
+    # <idle> wakes 3931, a vCPU thread of process 3927 (the TGID column of its kvm lines).
+    w = kind(ev, EventKind.WAKEUP)
+    assert len(w) == 1 and tuple(w.iloc[0][["ts_ns", "tid", "pid", "cpu", "op"]]) == (
+        302_533_100_000, 3931, 3927, 1, 0)
+    assert res.events_by_probe["sched_wakeup"] == 1
     x = kind(ev, EventKind.EXIT)
     # (TGID) gives the process; the task column is the thread. (-------): the thread only.
     assert list(zip(x["pid"], x["tid"])) == [(3927, 3930), (3927, 3931), (5120, 5120)]
@@ -140,8 +151,12 @@ def test_ftrace_without_flags_column(tmp_path):
 def test_perf_script(tmp_path):
     res, trace, ev = run(tmp_path, src=DATA / "perf-script.txt")
     assert res.format == "perf" and res.unknown_lines == 0
-    assert res.skipped_by_event == {"kvm_fast_mmio": 1, "sched_switch": 1}
+    assert res.skipped_by_event == {"kvm_fast_mmio": 1}
     assert res.events_by_probe == {"kvm_exit": 3, "kvm_entry": 1, "kvm_pio": 1, "kvm_userspace_exit": 1}
+    # swapper -> 3927: the process's main thread has no kvm line, so it is no vCPU thread.
+    assert res.sched == {"lines": {"sched_switch": 1}, "kept": {}, "other_threads": {"sched_switch": 1},
+                         "out_of_sequence": 0}
+    assert kind(ev, EventKind.SCHED_SWITCH).empty
     x = kind(ev, EventKind.EXIT)
     assert list(zip(x["pid"], x["tid"])) == [(3927, 3930), (3927, 3931), (5120, 5120)]
     assert list(x["vcpu"]) == [NO_VCPU, 1, NO_VCPU]
@@ -440,17 +455,21 @@ def test_header_and_trailer(tmp_path):
     res, trace, _ = run(tmp_path, src=DATA / "ftrace-trace.txt")
     h = trace.header
     assert h["source"] == "import" and h["values_captured"] is True and h["tracepoint_formats"] == {}
-    assert h["probes"] == ["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "sys_enter_ioctl"]
+    assert h["probes"] == ["kvm_exit", "kvm_entry", "kvm_pio", "kvm_mmio", "kvm_userspace_exit", "sys_enter_ioctl",
+                           "sched_switch"]
     imp = h["import"]
     assert imp["path"] == str(DATA / "ftrace-trace.txt") and imp["format"] == "ftrace"
-    assert imp["lines"] == 31 == res.lines and imp["events"] == 15 == res.events == len(trace.events)
-    assert imp["skipped_by_event"] == {"kvm_nested_vmexit": 1, "sched_switch": 1}
+    assert imp["lines"] == 31 == res.lines and imp["events"] == 16 == res.events == len(trace.events)
+    assert imp["skipped_by_event"] == {"kvm_nested_vmexit": 1}
+    assert imp["sched"] == {"lines": {"sched_switch": 1}, "kept": {"sched_switch": 1}, "other_threads": {},
+                            "out_of_sequence": 0}
+    assert imp["run_edges"] == {"sys_enter_ioctl": 2} and imp["folded"] == {}
     assert imp["unknown_lines"] == 0 and imp["unknown_examples"] == [] and imp["truncated_last_line"] is False
     assert [(d["name"], d["pid"], d["vcpus"]) for d in h["domains"]] == [("CPU 0/KVM", 4242, [0]), ("CPU 1/KVM", 4243, [1])]
     t = trace.data.trailer
     assert trace.complete and t["stop_reason"] == "import" and t["lost_events"] == 3
     assert (t["start_time_ns"], t["end_time_ns"]) == (812_000_100_000, 812_000_300_000)
-    assert t["events_written"] == 15
+    assert t["events_written"] == 16
     assert json.loads(json.dumps(h)) == h
 
 
@@ -474,5 +493,8 @@ def test_many_batches_and_isa_decided_after_the_first(tmp_path, monkeypatch):
 def test_message_names_what_was_left_out(tmp_path):
     res, _, _ = run(tmp_path, src=DATA / "ftrace-trace.txt")
     msg = res.message()
-    assert "imported 15 events from 31 lines of ftrace text" in msg
-    assert "skipped: not kvmtrace events: 2 lines" in msg and "3 lost events" in msg
+    assert "imported 16 events from 31 lines of ftrace text" in msg
+    assert "skipped: not kvmtrace events: 1 lines" in msg
+    assert ("scheduler: read 1 sched_switch lines; kept 1 events of vCPU threads (1 sched_switch), "
+            "left out 0 of other threads") in msg
+    assert "KVM_RUN entered (RUN): 2 from sys_enter_ioctl KVM_RUN" in msg and "3 lost events" in msg
