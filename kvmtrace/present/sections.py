@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvmtrace.present.report import member_value_rows, report_dict, vcpu_rows
+from kvmtrace.present.report import import_notes, member_value_rows, report_dict, vcpu_rows
 
 __all__ = ["Section", "report_facts", "report_sections"]
 
@@ -51,12 +51,7 @@ def report_facts(trace, d: dict) -> list[str]:
     if imp:  # what the imported text could not hold, as the text report says it
         lines += [f"domain {dom}; KVM ISA {host.get('isa', '?')}",
                   f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}"]
-        if d.get("domains_note"):
-            lines.append(f"note: {d['domains_note']}")
-        if d.get("import_left_out"):
-            lo = d["import_left_out"]
-            lines.append(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} "
-                         "kvm_exit lines, whose reason has no known name or number")
+        lines += import_notes(d)
         if d.get("timestamp_resolution_ns"):
             lines.append(f"timestamps of {d['timestamp_resolution_ns']:,} ns resolution: latencies under it read 0.0")
     else:
