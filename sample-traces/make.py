@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 
 from kvmtrace.demo.run import resume, start_demo, stop_demo
-from kvmtrace.demo.guest import PACED, Workload, build_rom, domain_xml
+from kvmtrace.demo.guest import PACED, Workload, build_rom
+from kvmtrace.demo.machine import domain_xml
 
 HERE = Path(__file__).resolve().parent
 URI = "qemu:///system"

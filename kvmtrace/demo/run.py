@@ -10,7 +10,8 @@ from __future__ import annotations
 # resume and wait_stopped are re-exported for the demo's callers.
 from kvmtrace.record.domain import connect, create, destroy, find, resume, wait_stopped  # noqa: F401
 from kvmtrace.errors import LibvirtError
-from kvmtrace.demo.guest import DEFAULT_DOMAIN_NAME, Workload, build_rom, domain_xml
+from kvmtrace.demo.guest import DEFAULT_DOMAIN_NAME, Workload, build_rom
+from kvmtrace.demo.machine import domain_xml
 
 
 def _owned_by_us(dom) -> bool:

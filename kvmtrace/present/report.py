@@ -93,7 +93,39 @@ def _import_dict(trace: Trace) -> dict:
     if imp.get("process_ids") == "thread ids only" and len(trace.domains) > 1:
         out["domains_note"] = (f"{len(trace.domains)} tasks, each listed as its own domain: {imp.get('format')} "
                                "text has no tgid to join the threads of one VM")
+    if imp.get("unknown_lines"):
+        # examples: the first unreadable lines' numbers in the text
+        out["import_unreadable"] = {"lines": imp["unknown_lines"], "examples": imp.get("unknown_examples", [])[:3]}
+    if imp.get("truncated_last_line"):
+        out["import_truncated_last_line"] = True
+    gaps = (imp.get("sched") or {}).get("out_of_sequence", 0)
+    if gaps:
+        out["vcpu_time_note"] = (f"{gaps:,} switches of vCPU threads out of sequence (in after in, or out after "
+                                 "out): the text lacks switch lines (an excerpt, or lost events), and vCPU time "
+                                 "across such a gap is the state the last line left")
     return out
+
+
+def import_notes(d: dict) -> list[str]:
+    """The notes on what an imported text could not hold, as every form prints them."""
+    notes = []
+    if d.get("domains_note"):
+        notes.append(f"note: {d['domains_note']}")
+    if d.get("import_left_out"):
+        lo = d["import_left_out"]
+        notes.append(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} kvm_exit "
+                     "lines, whose reason has no known name or number: "
+                     + ", ".join(f"{k!r} {v:,}" for k, v in lo["reasons"].items()))
+    if d.get("import_unreadable"):
+        u = d["import_unreadable"]
+        where = f" (line {', '.join(f'{n:,}' for n in u['examples'])}{', ...' if u['lines'] > len(u['examples']) else ''})"
+        notes.append(f"note: the import could not read {u['lines']:,} line{'s' if u['lines'] != 1 else ''} of the text"
+                     f"{where if u['examples'] else ''}")
+    if d.get("import_truncated_last_line"):
+        notes.append("note: the text's last line was cut short and left out")
+    if d.get("vcpu_time_note"):
+        notes.append(f"note: {d['vcpu_time_note']}")
+    return notes
 
 
 def _resolution(d: dict) -> str:
@@ -374,13 +406,8 @@ def render_text(trace: Trace, width: int = 80) -> str:
         imp = trace.header["import"]
         _phrases(con, [f"domain {dom}", f"KVM ISA {host.get('isa', '?')}"], "; ")
         con.print(f"imported from {imp.get('format', '?')} text {imp.get('path', '?')}")
-        if d.get("domains_note"):
-            con.print(f"note: {d['domains_note']}")
-        if d.get("import_left_out"):
-            lo = d["import_left_out"]
-            con.print(f"note: the import left out {lo['kvm_exit']:,} of {lo['of_kvm_exit_lines'] or 0:,} kvm_exit "
-                      "lines, whose reason has no known name or number: "
-                      + ", ".join(f"{k!r} {v:,}" for k, v in lo["reasons"].items()))
+        for note in import_notes(d):
+            con.print(note)
     else:
         modules = ",".join(m for m in host.get("kvm_modules", []) if m != "kvm") or "?"
         _phrases(con, [f"domain {dom} on {host.get('hostname', '?')}", f"Linux {host.get('kernel_release', '?')}",

@@ -107,3 +107,31 @@ def test_latency_says_the_texts_resolution_and_the_domains_say_no_tgid(tmp_path)
         assert "no tgid" in page and "1,000 ns resolution" in page, fmt
     recorded = json.loads(run("report", str(SAMPLES / "demo-finite.kvmtrace"), "--format", "json").stdout)
     assert "timestamp_resolution_ns" not in recorded
+
+
+def test_unreadable_lines_are_in_the_report_not_only_the_import_message(tmp_path):
+    """An unreadable line of the text is counted, and its line number given, in every form of the report."""
+    src = tmp_path / "t.txt"
+    good = "qemu-system-x86-3927 [007] 302.5330{:02d}: kvm_exit: reason HLT rip 0x1 info 0 0\n"
+    src.write_text(good.format(1) + "qemu-system-x86-3927 [007] garbled beyond reading\n" + good.format(2)
+                   + "qemu-system-x86-3927 [007] 302.533003: kvm_exit: reason\n" + good.format(4))
+    out = tmp_path / "t.kvmtrace"
+    r = run("import", str(src), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(run("report", str(out), "--format", "json").stdout)
+    assert d["import_unreadable"] == {"lines": 2, "examples": [2, 4]}
+    note = "could not read 2 lines of the text (line 2, 4)"
+    assert note in " ".join(run("report", str(out)).stdout.split())
+    assert note in run("report", str(out), "--format", "markdown").stdout
+
+
+def test_an_excerpts_sched_gaps_are_a_note_beside_the_vcpu_time(tmp_path):
+    """The real trace-cmd excerpt lacks switch lines (19 out of sequence): the report says its vCPU time is partly a guess."""
+    src = REAL_TRACES / "hip24-vmx-6x-tcreport-mixed-events.txt"
+    if not src.exists():
+        pytest.skip("the real Intel traces (../shared/real-traces) are absent")
+    out = tmp_path / "t.kvmtrace"
+    assert run("import", str(src), "-o", str(out)).returncode == 0
+    d = json.loads(run("report", str(out), "--format", "json").stdout)
+    assert d["vcpu_time"] and d["vcpu_time_note"].startswith("19 switches of vCPU threads out of sequence")
+    assert "19 switches of vCPU threads out of sequence" in " ".join(run("report", str(out)).stdout.split())

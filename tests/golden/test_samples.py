@@ -151,3 +151,23 @@ def test_compare_reads_vcpu_time_also_batch_by_batch():
     assert len(vt) == 5
     pd.testing.assert_frame_equal(vt, want[want["dimension"] == "vcpu_time"].sort_values("key", ignore_index=True),
                                   check_dtype=False, check_categorical=False)
+
+
+def test_csv_carries_vcpu_time_rows_equal_to_the_json():
+    """`report --format csv`: one vcpu_time row per thread and state, the JSON's seconds, shares summing to 1."""
+    import csv
+    import io
+
+    from kvmtrace.present.formats import render_csv
+    from kvmtrace.present.report import report_dict
+    from kvmtrace.trace import load_for_report
+
+    path = SAMPLES / "demo-vcpu-time.kvmtrace"
+    want = report_dict(load_for_report(path))["vcpu_time"]
+    rows = [r for r in csv.DictReader(io.StringIO(render_csv(load_for_report(path)))) if r["section"] == "vcpu_time"]
+    five = ["guest", "halted", "vmm", "vmm_waiting", "preempted"]
+    assert [r["state"] for r in rows] == five
+    for r in rows:
+        assert (int(r["vcpu"]), int(r["tid"])) == (want[0]["vcpu"], want[0]["tid"])
+        assert float(r["seconds"]) == want[0][r["state"] + "_s"]
+    assert sum(float(r["share"]) for r in rows) == pytest.approx(1.0, abs=1e-5)

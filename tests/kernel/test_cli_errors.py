@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 
-from kvmtrace.demo.guest import Workload, build_rom, domain_xml
+from kvmtrace.demo.guest import Workload, build_rom
+from kvmtrace.demo.machine import domain_xml
 from kvmtrace.errors import ExitCode
 
 from ..support.cli import kvmtrace_cmd, one_error_line, run

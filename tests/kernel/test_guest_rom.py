@@ -30,12 +30,11 @@ from kvmtrace.demo.guest import (
     PACED,
     Workload,
     build_rom,
-    domain_xml,
     expected,
     expected_rates,
     expected_setup,
-    qemu_argv,
 )
+from kvmtrace.demo.machine import domain_xml, qemu_argv
 
 from ..support.kernel import URI as LIBVIRT_URI
 

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from kvmtrace.demo.guest import Workload, build_rom, domain_xml, expected
+from kvmtrace.demo.guest import Workload, build_rom, expected
+from kvmtrace.demo.machine import domain_xml
 from kvmtrace.trace import load
 
 from ..support.cli import kvmtrace_cmd

@@ -16,7 +16,7 @@ from kvmtrace.record.session import RecordOptions, Session
 from kvmtrace.trace import load
 
 from ..support.cli import kvmtrace_cmd
-from ..support.kernel import URI, kvmtrace_progs
+from ..support.kernel import URI, kvmtrace_progs, probe_a_paused_demo
 
 
 def test_lost_equals_generated_minus_written(kernel, domain_name, tmp_path):
@@ -64,25 +64,12 @@ def test_a_full_thread_table_loses_no_event(kernel, domain_name):
     """The probes keep one state entry per vCPU thread; when that table is
     full, a thread's events are still matched and delivered (without its
     kvm_run fields), never dropped unaccounted."""
-    from kvmtrace.kernel.probe import Probes, available_tracepoints
-
     w = Workload(port_writes=23, rtc_reads=29, pit_writes=31, pit_reads=37, hpet_writes=41, hpet_reads=43,
                  ioapic_writes=47)
     truth = expected(w)
-    conn, dom = start_demo(w, URI, name=domain_name, paused=True)
-    try:
-        guest = resolve(conn, domain_name)
-        with Probes(available_tracepoints("/sys/kernel/tracing"), max_vcpus=1) as probes:
-            probes.add_vcpu(guest.pid, 0x7FFFFFF0)  # a thread that never runs takes the only entry
-            probes.add_target(guest.pid)
-            resume(dom)
-            assert wait_stopped(dom, 60)
-            time.sleep(0.2)
-            probes.stop_matching()
-            ev = probes.take()
-            counters = probes.counters()
-    finally:
-        stop_demo(dom)
+    # A thread that never runs takes the only entry.
+    ev, counters = probe_a_paused_demo(w, domain_name, lambda probes, guest: probes.add_vcpu(guest.pid, 0x7FFFFFF0),
+                                       max_vcpus=1)
     assert counters.lost_total == 0 and sum(counters.matched.values()) == len(ev)
     assert (ev["kind"] == EventKind.PIO).sum() == sum(truth["pio"].values())
     uexits = (ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["err"] >= 0)

@@ -5,18 +5,15 @@ attach and count the demo ROM exactly, and every KVM_RUN gives one RUN."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
 from kvmtrace.demo.guest import Workload, expected
-from kvmtrace.demo.run import resume, start_demo, stop_demo, wait_stopped
 from kvmtrace.kernel.events import EventKind, MmioOp
 from kvmtrace.kernel.layouts import plan_probes
-from kvmtrace.record.domain import resolve
 
-from ..support.kernel import URI
+from ..support.kernel import probe_a_paused_demo
 from ..unit.test_layouts import fixture_fields
 
 WORKLOAD = Workload(port_writes=23, rtc_reads=29, pit_writes=31, pit_reads=37, hpet_writes=41, hpet_reads=43,
@@ -25,26 +22,15 @@ WORKLOAD = Workload(port_writes=23, rtc_reads=29, pit_writes=31, pit_reads=37, h
 
 @pytest.mark.parametrize("stored,release", [("linux-5.4", "5.4.0"), ("linux-6.18", "6.18.44")])
 def test_the_plan_of_each_stored_kernel_counts_exactly_here(kernel, domain_name, stored, release):
-    from kvmtrace.kernel.probe import Probes, available_tracepoints
-
     plan = plan_probes(fixture_fields(stored), release)
     truth = expected(WORKLOAD)
-    conn, dom = start_demo(WORKLOAD, URI, name=domain_name, paused=True)
-    try:
-        guest = resolve(conn, domain_name)
-        # Compiled against this kernel's formats, attached as the stored kernel's plan says.
-        with Probes(available_tracepoints("/sys/kernel/tracing"), plan=plan) as probes:
-            for vcpu, tid in guest.vcpu_threads.items():
-                probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0))
-            probes.add_target(guest.pid)
-            resume(dom)
-            assert wait_stopped(dom, 60)
-            time.sleep(0.2)
-            probes.stop_matching()
-            ev = probes.take()
-            counters = probes.counters()
-    finally:
-        stop_demo(dom)
+
+    def register(probes, guest):
+        for vcpu, tid in guest.vcpu_threads.items():
+            probes.add_vcpu(guest.pid, tid, guest.kvm_run.get(vcpu, 0))
+
+    # Compiled against this kernel's formats, attached as the stored kernel's plan says.
+    ev, counters = probe_a_paused_demo(WORKLOAD, domain_name, register, plan=plan)
     assert counters.lost_total == 0 and sum(counters.matched.values()) == len(ev)
     kind = ev["kind"]
     pio = ev[kind == EventKind.PIO]

@@ -7,9 +7,10 @@ and counted by bpftrace on the same run (per vCPU thread):
   bytes) equal what QEMU itself printed of them in the domain's log;
 * a triple fault (empty IDT + ud2): one KVM_EXIT_SHUTDOWN (measured here:
   the emulating host triple-faults too, as a VMX/SVM CPU would);
-* the same finite interrupt-driven ROM with the irqchip in the kernel and with
-  kernel_irqchip=off: PIC/PIT/IOAPIC/LAPIC accesses move from the kernel to
-  the VMM, and each interrupt wait becomes a HLT or IRQ_WINDOW_OPEN exit;
+* the same finite interrupt-driven ROM with the irqchip in the kernel, split
+  and with kernel_irqchip=off: PIC/PIT/IOAPIC (and, off, LAPIC) accesses move
+  from the kernel to the VMM; off, each interrupt wait becomes a HLT or
+  IRQ_WINDOW_OPEN exit; split, some become IRQ_WINDOW_OPEN exits;
 * four vCPUs, each with its own prime count: every per-vCPU row exact.
 """
 
@@ -28,7 +29,7 @@ import libvirt
 import pytest
 
 from bench.harness.tracers.bpftrace import BpftraceRun, keyed
-from kvmtrace.demo.guest import Workload, expected, expected_by_vcpu
+from kvmtrace.demo.guest import IOAPIC_REGSEL, Workload, expected, expected_by_vcpu
 from kvmtrace.demo.run import resume, start_demo, stop_demo
 from kvmtrace.record.domain import resolve
 
@@ -167,12 +168,17 @@ def test_triple_fault_is_one_shutdown_exit(kernel, tmp_path):
 
 
 def test_irqchip_in_qemu_moves_the_interrupt_controllers_to_the_vmm(kernel, tmp_path):
-    """One finite interrupt-driven ROM, recorded with the irqchip in the kernel
-    and with kernel_irqchip=off: both exact, and the difference is where the
-    PIC, PIT, IOAPIC and LAPIC accesses went and the HLT / IRQ_WINDOW_OPEN exits."""
+    """One finite interrupt-driven ROM, recorded with the irqchip in the kernel,
+    split (kernel_irqchip=split: the local APIC in KVM, the PIC, PIT and
+    IOAPIC in QEMU) and in QEMU (kernel_irqchip=off): each exact, and the
+    difference is where the PIC, PIT, IOAPIC and LAPIC accesses went and the
+    HLT / IRQ_WINDOW_OPEN exits. Split gives IRQ_WINDOW_OPEN exits (QEMU
+    injects the PIC's interrupt and asks for a window when the guest cannot
+    take it), a number the ROM does not fix: 5 of the 11 waits in each of
+    4 runs here; kvmtrace and bpftrace must agree on it."""
     w = Workload(**PRIMES, tick_hz=100, irqs=11)
     seen = {}
-    for chip in ("kernel", "off"):
+    for chip in ("kernel", "split", "off"):
         run = _record(w, tmp_path, irqchip=chip)
         rep, truth = run["report"], expected(w, chip)
         rows = _rows(rep)
@@ -181,13 +187,21 @@ def test_irqchip_in_qemu_moves_the_interrupt_controllers_to_the_vmm(kernel, tmp_
         assert bpf["pio"] == _without_userspace(truth["pio"]) and bpf["mmio"] == _without_userspace(truth["mmio"])
         assert bpf["userspace_exits"] == rows["userspace_exits"], chip
         exits = dict(rows["userspace_exits"])
-        waits = exits.pop("HLT", 0) + exits.pop("IRQ_WINDOW_OPEN", 0)
+        hlt, window = exits.pop("HLT", 0), exits.pop("IRQ_WINDOW_OPEN", 0)
         assert exits == truth["userspace_exits"], chip
-        assert waits == (w.irqs if chip == "off" else 0), chip
+        if chip == "off":
+            assert hlt + window == w.irqs
+        elif chip == "split":
+            assert hlt == 0 and 1 <= window <= w.irqs, rows["userspace_exits"]
+        else:
+            assert hlt + window == 0
         seen[chip] = rows["userspace_exits"]
     moved = {k for k, n in expected(w, "off")["pio"].items() if k[3]} - {k for k, n in expected(w)["pio"].items()}
     assert {k[0] for k in moved} == {0x20, 0x21, 0xA0, 0xA1, 0x40, 0x43}
-    print(f"\nuserspace exits, irqchip in the kernel: {seen['kernel']}; kernel_irqchip=off: {seen['off']}")
+    split_mmio = {k[0] for k in expected(w, "split")["mmio"] if k[3]} - {k[0] for k in expected(w)["mmio"] if k[3]}
+    assert split_mmio == {IOAPIC_REGSEL}  # the local APIC stays in the kernel
+    print(f"\nuserspace exits, irqchip in the kernel: {seen['kernel']}; split: {seen['split']}; "
+          f"kernel_irqchip=off: {seen['off']}")
 
 
 def test_counts_mode_mmio_rows_are_the_events_mode_rows(kernel, tmp_path):

@@ -192,13 +192,15 @@ def test_a_paused_domain_waits_in_the_vmm(guest, tmp_path, mode):
 def test_vmm_time_equals_the_vmm_service_times(guest, tmp_path):
     """Outside KVM_RUN is where QEMU serves the userspace exits: the time
     between each exit and the KVM_RUN that answers it, which the report's
-    service-time tables are made of. On a free core all of it is ``vmm``;
-    this host has no free core (2 cores, several engineers' work, libvirt's
-    cpu cgroup for QEMU: even pinned alone to CPU 1 at nice -20 the vCPU
-    thread waited for the CPU 37-45 % of the time by schedstat), so the
+    service-time tables are made of. On a free core all of it is ``vmm``.
+    Whether the core is free is the scheduler's to say, on the same run
+    (schedstat's run-queue wait of the vCPU thread): with under 5 % of the
+    run waiting for a CPU, ``vmm`` alone must equal the service times within
+    5 % (measured on a quiet host, 2026-12-05: vmm 1.6158 s against 1.6203 s
+    of service over 445,161 exits, 0.3 %; 0.17 % of the run preempted). On a
+    busy host (2 cores shared with other work: 37-45 % waiting was seen) the
     service time is ``vmm`` plus what the timeline puts outside KVM_RUN off a
-    CPU (preempted there, or vmm_waiting); with under 5 % of the run waiting
-    for a CPU, ``vmm`` alone."""
+    CPU (preempted there, or vmm_waiting), which is asserted always."""
     name, _dom = guest(STORM)
     tid = resolve(connect(URI), name).vcpu_threads[0]
     os.sched_setaffinity(tid, {1})
@@ -216,5 +218,7 @@ def test_vmm_time_equals_the_vmm_service_times(guest, tmp_path):
     print(f"\nvmm {vmm:.4f} s + off a CPU outside KVM_RUN {off_cpu_outside:.4f} s; service sum {service_s:.4f} s "
           f"over {len(runs)} exits; schedstat {run.independent}; {run.row}")
     assert vmm + off_cpu_outside == pytest.approx(service_s, rel=0.05), run.row
-    if run.independent["preempted"] < 0.05:
+    if run.independent["preempted"] < 0.05:  # a free core
         assert vmm == pytest.approx(service_s, rel=0.05), run.row
+    else:
+        print(f"not a free core: {run.independent['preempted']:.1%} of the run waiting for a CPU")

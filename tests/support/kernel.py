@@ -114,3 +114,29 @@ def kvmtrace_progs() -> list[str]:
 
         others = {e["prog_id"] for e in json.loads(r.stdout) if not _descends_from_us(e["pid"])}
     return [p for p in progs if int(p.split()[0]) not in others]
+
+
+def probe_a_paused_demo(workload, domain_name: str, register, **probe_kw):
+    """Run the demo guest of ``workload`` once under kvmtrace's Probes, driven
+    directly (no `record`): the domain is created paused, the probes are
+    attached (``Probes(..., **probe_kw)``) and given its threads by
+    ``register(probes, guest)``, then it runs until it stops. Returns
+    (events, counters) of every event matched up to then; the domain is
+    destroyed whatever happens."""
+    from kvmtrace.demo.run import resume, start_demo, stop_demo, wait_stopped
+    from kvmtrace.kernel.probe import Probes, available_tracepoints
+    from kvmtrace.record.domain import resolve
+
+    conn, dom = start_demo(workload, URI, name=domain_name, paused=True)
+    try:
+        guest = resolve(conn, domain_name)
+        with Probes(available_tracepoints("/sys/kernel/tracing"), **probe_kw) as probes:
+            register(probes, guest)
+            probes.add_target(guest.pid)
+            resume(dom)
+            assert wait_stopped(dom, 60)
+            time.sleep(0.2)
+            probes.stop_matching()
+            return probes.take(), probes.counters()
+    finally:
+        stop_demo(dom)

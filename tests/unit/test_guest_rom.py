@@ -20,12 +20,12 @@ from kvmtrace.demo.guest import (
     GuestBuildError,
     Workload,
     build_rom,
-    domain_xml,
     expected,
     expected_per_tick,
     expected_rates,
     expected_setup,
 )
+from kvmtrace.demo.machine import QEMU_XML_NS, domain_xml
 
 needs_nasm = pytest.mark.skipif(
     shutil.which("nasm") is None, reason="nasm is not installed: apt-get install nasm"
@@ -313,8 +313,8 @@ def test_domain_xml(tmp_path):
     assert devices.find("memballoon").get("model") == "none"
     usb = devices.find("controller[@type='usb']")
     assert usb is not None and usb.get("model") == "none"
-    args = [a.get("value") for a in root.findall(f"{{{guest.QEMU_XML_NS}}}commandline/"
-                                                 f"{{{guest.QEMU_XML_NS}}}arg")]
+    args = [a.get("value") for a in root.findall(f"{{{QEMU_XML_NS}}}commandline/"
+                                                 f"{{{QEMU_XML_NS}}}arg")]
     assert args == ["-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
 
 
@@ -326,7 +326,7 @@ def test_domain_xml_escaping_and_options(tmp_path):
     assert root.findtext("os/loader") == str(tmp_path / "r&d.rom")
     assert root.findtext("memory") == "32"
     assert root.find("uuid") is None
-    assert root.find(f"{{{guest.QEMU_XML_NS}}}commandline") is None
+    assert root.find(f"{{{QEMU_XML_NS}}}commandline") is None
     for bad in ("", "a/b", " x"):
         with pytest.raises(ValueError):
             domain_xml(name=bad, rom_path=tmp_path / "r.rom")

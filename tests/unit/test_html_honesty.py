@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from kvmtrace.present import plots
-from kvmtrace.present.formats import _zoom, html_plots, render_html
+from kvmtrace.present.htmlpage import _zoom, html_plots, render_html
 from kvmtrace.present.plots.common import _compact, legend_labels
 from kvmtrace.trace import load
 

@@ -16,7 +16,8 @@ from kvmtrace.analysis.compare import RunRates, compare
 from kvmtrace.analysis.runfields import exit_details
 from kvmtrace.analysis.summary import mmio
 from kvmtrace.analysis.vcpus import vcpu_counts
-from kvmtrace.demo.guest import Workload, domain_xml, expected, expected_by_vcpu
+from kvmtrace.demo.guest import Workload, expected, expected_by_vcpu
+from kvmtrace.demo.machine import domain_xml
 from kvmtrace.kernel.events import AGGREGATE, EventFlag, EventKind, MmioOp, bpf_defines
 from kvmtrace.tables.exits import KVM_EXITS
 from kvmtrace.tables.exits.runfields import LAYOUTS, VALUE_NAMES, decode, describe

@@ -55,6 +55,25 @@ def fifos(workdir: Path, prefix: str) -> tuple[Path, Path]:
     return ctl, ack
 
 
+def start_enabled(perf: str, command: list[str], events, guest: Guest, workdir: Path,
+                  stem: str, out: Path) -> tuple[subprocess.Popen, Path]:
+    """Start ``perf COMMAND`` on ``events`` of the guest's process, writing
+    ``out``, disabled (``-D -1``) until enabled through its control FIFO, and
+    enable it: it counts every event from its return on. Returns the process
+    and the file holding its stdout and stderr."""
+    ctl, ack = fifos(workdir, stem)
+    argv = [perf, *command, "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
+    for ev in events:
+        argv += ["-e", ev]
+    argv += ["-p", str(guest.pid), "-o", str(out)]
+    stderr_path = workdir / f"{stem}.stderr"
+    with open(stderr_path, "wb") as errf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf, start_new_session=True)
+    STARTED.add(proc.pid)
+    enable_through_fifo(proc, ctl, ack, stderr_path)
+    return proc, stderr_path
+
+
 class Perf(Tracer):
     name = "perf"
 
@@ -73,17 +92,8 @@ class Perf(Tracer):
 
     def start(self, guest: Guest, workdir: Path) -> None:
         self.path = workdir / "perf.data"
-        ctl, ack = fifos(workdir, "perf")
-        argv = [self.perf, "record", "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
-        for ev in KVM_EVENTS:
-            argv += ["-e", f"kvm:{ev}"]
-        argv += ["-p", str(guest.pid), "-o", str(self.path)]
-        self.stderr_path = workdir / "perf.stderr"
-        with open(self.stderr_path, "wb") as errf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
-                                         start_new_session=True)
-        STARTED.add(self.proc.pid)
-        enable_through_fifo(self.proc, ctl, ack, self.stderr_path)
+        self.proc, self.stderr_path = start_enabled(self.perf, ["record"], [f"kvm:{ev}" for ev in KVM_EVENTS],
+                                                    guest, workdir, "perf", self.path)
 
     def finish(self, guest: Guest) -> Outcome:
         out = Outcome()

@@ -4,13 +4,12 @@ how kvm_stat and other perf-event counters see the guest."""
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 from bench.harness.guest import Guest
-from bench.harness.processes import STARTED, cpu_seconds, reap, stop_group
+from bench.harness.processes import cpu_seconds, reap, stop_group
 from bench.harness.tracers.base import Outcome, Tracer, empty_counts
-from bench.harness.tracers.perf import Perf, enable_through_fifo, fifos
+from bench.harness.tracers.perf import Perf, start_enabled
 
 EVENTS = ("kvm:kvm_pio", "kvm:kvm_userspace_exit")
 
@@ -27,17 +26,8 @@ class PerfStat(Tracer):
 
     def start(self, guest: Guest, workdir: Path) -> None:
         self.path = workdir / "perf-stat.csv"
-        ctl, ack = fifos(workdir, "perf-stat")
-        argv = [self.perf, "stat", "-x", ",", "-D", "-1", "--control", f"fifo:{ctl},{ack}"]
-        for ev in EVENTS:
-            argv += ["-e", ev]
-        argv += ["-p", str(guest.pid), "-o", str(self.path)]
-        self.stderr_path = workdir / "perf-stat.stderr"
-        with open(self.stderr_path, "wb") as errf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
-                                         start_new_session=True)
-        STARTED.add(self.proc.pid)
-        enable_through_fifo(self.proc, ctl, ack, self.stderr_path)
+        self.proc, self.stderr_path = start_enabled(self.perf, ["stat", "-x", ","], EVENTS, guest, workdir,
+                                                    "perf-stat", self.path)
 
     def finish(self, guest: Guest) -> Outcome:
         out = Outcome()
