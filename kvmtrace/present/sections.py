@@ -150,18 +150,24 @@ def report_sections(trace, d: dict | None = None) -> list[Section]:
                   _num(r["p99_us"]), _num(r["max_us"])] for r in d["exit_handling"] if r["count"]]))
 
     if "vcpu_time" in d:
-        from kvmtrace.analysis.vcpu_time import STATES
+        from kvmtrace.analysis.vcpu_time import GUEST_PARTS, STATES
 
         def cell(r, st):
+            if st + "_s" not in r:  # a guest part on a thread without kvm_exit/kvm_entry
+                return "-"
             return f"{r[st + '_s']:,.3f} ({100 * r[st + '_s'] / r['total_s']:.1f}%)" if r["total_s"] else "-"
 
+        # guest's two parts (VMX/SVM: kvm_exit/kvm_entry fired), after the states that sum to total.
+        cols = STATES + tuple(p for p in GUEST_PARTS if any(p + "_s" in r for r in d["vcpu_time"]))
         out.append(Section(
             "vcpu_time", "Where each vCPU's time went, s (share)",
-            ["vcpu", "tid", "total", *(st.replace("_", " ") for st in STATES)], [True] * (3 + len(STATES)),
+            ["vcpu", "tid", "total", *(st.replace("_", " ") for st in cols)], [True] * (3 + len(cols)),
             [["?" if r["vcpu"] is None else str(r["vcpu"]), str(r["tid"]), f"{r['total_s']:,.3f}",
-              *(cell(r, st) for st in STATES)] for r in d["vcpu_time"]],
+              *(cell(r, st) for st in cols)] for r in d["vcpu_time"]],
             ["guest: inside KVM_RUN on a CPU; halted: inside KVM_RUN asleep; vmm: outside it on a CPU; "
-             "vmm waiting: outside it asleep; preempted: runnable, waiting for a CPU."]))
+             "vmm waiting: outside it asleep; preempted: runnable, waiting for a CPU."
+             + (" in guest (after kvm_entry) and exit handling (the rest) are the two parts of guest."
+                if len(cols) > len(STATES) else "")]))
 
     def per_s(n):
         return _num(n / dur if dur else float("nan"))

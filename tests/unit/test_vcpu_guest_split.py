@@ -205,3 +205,16 @@ def test_compare_leaves_the_parts_out_when_one_run_has_none():
                          "vcpu 0 exit_handling": 1600})
     causes = [describe_cause(r) for r in regression_causes(compare(vmx, slow)).to_dict("records")]
     assert causes == ["vcpu_time vcpu 0 exit_handling rose from 10% to 40%"]
+
+
+def test_markdown_and_csv_reports(trace, plain):
+    from kvmtrace.present.formats import render_csv, render_markdown
+
+    md = render_markdown(trace)
+    table = md[md.index("Where each vCPU's time went"):].split("\n\n")[1].splitlines()
+    assert table[0].split("|")[-3:-1] == [" in guest ", " exit handling "]
+    row300 = next(ln for ln in table if ln.startswith("| 2 | 300 |"))
+    assert row300.split("|")[-3:-1] == [" - ", " - "]
+    assert "in guest" not in render_markdown(plain)
+    csv = [ln for ln in render_csv(trace).splitlines() if ln.startswith("vcpu_time,")]
+    assert sum(",in_guest," in ln for ln in csv) == 3 and sum(",exit_handling," in ln for ln in csv) == 3
