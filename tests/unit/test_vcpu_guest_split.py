@@ -218,3 +218,14 @@ def test_markdown_and_csv_reports(trace, plain):
     assert "in guest" not in render_markdown(plain)
     csv = [ln for ln in render_csv(trace).splitlines() if ln.startswith("vcpu_time,")]
     assert sum(",in_guest," in ln for ln in csv) == 3 and sum(",exit_handling," in ln for ln in csv) == 3
+
+
+def test_the_plot_draws_guest_as_its_parts_where_it_has_them(trace, plain):
+    from kvmtrace.present.plots import plot_vcpu_time
+
+    fig = plot_vcpu_time(trace, 2e-6)
+    labels = [ax.get_legend_handles_labels()[1] for ax in fig.axes]
+    assert labels[0][:3] == ["in_guest", "exit_handling", "halted"]  # vCPU 0: kvm_exit/kvm_entry fired
+    assert labels[2][0] == "guest"  # vCPU 2: none
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "guest"  # the legend has every band once
+    assert "in_guest" not in plot_vcpu_time(plain, 2e-6).axes[0].get_legend_handles_labels()[1]

@@ -6,15 +6,16 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from kvmtrace.analysis.vcpu_time import STATES
+from kvmtrace.analysis.vcpu_time import GUEST_PARTS, STATES
 from kvmtrace.present.plots.common import DEFAULT_WINDOW, _figure, _subtitle, _trace_name, window_label, window_seconds
 
 __all__ = ["STATE_COLOURS", "plot_vcpu_time"]
 
 #: One colour per state, the same in every figure: running ones in greens and
 #: blues, waiting ones in greys, preempted (the host's fault) in red.
-STATE_COLOURS = {"guest": "#2ca02c", "halted": "#c7c7c7", "vmm": "#1f77b4", "vmm_waiting": "#7f7f7f",
-                 "preempted": "#d62728"}
+#: guest's two parts (VMX/SVM hosts) in the same green, the exit handling lighter.
+STATE_COLOURS = {"guest": "#2ca02c", "in_guest": "#2ca02c", "exit_handling": "#98df8a", "halted": "#c7c7c7",
+                 "vmm": "#1f77b4", "vmm_waiting": "#7f7f7f", "preempted": "#d62728"}
 
 
 def plot_vcpu_time(trace, freq: str | float = DEFAULT_WINDOW) -> Figure:
@@ -22,7 +23,9 @@ def plot_vcpu_time(trace, freq: str | float = DEFAULT_WINDOW) -> Figure:
 
     One panel per vCPU thread, x in seconds since the start, y the share of
     each ``freq`` window spent guest, halted, vmm, vmm_waiting and
-    preempted (see Trace.df_vcpu_time_intervals). Both modes (a counts-mode
+    preempted (see Trace.df_vcpu_time_intervals); where kvm_exit/kvm_entry
+    fired (VMX/SVM) guest is drawn as its two parts, in_guest and
+    exit_handling. Both modes (a counts-mode
     trace's windows follow its read-outs). Raises MissingTraceEventError for
     a recording without the sched probes.
     """
@@ -36,15 +39,23 @@ def plot_vcpu_time(trace, freq: str | float = DEFAULT_WINDOW) -> Figure:
         mine = df[(df["vcpu"] == vcpu) & (df["tid"] == tid)].sort_values("t_s")
         t = mine["t_s"].to_numpy()
         total = mine["total_s"].to_numpy()
+        split = "in_guest_s" in mine.columns and mine["in_guest_s"].notna().all() and len(mine)
+        bands = (*GUEST_PARTS, *STATES[1:]) if split else STATES
         share = [np.divide(mine[f"{s}_s"].to_numpy(), total, out=np.zeros(len(t)), where=total > 0) * 100
-                 for s in STATES]
+                 for s in bands]
         ax.stackplot(np.r_[t, t[-1] + window] if len(t) else t, *[np.r_[y, y[-1]] if len(y) else y for y in share],
-                     labels=STATES, colors=[STATE_COLOURS[s] for s in STATES], step="post", linewidth=0)
+                     labels=bands, colors=[STATE_COLOURS[s] for s in bands], step="post", linewidth=0)
         ax.set_ylim(0, 100)
         ax.yaxis.set_major_locator(ticker.MultipleLocator(50))
         name = f"vCPU {vcpu}" if vcpu != 0xFFFFFFFF else "vCPU ?"
         ax.set_ylabel(f"{name}\n(tid {tid}), %", fontsize=9)
-    axes[0].legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    legend = {}  # every panel's bands, once each (a panel with the guest split has two more)
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
+    order = sorted(legend, key=lambda x: list(STATE_COLOURS).index(x))
+    axes[0].legend([legend[x] for x in order], order, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
+                   frameon=False)
     axes[-1].set_xlabel("seconds since start (s)")
     axes[0].set_title(f"Where each vCPU's time went, {window_label(window)} windows", loc="left", fontsize=12,
                       fontweight="bold")
