@@ -56,7 +56,9 @@ class EventKind(enum.IntEnum):
     PROC_EXIT = 10  # the VMM process ending (sched:sched_process_exit)
     SCHED_SWITCH = 11  # sched:sched_switch of a vCPU thread (op: SchedOp OUT or IN)
     WAKEUP = 12  # sched:sched_wakeup(_new) of a vCPU thread
-    VCPU_TIME = 13  # counts mode only: nanoseconds a vCPU thread spent in state ``op`` (VcpuState)
+    # counts mode only: nanoseconds a vCPU thread spent in state ``op`` (VcpuState), or with op
+    # VCPU_TIME_IN_GUEST the in-guest part of GUEST (VMX/SVM hosts)
+    VCPU_TIME = 13
 
 
 #: Bit set in ``kind`` on aggregate rows (``record --mode counts``): the row
