@@ -188,11 +188,14 @@ def _initial(header: dict) -> dict[int, dict]:
     return {int(tid): st for tid, st in (header.get("vcpu_states") or {}).items()}
 
 
-def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> Timeline:
+def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int, correct: bool = True) -> Timeline:
     """Every vCPU thread's state timeline from ``start_ns`` to ``end_ns`` (an events-mode trace).
 
     The threads are those the header recorded at attach (``vcpu_states``)
-    and any other with sched events.
+    and any other with sched events. ``correct=False`` takes each thread's
+    ``vcpu_states`` entry (in_run, sched, and in_guest) as exact, with no
+    correction by the first edges: what a stretch continuing a known state
+    needs (analysis.vcpu_stream, the report batch by batch).
     """
     kind = events["kind"].to_numpy()
     sel = np.flatnonzero((kind == _RUN) | (kind == _UEXIT) | (kind == _SWITCH) | (kind == _WAKEUP)
@@ -215,9 +218,9 @@ def segments(events: pd.DataFrame, header: dict, start_ns: int, end_ns: int) -> 
         st = init.get(t, {})
         pid = int(st.get("pid", pid_col[lo] if hi > lo else 0))
         tk, tts = k[lo:hi], np.clip(ts[lo:hi], start_ns, end_ns)
-        in_run = _in_run_after(tk, bool(st.get("in_run", True)))
-        sched = _sched_after(tk, op[lo:hi], reason[lo:hi], flags[lo:hi], st.get("sched", "on_cpu"))
-        in_guest = _in_guest_after(tk, op[lo:hi])
+        in_run = _in_run_after(tk, bool(st.get("in_run", True)), correct)
+        sched = _sched_after(tk, op[lo:hi], reason[lo:hi], flags[lo:hi], st.get("sched", "on_cpu"), correct)
+        in_guest = _in_guest_after(tk, op[lo:hi], None if correct else bool(st.get("in_guest", False)))
         # The state before the first event, then after each event.
         code = state_of(in_run, sched)
         seg_start = np.r_[start_ns, tts]
@@ -245,7 +248,7 @@ def _carry(first: int, edge: np.ndarray) -> np.ndarray:
     return vals[idx]
 
 
-def _in_run_after(kind: np.ndarray, recorded: bool) -> np.ndarray:
+def _in_run_after(kind: np.ndarray, recorded: bool, correct: bool = True) -> np.ndarray:
     """in_run before the first event (index 0) and after each event (1..n).
 
     KVM_RUN entered or returning sets it, and the first of them says what
@@ -254,11 +257,11 @@ def _in_run_after(kind: np.ndarray, recorded: bool) -> np.ndarray:
     """
     edge = np.where((kind == _RUN) | (kind == _EXIT) | (kind == _ENTRY), 1, np.where(kind == _UEXIT, 0, -1))
     edges = np.flatnonzero((kind == _RUN) | (kind == _UEXIT))
-    first = (1 - edge[edges[0]]) if len(edges) else int(recorded)
+    first = (1 - edge[edges[0]]) if len(edges) and correct else int(recorded)
     return _carry(first, edge)
 
 
-def _in_guest_after(kind: np.ndarray, op: np.ndarray) -> np.ndarray:
+def _in_guest_after(kind: np.ndarray, op: np.ndarray, known: bool | None = None) -> np.ndarray:
     """in_guest before the first event (index 0) and after each event (1..n).
 
     kvm_entry sets it; kvm_exit, a switch out, KVM_RUN returning or entered
@@ -269,16 +272,19 @@ def _in_guest_after(kind: np.ndarray, op: np.ndarray) -> np.ndarray:
     out_ = (kind == _EXIT) | (kind == _UEXIT) | (kind == _RUN) | ((kind == _SWITCH) & (op == SchedOp.OUT))
     edge = np.where(kind == _ENTRY, 1, np.where(out_, 0, -1))
     edges = np.flatnonzero((kind == _EXIT) | (kind == _ENTRY))
-    first = int(kind[edges[0]] == _EXIT) if len(edges) else 0
+    if known is not None:  # the state before is known (not inferred from the first edge)
+        first = int(known)
+    else:
+        first = int(kind[edges[0]] == _EXIT) if len(edges) else 0
     return _carry(first, edge).astype(bool)
 
 
-def _sched_after(kind, op, reason, flags, recorded: str) -> np.ndarray:
+def _sched_after(kind, op, reason, flags, recorded: str, correct: bool = True) -> np.ndarray:
     """ThreadSched before the first event (index 0) and after each event (1..n)."""
     out = np.empty(len(kind) + 1, dtype=np.int64)
     pos = np.flatnonzero((kind == _SWITCH) | (kind == _WAKEUP))
     cur = {"on_cpu": _ON, "runnable": _RUNNABLE}.get(recorded, _ASLEEP)
-    if len(pos) and kind[pos[0]] == _SWITCH:  # what the first switch says held before it
+    if correct and len(pos) and kind[pos[0]] == _SWITCH:  # what the first switch says held before it
         cur = _ON if op[pos[0]] == SchedOp.OUT else _RUNNABLE
     out[0] = cur
     last = 0
