@@ -8,12 +8,20 @@ fresh processes, `kvmtrace report FILE` (start-up, load and every table)
 against `trace-cmd report -i FILE.dat` merely printing the events, both to
 /dev/null, and takes kvmtrace's peak resident memory. Medians of --repeat.
 
-With --synthesize, longer traces are made from the largest recording by
-replicating its batches with shifted timestamps (kvmtrace.tracefile.TraceWriter,
-the recorder's own writer and batch sizes): the same events, N times over, for
-`kvmtrace report` alone (trace-cmd has no such file to print).
+With --synthesize, longer traces are made from the largest recording (or
+--source FILE, recording nothing) by replicating its batches with shifted
+timestamps (bench/synth.py: the recorder's own writer and batch sizes), on
+--vcpus vCPUs side by side and with --union-every: userspace exits other than
+IO/MMIO that carry kvm_run union words (SYSTEM_EVENT, HYPERCALL,
+INTERNAL_ERROR), for `kvmtrace report` alone (trace-cmd has no such file to
+print). With --against DIR, each synthesized trace is also reported by the
+checkout in DIR (e.g. main), alternately with this one: before and after.
+Recordings are made with --no-vcpu-time (--vcpu-time keeps the sched probes,
+whose report section reads the whole trace).
 
     sudo .venv/bin/python bench/scale.py --events 1e6 10e6 --repeat 3 --synthesize 30e6 100e6
+    .venv/bin/python bench/scale.py --source sample-traces/series/run1.kvmtrace --synthesize 24e6 \
+        --vcpus 4 --union-every 50 --against /work/main --repeat 3
 """
 
 from __future__ import annotations
@@ -46,18 +54,20 @@ TRACEPOINTS = ["kvm:kvm_pio", "kvm:kvm_mmio", "kvm:kvm_userspace_exit", "syscall
 KVMTRACE = [sys.executable, "-m", "kvmtrace.cli"]
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one run of cmd, output to /dev/null."""
+def timed(cmd: list[str], checkout: Path = ROOT) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one run of cmd, output to /dev/null;
+    ``python -m kvmtrace.cli`` is the one of ``checkout``."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as null:
-        p = subprocess.Popen(cmd, stdout=null, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(cmd, stdout=null, stderr=subprocess.DEVNULL, cwd=checkout, env=env)
         _pid, status, usage = os.wait4(p.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd[:3]} failed")
     return time.perf_counter() - t0, usage.ru_maxrss
 
 
-def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
+def record(target_events: float, workdir: Path, rate_guess: float, vcpu_time: bool = False) -> dict:
     name = f"kvmtrace-bench-scale-{uuid.uuid4().hex[:6]}"
     conn, dom = start_demo(Workload(steady=True), URI, name=name)
     trace = workdir / f"scale-{int(target_events)}.kvmtrace"
@@ -79,7 +89,7 @@ def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
             raise SystemExit("trace-cmd record did not start: " + "".join(seen[-5:]))
         duration = target_events / rate_guess
         subprocess.run([*KVMTRACE, "record", "--domain", name, "--duration", f"{duration:.1f}", "-o", str(trace),
-                        "--quiet"], check=True)
+                        "--quiet", *([] if vcpu_time else ["--no-vcpu-time"])], check=True)
         tc.send_signal(signal.SIGINT)
         tc.communicate(timeout=300)  # status 1 after writing its file: its function-filter clean-up
         state.restore()
@@ -88,35 +98,12 @@ def record(target_events: float, workdir: Path, rate_guess: float) -> dict:
     return {"trace": trace, "dat": dat, "seconds": duration}
 
 
-def synthesize(src: Path, target_events: float, dst: Path) -> int:
-    """Write ``dst``: ``src``'s batches again and again, each copy shifted to
-    follow the last, until it holds at least ``target_events``; returns its events."""
-    import numpy as np
-
-    from kvmtrace.kernel.events import EVENT_DTYPE
-    from kvmtrace.tracefile import COLUMNS, TraceBatches, TraceWriter
-
-    tb = TraceBatches(src)
-    header = {k: v for k, v in tb.header.items() if k != "format_version"}
-    batches = [b for b in tb if b.num_rows]
-    trailer = dict(tb.trailer or tb.progress)
-    first = min(int(b.column("ts_ns").to_numpy().min()) for b in batches)
-    last = max(int(b.column("ts_ns").to_numpy().max()) for b in batches)
-    span = last - first + 1000
-    per_copy = sum(b.num_rows for b in batches)
-    copies = max(1, -(-int(target_events) // per_copy))
-    w = TraceWriter(dst, header)
-    for k in range(copies):
-        for b in batches:
-            ev = np.zeros(b.num_rows, dtype=EVENT_DTYPE)
-            for c in COLUMNS:
-                ev[c] = b.column(c).to_numpy()
-            ev["ts_ns"] += np.uint64(k * span)
-            w.write(ev, {"lost_events": 0})
-    start = trailer.get("start_time_ns", first)
-    trailer.pop("events_written", None)
-    w.close({**trailer, "start_time_ns": start, "end_time_ns": start + copies * span, "lost_events": 0})
-    return w.events_written
+def synthesize(src: Path, target_events: float, dst: Path, vcpus: int = 1, union_every: int = 0) -> int:
+    """bench.synth.synthesize in a child process (this one stays small; see timed)."""
+    out = subprocess.run([sys.executable, "-m", "bench.synth", str(src), str(target_events), str(dst),
+                          "--vcpus", str(vcpus), "--union-every", str(union_every)],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1])
 
 
 def main() -> None:
@@ -127,13 +114,20 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/kvmtrace-bench"))
     ap.add_argument("--synthesize", type=float, nargs="*", default=[],
                     help="also report traces of this many events made from the largest recording")
+    ap.add_argument("--source", type=Path, help="synthesize from this trace; record nothing")
+    ap.add_argument("--vcpus", type=int, default=1, help="synthesized traces: vCPUs side by side")
+    ap.add_argument("--union-every", type=int, default=0,
+                    help="synthesized traces: a union-word userspace exit after every N-th KVM_RUN (0: none)")
+    ap.add_argument("--against", type=Path, help="also report the synthesized traces with this checkout")
+    ap.add_argument("--vcpu-time", action="store_true", help="record with the sched probes")
     ap.add_argument("--keep", action="store_true", help="keep the recorded files")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
-    for n in args.events:
-        rec = record(n, args.workdir, args.rate)
+    largest = args.source
+    for n in [] if args.source else args.events:
+        rec = record(n, args.workdir, args.rate, args.vcpu_time)
         from kvmtrace.tracefile import read_trace
 
         # One small column only: a child forked from a big parent starts with
@@ -164,21 +158,27 @@ def main() -> None:
                 rec["trace"].unlink()
     for n in args.synthesize:
         dst = args.workdir / f"scale-synth-{int(n)}.kvmtrace"
-        events = synthesize(largest, n, dst)
-        ours, rss = [], []
-        for _ in range(args.repeat):
-            t, m = timed([*KVMTRACE, "report", str(dst)])
-            ours.append(t)
-            rss.append(m)
-        row = {"events": events, "synthesized_from": str(largest.name), "kvmtrace_file_mb": dst.stat().st_size / 1e6,
-               "kvmtrace_report_s": statistics.median(ours), "kvmtrace_peak_rss_mb": max(rss) / 1024,
-               "runs": {"kvmtrace": ours}}
+        events = synthesize(largest, n, dst, args.vcpus, args.union_every)
+        checkouts = {"this": ROOT, **({"against": args.against.resolve()} if args.against else {})}
+        runs: dict[str, list] = {k: [] for k in checkouts}
+        for _ in range(args.repeat):  # alternate, so both see the same machine
+            for k, checkout in checkouts.items():
+                runs[k].append(timed([*KVMTRACE, "report", str(dst)], checkout))
+        row = {"events": events, "synthesized_from": str(largest.name), "vcpus": args.vcpus,
+               "union_every": args.union_every, "kvmtrace_file_mb": dst.stat().st_size / 1e6}
+        for k, checkout in checkouts.items():
+            label = "" if k == "this" else "against_"
+            ts, rss = [t for t, _ in runs[k]], [m / 1024 for _, m in runs[k]]
+            row |= {f"{label}checkout": str(checkout), f"{label}kvmtrace_report_s": statistics.median(ts),
+                    f"{label}kvmtrace_peak_rss_mb": statistics.median(rss),
+                    f"{label}runs": {"seconds": ts, "peak_rss_mb": rss}}
+            print(f"{events:>11,} events (synthesized), {checkout}: kvmtrace report {statistics.median(ts):.2f} s, "
+                  f"peak RSS median {statistics.median(rss):,.0f} MB (runs: {', '.join(f'{x:,.0f}' for x in rss)})",
+                  flush=True)
         results.append(row)
-        print(f"{events:>11,} events (synthesized): kvmtrace report {row['kvmtrace_report_s']:.2f} s, "
-              f"peak {row['kvmtrace_peak_rss_mb']:,.0f} MB", flush=True)
         if not args.keep:
             dst.unlink()
-    if args.synthesize and not args.keep:
+    if args.synthesize and not args.keep and not args.source:
         largest.unlink()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "repeat": args.repeat,

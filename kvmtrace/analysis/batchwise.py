@@ -41,6 +41,13 @@ the thread's first kvm_exit comes.
 
 Per process (pid): every table is kept per pid as well, for the report's
 per-domain counts and ``--domain``.
+
+Two tables need no cut. The userspace exits' kvm_run member values
+(analysis.runfields: ``details``) pair nothing: each batch's are counted as
+it comes, with the union words (rip, info1, info2, value) that no chunk
+keeps. The per-vCPU counts (analysis.vcpus) are counted per piece, their
+MMIO accesses less the completions of unsatisfied reads, a pairing no cut
+splits (above).
 """
 
 from __future__ import annotations
@@ -51,14 +58,17 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from kvmtrace.kernel.events import EventFlag, EventKind, MmioOp, PioOp
+from kvmtrace.kernel.events import RUN_UNION_COLUMNS, EventFlag, EventKind, MmioOp
 from kvmtrace.tables.exits import ExitNames, Isa, KvmExit, kvm_exit_info
+from kvmtrace.analysis.batchparts import PidParts, cat_samples, concat, io_merge, merge_samples
 from kvmtrace.analysis.latency import latency_stats_of_samples
 from kvmtrace.analysis.rates import DIMENSION_DTYPE, counts, keyed, windows
+from kvmtrace.analysis.runfields import detail_groups, details_of, merge_detail_groups
 from kvmtrace.analysis.runloop import DIRECTIONS, ISAS, UNPAIRED_KEYS, correlate, unpaired
 from kvmtrace.analysis.summary import (EINTR, Summary, ThreadOrder, dense_codes, group_codes, hardware_exits,
                                        mmio, mmio_completions, pair_userspace, port_io, service_times,
                                        userspace_exits)
+from kvmtrace.analysis.vcpus import merge_thread_counts, thread_counts, vcpu_rows
 
 __all__ = ["CHUNK_EVENTS", "ReportTables"]
 
@@ -74,6 +84,10 @@ _MMIO = int(EventKind.MMIO)
 _UEXIT = int(EventKind.USERSPACE_EXIT)
 _RUN = int(EventKind.RUN)
 _FIELDS = int(EventFlag.RUN_FIELDS)
+_DETAILED = int(EventFlag.RUN_FIELDS | EventFlag.RUN_UNION)
+#: Columns only the userspace exits' details read (their kvm_run union words):
+#: counted batch by batch in add(), not kept in a chunk.
+DETAIL_ONLY_COLUMNS = tuple(c for c in RUN_UNION_COLUMNS if c != "gpa")
 
 
 def _prev_of(member: np.ndarray, thr: np.ndarray) -> np.ndarray:
@@ -112,9 +126,11 @@ class ReportTables:
 
     ``names``: the trace's ExitNames; ``device_map``: its DeviceMap (names
     of ports and addresses). Feed :meth:`add` every batch in file order,
-    then call :meth:`finish` once; then :meth:`summary`, :meth:`latency`,
-    :meth:`unpaired`, :meth:`events` and :meth:`ts_range` answer for the
-    whole trace or one pid.
+    then call :meth:`finish` once; then :meth:`summary`, :meth:`vmm_service`,
+    :meth:`exit_handling`, :meth:`unpaired`, :meth:`exit_details`,
+    :meth:`vcpu_counts`, :meth:`events` and :meth:`ts_range` answer for the
+    whole trace or one pid. A batch with userspace exits carrying kvm_run
+    union words must hold the union columns (kernel.events.RUN_UNION_COLUMNS).
     """
 
     def __init__(self, names: ExitNames, device_map, chunk_events: int = CHUNK_EVENTS, io_labels=None):
@@ -127,7 +143,7 @@ class ReportTables:
         self._carry: dict[str, np.ndarray] | None = None
         # (pid, tid) -> [has had a kvm_exit, real userspace exits and accesses before its first one]
         self._threads: dict[tuple[int, int], list] = {}
-        self._parts: dict[int, _PidParts] = defaultdict(_PidParts)
+        self._parts: dict[int, PidParts] = defaultdict(PidParts)
         self.chunks = 0
         self.max_carry = 0  # most events carried from one chunk to the next
         self._rates: dict | None = None
@@ -148,11 +164,28 @@ class ReportTables:
         earliest ts_ns of every later batch (None: there is none)."""
         n = len(next(iter(cols.values()))) if cols else 0
         if n:
-            self._pending.append(dict(cols))
+            self._details(cols)
+            self._pending.append({c: a for c, a in cols.items() if c not in DETAIL_ONLY_COLUMNS})
             self._pending_rows += n
         self._future_min = future_min
         if self._pending_rows >= self.chunk_events:
             self._process(final=False)
+
+    def _details(self, cols: Mapping[str, np.ndarray]) -> None:
+        """The batch's userspace exits counted per kvm_run member value, per pid
+        (analysis.runfields.detail_groups: no pairing, so no cut is needed)."""
+        rows = np.flatnonzero((cols["kind"] == _UEXIT) & (cols["err"] >= 0) & ((cols["flags"] & _DETAILED) != 0))
+        if not len(rows):
+            return
+        missing = [c for c in RUN_UNION_COLUMNS if c not in cols]
+        if missing and ((cols["flags"][rows] & int(EventFlag.RUN_UNION)) != 0).any():
+            raise ValueError(f"userspace exits with kvm_run union words, fed without {', '.join(missing)}")
+        sub = pd.DataFrame({c: cols[c][rows] for c in ("pid", "kind", "flags", "err", "reason", "op", "size", "port",
+                                                        *RUN_UNION_COLUMNS) if c in cols}, copy=False)
+        pid = sub["pid"].to_numpy()
+        pids = np.unique(pid).tolist()
+        for p in pids:
+            self._parts[int(p)].add_details(detail_groups(sub if len(pids) == 1 else sub[pid == p]))
 
     def finish(self) -> "ReportTables":
         self._process(final=True)
@@ -311,6 +344,7 @@ class ReportTables:
         parts.pio.append(port_io(ev, pairing))
         parts.mmio.append(mmio(ev, pairing, comp))
         self.io_labels and self.io_labels.add(pid, ev, pairing, comp)
+        merge_thread_counts(parts.threads, thread_counts(ev, comp))
         u = k == _UEXIT
         err = cols["err"][u]
         parts.interrupted += int((err == -EINTR).sum())
@@ -328,7 +362,7 @@ class ReportTables:
             self._rate_tables(parts, ev, has_exit)
         self._thread_history(pid, cols, order, comp)
 
-    def _service(self, parts: "_PidParts", ev: pd.DataFrame, order: ThreadOrder) -> None:
+    def _service(self, parts: "PidParts", ev: pd.DataFrame, order: ThreadOrder) -> None:
         """Service time samples per (KVM_EXIT code, device, direction), as Trace._label_exits names them."""
         st = service_times(ev, order)
         if not len(st):
@@ -349,7 +383,7 @@ class ReportTables:
         for i, (c, lab, d) in enumerate(zip(gcode.tolist(), glabel.tolist(), gdir.tolist())):
             parts.add_samples(parts.service, (c, labels[lab], d), service[g == i])
 
-    def _handling(self, parts: "_PidParts", ev: pd.DataFrame, order: ThreadOrder) -> None:
+    def _handling(self, parts: "PidParts", ev: pd.DataFrame, order: ThreadOrder) -> None:
         """Exit handling samples per (ISA index, basic exit code), as correlate gives them."""
         cor = correlate(ev, order)
         if not len(cor):
@@ -361,7 +395,7 @@ class ReportTables:
         for i, (a, c) in enumerate(zip(gisa.tolist(), gcode.tolist())):
             parts.add_samples(parts.handling, (a, c), handling[g == i])
 
-    def _rate_tables(self, parts: "_PidParts", ev: pd.DataFrame, has_exit: bool) -> None:
+    def _rate_tables(self, parts: "PidParts", ev: pd.DataFrame, has_exit: bool) -> None:
         r = self._rates
         kd = keyed(ev, self.names, self.device_map, r["vcpu_threads"])
         if r["has_exit"] and not has_exit:  # this piece's vcpu rows would count userspace exits
@@ -393,7 +427,7 @@ class ReportTables:
     def pids(self) -> list[int]:
         return sorted(self._parts)
 
-    def _of(self, pid: int | None) -> list["_PidParts"]:
+    def _of(self, pid: int | None) -> list["PidParts"]:
         return [self._parts[p] for p in self.pids()] if pid is None else [self._parts[pid]] * (pid in self._parts)
 
     def events(self, pid: int | None = None) -> int:
@@ -412,7 +446,7 @@ class ReportTables:
         def rate(count):
             return count / duration_s if duration_s > 0 else float("nan")
 
-        ue = _concat([f for p in parts for f in p.userspace])
+        ue = concat([f for p in parts for f in p.userspace])
         rows = []
         if len(ue):
             per = ue.groupby("code", sort=True)["count"].sum()
@@ -424,7 +458,7 @@ class ReportTables:
         ue = pd.DataFrame(rows, columns=cols).sort_values(["count", "code"], ascending=[False, True],
                                                           ignore_index=True)
         hw_cols = ["isa", "reason", "code", "flags", "count", "rate"]
-        hw = _concat([f for p in parts for f in p.exits])
+        hw = concat([f for p in parts for f in p.exits])
         if len(hw):
             hw = hw.groupby(["isa", "reason", "code", "flags"], as_index=False, observed=True)["count"].sum()
             hw["rate"] = hw["count"] / duration_s if duration_s > 0 else float("nan")
@@ -436,8 +470,8 @@ class ReportTables:
             duration_s=duration_s,
             userspace_exits=ue,
             exits=hw,
-            pio=_io_merge([f for p in parts for f in p.pio], ["port", "direction", "size"]),
-            mmio=_io_merge([f for p in parts for f in p.mmio], ["gpa", "direction", "len"]),
+            pio=io_merge([f for p in parts for f in p.pio], ["port", "direction", "size"]),
+            mmio=io_merge([f for p in parts for f in p.mmio], ["gpa", "direction", "len"]),
             interrupted_runs=sum(p.interrupted for p in parts),
             failed_runs=sum(p.failed for p in parts),
             userspace_fields_known=any(p.fields_known for p in parts) if has_u else True,
@@ -465,7 +499,7 @@ class ReportTables:
 
     def vmm_service(self, by: tuple[str, ...], pid: int | None = None) -> pd.DataFrame:
         """latency_stats of the service frame by ("reason",) or ("reason", "device", "direction")."""
-        groups = _merge_samples([p.service for p in self._of(pid)])
+        groups = merge_samples([p.service for p in self._of(pid)])
         keys = list(groups)
         codes = sorted({c for c, _, _ in keys})
         labels = [self.names.kvm_exit(int(c)) for c in codes]
@@ -483,7 +517,7 @@ class ReportTables:
         samples, unpaired_n = [], []
         for ok in out_keys:
             members = [groups[key] for key in keys if key_of[key] == ok]
-            samples.append(_cat_samples([m[0] for m in members]))
+            samples.append(cat_samples([m[0] for m in members]))
             unpaired_n.append(sum(m[1] for m in members))
         frame = {"reason": pd.Categorical.from_codes([k[0] for k in out_keys], categories=pd.Index(reason_cats))}
         if len(by) > 1:
@@ -493,7 +527,7 @@ class ReportTables:
 
     def exit_handling(self, pid: int | None = None) -> pd.DataFrame:
         """latency_stats of correlate's handling_ns by ("isa", "reason"), as analysis.latency.exit_handling."""
-        groups = _merge_samples([p.handling for p in self._of(pid)])
+        groups = merge_samples([p.handling for p in self._of(pid)])
         keys = list(groups)
         label = {key: self.names.hw(Isa[ISAS[key[0]]], key[1]) for key in keys}
         cats = sorted(set(label.values()))
@@ -502,11 +536,23 @@ class ReportTables:
         samples, unpaired_n = [], []
         for ok in out_keys:
             members = [groups[key] for key in keys if key_of[key] == ok]
-            samples.append(_cat_samples([m[0] for m in members]))
+            samples.append(cat_samples([m[0] for m in members]))
             unpaired_n.append(sum(m[1] for m in members))
         frame = {"isa": pd.Categorical.from_codes([k[0] for k in out_keys], categories=list(ISAS)),
                  "reason": pd.Categorical.from_codes([k[1] for k in out_keys], categories=cats)}
         return latency_stats_of_samples(pd.DataFrame(frame), samples, unpaired_n)
+
+    def exit_details(self, pid: int | None = None) -> dict[int, list[dict]]:
+        """analysis.runfields.exit_details of the trace (or one pid's events)."""
+        return details_of(merge_detail_groups([g for p in self._of(pid) for g in p.details]))
+
+    def vcpu_counts(self, domains: list[dict], pid: int | None = None) -> list[dict]:
+        """analysis.vcpus.vcpu_counts of the trace (or one pid's events) and ``domains``
+        (a recording of single events: its PIO/MMIO counts are per thread)."""
+        counts: dict = {}
+        for p in self._of(pid):
+            merge_thread_counts(counts, p.threads)
+        return vcpu_rows(counts, domains)
 
     def has_rates(self, window_s: float | None) -> bool:
         return self._rates is not None and self._rates["window_s"] == window_s
@@ -514,14 +560,14 @@ class ReportTables:
     def rates(self, pid: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """rates.counts of the trace's keyed exits, and rates.windows (None without window_s)."""
         parts = self._of(pid)
-        kd = _concat([f for p in parts for f in p.counts])
+        kd = concat([f for p in parts for f in p.counts])
         if not len(kd):
             kd = pd.DataFrame({"dimension": pd.Series(dtype=DIMENSION_DTYPE), "key": pd.Series(dtype=str),
                                "w": pd.Series(dtype="int64")})
         kd = kd.astype({"dimension": DIMENSION_DTYPE, "key": "category"})
         wins = None
         if self._rates["window_s"]:
-            w = _concat([f for p in parts for f in p.windows])
+            w = concat([f for p in parts for f in p.windows])
             if not len(w):
                 w = pd.DataFrame({"window": pd.Series(dtype="int64"), "dimension": pd.Series(dtype=DIMENSION_DTYPE),
                                   "key": pd.Series(dtype=str), "count": pd.Series(dtype="int64")})
@@ -529,71 +575,3 @@ class ReportTables:
             wins = w.groupby(["window", "dimension", "key"], observed=True)["count"].sum()
             wins = wins.reset_index().astype({"count": "int64"})
         return counts(kd), wins
-
-
-class _PidParts:
-    """What one pid's pieces left: small tables to merge and duration samples."""
-
-    def __init__(self):
-        self.events = 0
-        self.ts_min, self.ts_max = np.iinfo(np.int64).max, -1
-        self.userspace: list[pd.DataFrame] = []
-        self.exits: list[pd.DataFrame] = []
-        self.pio: list[pd.DataFrame] = []
-        self.mmio: list[pd.DataFrame] = []
-        self.interrupted = self.failed = self.unpaired_io = 0
-        self.has_uexit = self.fields_known = False
-        self.unpaired: dict[str, int] = dict.fromkeys(UNPAIRED_KEYS, 0)
-        self.service: dict[tuple, tuple[list[np.ndarray], int]] = {}
-        self.handling: dict[tuple, tuple[list[np.ndarray], int]] = {}
-        self.counts: list[pd.DataFrame] = []
-        self.windows: list[pd.DataFrame] = []
-
-    @staticmethod
-    def add_samples(store: dict, key: tuple, values: np.ndarray) -> None:
-        """Keep a group's durations >= 0 (uint32 where they fit) and count the rest (unpaired)."""
-        ok = values >= 0
-        v = values[ok]
-        if len(v) and int(v.max()) < 1 << 32:
-            v = v.astype(np.uint32)
-        arrays, unpaired_n = store.get(key, ([], 0))
-        arrays.append(v)
-        store[key] = (arrays, unpaired_n + int(len(values) - len(v)))
-
-
-def _merge_samples(stores: list[dict]) -> dict[tuple, tuple[list[np.ndarray], int]]:
-    out: dict[tuple, tuple[list[np.ndarray], int]] = {}
-    for store in stores:
-        for key, (arrays, n) in store.items():
-            a, m = out.get(key, ([], 0))
-            out[key] = (a + arrays, m + n)
-    return out
-
-
-def _cat_samples(arrays: list[list[np.ndarray]]) -> np.ndarray:
-    flat = [a for group in arrays for a in group if len(a)]
-    if not flat:
-        return np.zeros(0, dtype=np.uint32)
-    if len(flat) == 1:
-        return flat[0]
-    dtype = np.uint32 if all(a.dtype == np.uint32 for a in flat) else np.int64
-    return np.concatenate([a.astype(dtype, copy=False) for a in flat])
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _io_merge(frames: list[pd.DataFrame], keys_out: list[str]) -> pd.DataFrame:
-    """summary._io_rows' table from the tables of the pieces: counts summed per key."""
-    nonempty = [f for f in frames if len(f)]
-    if not nonempty:
-        return frames[0] if frames else pd.DataFrame(columns=[*keys_out, "userspace", "count"])
-    df = pd.concat(nonempty, ignore_index=True)
-    dtypes = df.dtypes
-    df = df.groupby([*keys_out, "userspace"], sort=False, observed=True)["count"].sum().reset_index()
-    df = df.astype({c: dtypes[c] for c in df.columns})
-    df = df[df["count"] > 0]
-    return df.sort_values([*keys_out, "userspace"], ascending=[True] * len(keys_out) + [False],
-                          ignore_index=True)

@@ -18,7 +18,8 @@ from kvmtrace.tables.exits import KvmExit
 from kvmtrace.tables.exits.runfields import decode, describe
 from kvmtrace.analysis.summary import _group_sum, kinds_and_weights
 
-__all__ = ["COUNTS_UNION_BYTES", "exit_details", "union_words"]
+__all__ = ["COUNTS_UNION_BYTES", "DetailGroups", "detail_groups", "details_of", "exit_details", "merge_detail_groups",
+           "union_words"]
 
 #: Bytes of the union a counts-mode aggregate keeps (its key's gpa, port and size).
 COUNTS_UNION_BYTES = 16
@@ -44,19 +45,78 @@ def union_words(ev: pd.DataFrame, rows: np.ndarray) -> tuple[list[np.ndarray], n
     return words, np.where(agg, COUNTS_UNION_BYTES, RUN_UNION_BYTES)
 
 
-def _io_details(ev: pd.DataFrame, rows: np.ndarray, w: np.ndarray) -> list[dict]:
+def _io_rows(keys: list[np.ndarray], n: np.ndarray) -> list[dict]:
     # kvm_run.io.count (rep ins/outs) is left out: a counts recording's keys do not hold it.
-    (d, size, port), n = _group_sum([ev["op"].to_numpy()[rows], ev["size"].to_numpy()[rows],
-                                     ev["port"].to_numpy()[rows]], w)
+    d, size, port = keys
     return [{"direction": int(a), "direction_name": "OUT" if a == 1 else "IN", "size": int(b), "port": int(c),
              "count": int(k)} for a, b, c, k in zip(d, size, port, n)]
 
 
-def _mmio_details(ev: pd.DataFrame, rows: np.ndarray, w: np.ndarray) -> list[dict]:
-    write = (ev["op"].to_numpy()[rows] == MmioOp.WRITE).astype(np.uint8)
-    (gpa, length, wr), n = _group_sum([ev["gpa"].to_numpy()[rows], ev["size"].to_numpy()[rows], write], w)
+def _mmio_rows(keys: list[np.ndarray], n: np.ndarray) -> list[dict]:
+    gpa, length, wr = keys
     return [{"phys_addr": int(a), "len": int(b), "is_write": int(c), "count": int(k)}
             for a, b, c, k in zip(gpa, length, wr, n)]
+
+
+#: A detail table: distinct key tuples (sorted, as analysis.summary._group_sum gives
+#: them) and the exits of each. Keys: "io" (direction, size, port), "mmio" (phys_addr,
+#: len, is_write), "union" (KVM_EXIT_* code, bytes carried, the five union words).
+DetailGroups = dict[str, tuple[list[np.ndarray], np.ndarray]]
+
+
+def detail_groups(ev: pd.DataFrame) -> DetailGroups:
+    """The userspace exits of ``ev`` counted per member value (see :func:`exit_details`), as
+    tables that add up: :func:`merge_detail_groups` of two parts' tables is the whole's."""
+    k, w = kinds_and_weights(ev)
+    flags = ev["flags"].to_numpy()
+    uexit = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
+    reason = ev["reason"].to_numpy()
+    out: DetailGroups = {}
+    fields = uexit & ((flags & int(EventFlag.RUN_FIELDS)) != 0)
+    rows = np.flatnonzero(fields & (reason == KvmExit.IO))
+    if len(rows):
+        out["io"] = _group_sum([ev["op"].to_numpy()[rows], ev["size"].to_numpy()[rows],
+                                ev["port"].to_numpy()[rows]], w[rows])
+    rows = np.flatnonzero(fields & (reason == KvmExit.MMIO))
+    if len(rows):
+        write = (ev["op"].to_numpy()[rows] == MmioOp.WRITE).astype(np.uint8)
+        out["mmio"] = _group_sum([ev["gpa"].to_numpy()[rows], ev["size"].to_numpy()[rows], write], w[rows])
+    rows = np.flatnonzero(uexit & ((flags & int(EventFlag.RUN_UNION)) != 0))
+    if len(rows):
+        words, nbytes = union_words(ev, rows)
+        out["union"] = _group_sum([reason[rows], nbytes.astype(np.int64), *words], w[rows])
+    return out
+
+
+def merge_detail_groups(parts: list[DetailGroups]) -> DetailGroups:
+    """The detail tables of the concatenation of the parts' events."""
+    out: DetailGroups = {}
+    for name in ("io", "mmio", "union"):
+        tables = [p[name] for p in parts if name in p]
+        if len(tables) == 1:
+            out[name] = tables[0]
+        elif tables:
+            keys = [np.concatenate([t[0][i] for t in tables]) for i in range(len(tables[0][0]))]
+            out[name] = _group_sum(keys, np.concatenate([t[1] for t in tables]))
+    return out
+
+
+def details_of(groups: DetailGroups) -> dict[int, list[dict]]:
+    """:func:`exit_details` from the detail tables (:func:`detail_groups`)."""
+    out: dict[int, list[dict]] = {}
+    for code, name, fn in ((KvmExit.IO, "io", _io_rows), (KvmExit.MMIO, "mmio", _mmio_rows)):
+        if name in groups:
+            out[int(code)] = sorted(fn(*groups[name]), key=lambda r: -r["count"])
+    if "union" not in groups:
+        return out
+    keys, counts = groups["union"]
+    for code, nb, *ws, n in zip(*keys, counts):
+        member, values = decode(int(code), [int(x) for x in ws], int(nb))
+        out.setdefault(int(code), []).append({"member": member, **values, "text": describe(values),
+                                              "bytes": int(nb), "count": int(n)})
+    for rows_ in out.values():
+        rows_.sort(key=lambda r: -r["count"])
+    return out
 
 
 def exit_details(ev: pd.DataFrame) -> dict[int, list[dict]]:
@@ -68,27 +128,7 @@ def exit_details(ev: pd.DataFrame) -> dict[int, list[dict]]:
     was carried) and ``count``. IO exits give direction, size and port;
     MMIO exits phys_addr, len, is_write.
     Exits whose member was not read (imported traces, no kvm_run address)
-    are in no group.
+    are in no group. (:func:`detail_groups` and :func:`details_of`: the same
+    in two steps, for a trace read batch by batch.)
     """
-    k, w = kinds_and_weights(ev)
-    flags = ev["flags"].to_numpy()
-    uexit = (k == EventKind.USERSPACE_EXIT) & (ev["err"].to_numpy() >= 0)
-    reason = ev["reason"].to_numpy()
-    out: dict[int, list[dict]] = {}
-    fields = uexit & ((flags & int(EventFlag.RUN_FIELDS)) != 0)
-    for code, fn in ((KvmExit.IO, _io_details), (KvmExit.MMIO, _mmio_details)):
-        rows = np.flatnonzero(fields & (reason == code))
-        if len(rows):
-            out[int(code)] = sorted(fn(ev, rows, w[rows]), key=lambda r: -r["count"])
-    rows = np.flatnonzero(uexit & ((flags & int(EventFlag.RUN_UNION)) != 0))
-    if not len(rows):
-        return out
-    words, nbytes = union_words(ev, rows)
-    keys, counts = _group_sum([reason[rows], nbytes.astype(np.int64), *words], w[rows])
-    for code, nb, *ws, n in zip(*keys, counts):
-        member, values = decode(int(code), [int(x) for x in ws], int(nb))
-        out.setdefault(int(code), []).append({"member": member, **values, "text": describe(values),
-                                              "bytes": int(nb), "count": int(n)})
-    for rows_ in out.values():
-        rows_.sort(key=lambda r: -r["count"])
-    return out
+    return details_of(detail_groups(ev))

@@ -87,7 +87,7 @@ def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
     a launch or a counts-mode recording (few events) read whole, with the
     columns the report needs (all of them for a launch timeline)."""
     from kvmtrace.analysis.batchwise import CHUNK_EVENTS, ReportTables
-    from kvmtrace.kernel.events import AGGREGATE, EventKind
+    from kvmtrace.kernel.events import AGGREGATE, RUN_UNION_COLUMNS, EventKind
     from kvmtrace.tracefile import TraceBatches, batch_arrays, scan_batches
 
     scan, floors, kinds = scan_batches(path)
@@ -101,8 +101,10 @@ def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
         return _load_columns(path, tuple(c for c in REPORT_COLUMNS if c != "value" and c not in EXIT_COLUMNS))
     # later[i]: the earliest time of the batches after the i-th (that hold events)
     later = np.minimum.accumulate(np.array(floors[1:] + [2**63 - 1], dtype=np.int64)[::-1])[::-1].tolist()
-    reader = TraceBatches(path, tuple(c for c in REPORT_COLUMNS
-                                      if c != "value" and (exits or rates or c not in EXIT_COLUMNS)))
+    columns = [c for c in REPORT_COLUMNS if c != "value" and (exits or rates or c not in EXIT_COLUMNS)]
+    if kinds[EventKind.USERSPACE_EXIT]:  # the kvm_run union words of their details, counted batch by batch
+        columns += [c for c in RUN_UNION_COLUMNS if c not in columns]
+    reader = TraceBatches(path, tuple(columns))
     t = Trace(scan.data())
     from kvmtrace.analysis.handlers import LabelledIo
 
@@ -158,6 +160,13 @@ class ReportTrace(Trace):
 
     def unpaired(self) -> dict[str, int]:
         return self.tables.unpaired(self._pid)
+
+    @cached_property
+    def exit_details(self) -> dict[int, list[dict]]:
+        return self.tables.exit_details(self._pid)
+
+    def vcpu_counts(self) -> list[dict]:
+        return self.tables.vcpu_counts(self.domains, self._pid)
 
     def run_rates(self, window_s: float | None = None, mmio: str | None = None):
         if not self.tables.has_rates(window_s) or (mmio == "page" and self.mmio_granularity != "page"):

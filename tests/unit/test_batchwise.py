@@ -6,6 +6,11 @@ between CPUs gives), then reported through ``load_for_report`` with chunks of
 a few events (so that nearly every pairing of the run loop meets a chunk's
 edge) and compared with the report of the whole trace read at once: every
 count, percentile and unpaired figure, as JSON. compare's rate tables too.
+
+"union": demo-finite's first events on three vCPU threads of two domains,
+interleaved in time, with userspace exits other than IO/MMIO carrying kvm_run
+union words (bench/synth.py's variants; some interrupted, errno < 0): the
+report's member details and per-vCPU counts, batch by batch.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.synth import TID_STEP, with_union_exits
 from kvmtrace.analysis import batchwise
+from kvmtrace.analysis.runfields import exit_details
+from kvmtrace.analysis.summary import EINTR, mmio_completions
+from kvmtrace.analysis.vcpus import vcpu_counts
 from kvmtrace.analysis.compare import compare
 from kvmtrace.importer import import_text
-from kvmtrace.kernel.events import EVENT_DTYPE
-from kvmtrace.present.report import report_dict
+from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
+from kvmtrace.present.report import render_text, report_dict
 from kvmtrace.trace import ReportTrace, load, load_for_report
 from kvmtrace.tracefile import COLUMNS, TraceWriter, read_trace
 
@@ -53,6 +62,36 @@ def rebatch(src, dst, size: int, shuffle: int = 0, seed: int = 0) -> None:
     w.close({k: v for k, v in (d.trailer or {}).items() if k != "events_written"})
 
 
+def union_trace(dst, events: int = 1700) -> None:
+    """The "union" trace (see the module doc): copy c of demo-finite's last ``events`` (port
+    I/O, then MMIO with VMM-answered reads)
+    on thread tid + c * TID_STEP, 1 µs later than the copy before; copy 2 in a second pid."""
+    d = read_trace(paths.SAMPLES / "demo-finite.kvmtrace", arrays=True)
+    ev = np.zeros(events, dtype=EVENT_DTYPE)
+    for c in COLUMNS:
+        ev[c] = d.arrays[c][-events:]
+    ev = with_union_exits(ev, 5)
+    union = np.flatnonzero((ev["kind"] == EventKind.USERSPACE_EXIT) & (ev["flags"] & 16 != 0))
+    ev["err"][union[::9]] = -EINTR  # interrupted: no member values
+    copies = []
+    for c in range(3):
+        e = ev.copy()
+        e["ts_ns"] += np.uint64(c * 1000)
+        e["tid"] += np.uint32(c * TID_STEP)
+        if c == 2:
+            e["pid"] += np.uint32(TID_STEP)
+        copies.append(e)
+    ev = np.concatenate(copies)
+    ev = ev[np.argsort(ev["ts_ns"], kind="stable")]
+    (dom,) = d.header["domains"]
+    (t0,) = [int(t) for t in dom["vcpu_threads"].values()]
+    domains = [{**dom, "vcpu_threads": {"0": t0, "1": t0 + TID_STEP, "2": t0 + 7}},  # vCPU 2: idle
+               {**dom, "name": "second", "pid": dom["pid"] + TID_STEP, "vcpu_threads": {"0": t0 + 2 * TID_STEP}}]
+    w = TraceWriter(dst, {**{k: v for k, v in d.header.items() if k != "format_version"}, "domains": domains})
+    w.write(ev, d.progress or {})
+    w.close({k: v for k, v in (d.trailer or {}).items() if k != "events_written"})
+
+
 def as_json(d: dict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -65,6 +104,8 @@ def traces(tmp_path_factory) -> dict[str, str]:
     for name in IMPORTS:
         import_text(paths.DATA / "import" / name, tmp / f"{name}.kvmtrace")
         out[name] = str(tmp / f"{name}.kvmtrace")
+    union_trace(tmp / "union.kvmtrace")
+    out["union"] = str(tmp / "union.kvmtrace")
     if (paths.REAL_TRACES / REAL).exists():
         import_text(paths.REAL_TRACES / REAL, tmp / "real.kvmtrace")
         out["real"] = str(tmp / "real.kvmtrace")
@@ -72,7 +113,7 @@ def traces(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("size,shuffle", [(1, 0), (0, 0), (5, 4), (64, 16)])
-@pytest.mark.parametrize("name", ["demo-finite", "run1", *IMPORTS, "real"])
+@pytest.mark.parametrize("name", ["demo-finite", "run1", "union", *IMPORTS, "real"])
 def test_report_batch_by_batch_is_the_report(traces, tmp_path, monkeypatch, name, size, shuffle):
     if name not in traces:
         pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
@@ -97,11 +138,12 @@ def test_cuts_happen_and_carry_little(traces, tmp_path):
     assert t.event_count == len(load(path).events)
 
 
-def test_domain_of_a_two_domain_trace(traces, tmp_path):
-    if "real" not in traces:
+@pytest.mark.parametrize("name", ["union", "real"])
+def test_domain_of_a_two_domain_trace(traces, tmp_path, name):
+    if name not in traces:
         pytest.skip(f"{REAL} is not beside the checkout")
     path = tmp_path / "t.kvmtrace"
-    rebatch(traces["real"], path, 0)
+    rebatch(traces[name], path, 0)
     whole, streamed = load(path), load_for_report(path, chunk_events=17)
     for d in whole.domains:
         a, b = whole.for_domain(str(d["pid"])), streamed.for_domain(str(d["pid"]))
@@ -132,3 +174,60 @@ def test_counts_and_launch_traces_are_read_whole():
     for name in ("demo-counts", "demo-launch"):
         t = load_for_report(paths.SAMPLES / f"{name}.kvmtrace")
         assert not isinstance(t, ReportTrace)
+
+
+@pytest.mark.parametrize("size,shuffle", [(1, 0), (0, 0), (5, 4)])
+def test_details_and_vcpus_are_the_in_memory_functions(traces, tmp_path, size, shuffle):
+    path = tmp_path / "t.kvmtrace"
+    rebatch(traces["union"], path, size, shuffle)
+    ev = load(path).events
+    domains = load(path).domains
+    details = exit_details(ev)
+    vcpus = vcpu_counts(ev, domains, mmio_completions(ev))
+    assert {17, 24, 3} <= set(details) and sum(r["count"] for r in details[24]) > 40  # the test has what it tests
+    assert [v["vcpu"] for v in vcpus] == [0, 1, 2, 0] and vcpus[2]["userspace_exits"] == 0
+    assert all(v["mmio"] > 0 and v["pio"] > 0 for v in vcpus if v["vcpu"] != 2)
+    for chunk in (2, 7, 64, 1 << 21):
+        t = load_for_report(path, chunk_events=chunk)
+        assert t.exit_details == details, f"chunks of {chunk}"
+        assert t.vcpu_counts() == vcpus, f"chunks of {chunk}"
+        for d in domains:
+            sub = ev[ev["pid"] == d["pid"]]
+            got = t.for_domain(str(d["pid"]))
+            assert got.exit_details == exit_details(sub)
+            assert got.vcpu_counts() == vcpu_counts(sub, [d], mmio_completions(sub))
+
+
+def _no_events(self):
+    raise AssertionError("the report read the whole trace (ReportTrace.events)")
+
+
+@pytest.mark.parametrize("name", ["demo-finite", "run1", "union", *IMPORTS, "real"])
+def test_report_of_a_recording_without_sched_probes_never_reads_the_events(traces, tmp_path, monkeypatch, name):
+    """A trace whose header lists its probes, without sched_switch (record --no-vcpu-time,
+    and every import): each section of the text and JSON report, whole and per domain,
+    comes from the batch-by-batch tables."""
+    if name not in traces:
+        pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
+    path = tmp_path / "t.kvmtrace"
+    rebatch(traces[name], path, 0)
+    whole = load(path)
+    assert "sched_switch" not in whole.header["probes"]
+    expect_json, expect_text = as_json(report_dict(whole)), render_text(whole)
+    monkeypatch.setattr(ReportTrace, "events", property(_no_events))
+    t = load_for_report(path, chunk_events=50)
+    assert as_json(report_dict(t)) == expect_json
+    assert render_text(t) == expect_text
+    for d in t.domains:
+        assert as_json(report_dict(t.for_domain(str(d["pid"])))) == as_json(report_dict(whole.for_domain(str(d["pid"]))))
+
+
+def test_what_still_reads_the_events(monkeypatch):
+    """Where a ReportTrace still reads the whole trace: the vCPU-time section of a
+    recording with the sched probes (a launch or counts recording is read whole from
+    the start: few events)."""
+    monkeypatch.setattr(ReportTrace, "events", property(_no_events))
+    t = load_for_report(paths.SAMPLES / "demo-vcpu-time.kvmtrace")
+    assert isinstance(t, ReportTrace) and "sched_switch" in t.header["probes"]
+    with pytest.raises(AssertionError, match="read the whole trace"):
+        report_dict(t)
