@@ -29,6 +29,7 @@ from kvmtrace.analysis.vcpus import vcpu_counts
 from kvmtrace.analysis.compare import compare
 from kvmtrace.importer import import_text
 from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
+from kvmtrace.present import report
 from kvmtrace.present.report import render_text, report_dict
 from kvmtrace.trace import ReportTrace, load, load_for_report
 from kvmtrace.tracefile import COLUMNS, TraceWriter, read_trace
@@ -100,6 +101,7 @@ def as_json(d: dict) -> str:
 def traces(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("batchwise")
     out = {"demo-finite": str(paths.SAMPLES / "demo-finite.kvmtrace"),
+           "demo-vcpu-time": str(paths.SAMPLES / "demo-vcpu-time.kvmtrace"),
            "run1": str(paths.SAMPLES / "series" / "run1.kvmtrace")}
     for name in IMPORTS:
         import_text(paths.DATA / "import" / name, tmp / f"{name}.kvmtrace")
@@ -202,32 +204,26 @@ def _no_events(self):
     raise AssertionError("the report read the whole trace (ReportTrace.events)")
 
 
-@pytest.mark.parametrize("name", ["demo-finite", "run1", "union", *IMPORTS, "real"])
-def test_report_of_a_recording_without_sched_probes_never_reads_the_events(traces, tmp_path, monkeypatch, name):
-    """A trace whose header lists its probes, without sched_switch (record --no-vcpu-time,
-    and every import): each section of the text and JSON report, whole and per domain,
-    comes from the batch-by-batch tables."""
+@pytest.mark.parametrize("name", ["demo-finite", "run1", "union", "demo-vcpu-time", *IMPORTS, "real"])
+def test_only_vcpu_time_reads_the_events(traces, tmp_path, monkeypatch, name):
+    """A ReportTrace reads the whole trace (ReportTrace.events) only for the vCPU-time
+    section, of a trace whose header lists sched_switch among its probes: a recording
+    made without them (record --no-vcpu-time) never does; with the section left out,
+    no trace does. Each section of the text and JSON report, whole and per domain,
+    is then the in-memory report's."""
     if name not in traces:
         pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
     path = tmp_path / "t.kvmtrace"
     rebatch(traces[name], path, 0)
     whole = load(path)
-    assert "sched_switch" not in whole.header["probes"]
-    expect_json, expect_text = as_json(report_dict(whole)), render_text(whole)
+    sched = "sched_switch" in whole.header["probes"]
     monkeypatch.setattr(ReportTrace, "events", property(_no_events))
+    if sched:
+        with pytest.raises(AssertionError, match="read the whole trace"):
+            report_dict(load_for_report(path, chunk_events=50))
+        monkeypatch.setattr(report, "_vcpu_time_dict", lambda trace: {})
     t = load_for_report(path, chunk_events=50)
-    assert as_json(report_dict(t)) == expect_json
-    assert render_text(t) == expect_text
+    assert as_json(report_dict(t)) == as_json(report_dict(whole))
+    assert render_text(t) == render_text(whole)
     for d in t.domains:
         assert as_json(report_dict(t.for_domain(str(d["pid"])))) == as_json(report_dict(whole.for_domain(str(d["pid"]))))
-
-
-def test_what_still_reads_the_events(monkeypatch):
-    """Where a ReportTrace still reads the whole trace: the vCPU-time section of a
-    recording with the sched probes (a launch or counts recording is read whole from
-    the start: few events)."""
-    monkeypatch.setattr(ReportTrace, "events", property(_no_events))
-    t = load_for_report(paths.SAMPLES / "demo-vcpu-time.kvmtrace")
-    assert isinstance(t, ReportTrace) and "sched_switch" in t.header["probes"]
-    with pytest.raises(AssertionError, match="read the whole trace"):
-        report_dict(t)
