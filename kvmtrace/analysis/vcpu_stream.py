@@ -39,7 +39,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from kvmtrace.analysis.vcpu_time import STATES, Timeline, _frame, _initial, segments
+from kvmtrace.analysis.vcpu_time import STATES, Timeline, _frame, _initial, intervals_frame, segments
 from kvmtrace.kernel.events import EventKind, VcpuState
 
 __all__ = ["VcpuTimeStream"]
@@ -177,14 +177,25 @@ class VcpuTimeStream:
         self.held = []
         return self
 
-    def _tids(self) -> list[int]:
-        return sorted(self.ns)
+    def _tids(self, pid: int | None) -> list[int]:
+        return [t for t in sorted(self.ns) if pid is None or self.pid[t] == pid]
 
-    def frame(self, vcpu_by_tid: dict[int, int]) -> pd.DataFrame:
-        """As :func:`kvmtrace.analysis.vcpu_time.vcpu_time` of the whole trace (after :meth:`finish`)."""
-        tids = self._tids()
+    def frame(self, vcpu_by_tid: dict[int, int], pid: int | None = None) -> pd.DataFrame:
+        """As :func:`kvmtrace.analysis.vcpu_time.vcpu_time` of the whole trace (after :meth:`finish`);
+        ``pid``: only that VMM's threads."""
+        tids = self._tids(pid)
         ns = np.array([self.ns[t] for t in tids], dtype=np.int64).reshape(len(tids), len(STATES) + 1)
         df = _frame([self.pid[t] for t in tids], tids, ns, vcpu_by_tid, np.array([self.seen[t] for t in tids]))
         df = df.sort_values(["vcpu", "tid"], kind="stable").reset_index(drop=True)
         df.index.name = "thread"
         return df
+
+    def intervals(self, vcpu_by_tid: dict[int, int], window_s: float, pid: int | None = None) -> pd.DataFrame:
+        """As :func:`kvmtrace.analysis.vcpu_time.vcpu_time_intervals` with the windows this stream was made with."""
+        tids = self._tids(pid)
+        ns = np.zeros((len(self.edges) - 1, len(tids), len(STATES) + 1), dtype=np.int64)
+        for i, t in enumerate(tids):
+            if t in self.win:
+                ns[:, i, :] = self.win[t]
+        return intervals_frame([self.pid[t] for t in tids], tids, ns, np.array([self.seen[t] for t in tids]),
+                               vcpu_by_tid, window_s)

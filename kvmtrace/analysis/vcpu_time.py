@@ -311,7 +311,7 @@ def _frame(pid, tid, ns: np.ndarray, vcpu_by_tid: dict[int, int], seen: np.ndarr
     NaN on the others)."""
     vcpu = np.array([vcpu_by_tid.get(int(t), NO_VCPU) for t in tid], dtype=np.uint32)
     df = pd.DataFrame({"vcpu": vcpu, "pid": np.asarray(pid, dtype=np.uint32), "tid": np.asarray(tid, dtype=np.uint32)})
-    ns = np.asarray(ns, dtype=np.int64).reshape(len(df), -1)
+    ns = np.asarray(ns, dtype=np.int64).reshape(len(df), -1 if len(df) else len(STATES) + 1)
     secs = ns[:, :len(STATES)] / 1e9
     df["total_s"] = ns[:, :len(STATES)].sum(axis=1) / 1e9
     for i, c in enumerate(_COLUMNS):
@@ -386,8 +386,8 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
     """
     if window_s <= 0:
         raise ValueError(f"window must be positive, not {window_s}")
-    n = max(int(np.ceil((end_ns - start_ns) / (window_s * 1e9))), 1)
-    edges = np.minimum(start_ns + (np.arange(n + 1) * window_s * 1e9).astype(np.int64), end_ns)
+    edges = window_edges(start_ns, end_ns, window_s)
+    n = len(edges) - 1
     if counts_mode:
         ts = _counts_rows(events)["ts_ns"].to_numpy().astype(np.int64)
         w = np.clip((ts - start_ns - 1) // int(window_s * 1e9), 0, n - 1)
@@ -395,8 +395,19 @@ def vcpu_time_intervals(events: pd.DataFrame, header: dict, start_ns: int, end_n
     else:
         tl = segments(events, header, start_ns, end_ns)
         tids, pid, ns, seen = tl.tid, tl.pid, tl.in_windows(edges), tl.guest_seen
+    return intervals_frame(pid, tids, ns, seen, vcpu_by_tid, window_s)
+
+
+def window_edges(start_ns: int, end_ns: int, window_s: float) -> np.ndarray:
+    """The edges of windows of ``window_s`` from ``start_ns``, the last one cut at ``end_ns`` (at least one)."""
+    n = max(int(np.ceil((end_ns - start_ns) / (window_s * 1e9))), 1)
+    return np.minimum(start_ns + (np.arange(n + 1) * window_s * 1e9).astype(np.int64), end_ns)
+
+
+def intervals_frame(pid, tids, ns: np.ndarray, seen, vcpu_by_tid: dict[int, int], window_s: float) -> pd.DataFrame:
+    """:func:`vcpu_time_intervals`' frame from ns of shape (windows, threads, states + 1)."""
     parts = []
-    for w in range(n):
+    for w in range(len(ns)):
         f = _frame(pid, tids, ns[w], vcpu_by_tid, seen)
         f.insert(0, "t_s", w * window_s)
         parts.append(f)

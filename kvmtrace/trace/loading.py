@@ -113,12 +113,32 @@ def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
         src = t.data.trailer or t.data.progress  # as Trace.start_ns, whose fallback is the first event's time
         tables.gather_rates(t.vcpu_by_tid, int(src.get("start_time_ns", min(floors))), window_s,
                             bool(kinds[EventKind.EXIT]))
+    vcpu = _vcpu_stream(t, header, kinds, floors, exits, window_s if rates else None)
     i = 0
     for batch in reader:
         if batch.num_rows:
             i += 1
-            tables.add(batch_arrays(batch), later[i - 1] if i < len(floors) else None)
-    return ReportTrace(reader.data(), tables.finish())
+            cols, future = batch_arrays(batch), later[i - 1] if i < len(floors) else None
+            tables.add(cols, future)
+            if vcpu is not None:
+                vcpu.add(cols, future)
+    return ReportTrace(reader.data(), tables.finish(), vcpu_stream=vcpu.finish() if vcpu is not None else None)
+
+
+def _vcpu_stream(t: Trace, header: dict, kinds: np.ndarray, floors: list[int], exits: bool,
+                 window_s: float | None):
+    """Where the recording says where its vCPUs' time went: the batch-by-batch
+    analysis of it (analysis.vcpu_stream), with compare's windows if asked."""
+    from kvmtrace.analysis.vcpu_stream import VcpuTimeStream
+    from kvmtrace.analysis.vcpu_time import has_vcpu_time, window_edges
+
+    if not has_vcpu_time(header, pd.DataFrame({"kind": np.flatnonzero(kinds).astype(np.uint8)})):
+        return None
+    src = t.data.trailer or t.data.progress  # as Trace.start_ns / end_ns, whose fallbacks are the events' times
+    start = int(src.get("start_time_ns", min(floors)))
+    end = src.get("end_time_ns", src.get("t_ns"))
+    edges = window_edges(start, int(end), window_s) if window_s and end is not None else None
+    return VcpuTimeStream(header, start, None if end is None else int(end), exits, edges)
 
 
 class ReportTrace(Trace):
@@ -126,10 +146,26 @@ class ReportTrace(Trace):
     (analysis.batchwise.ReportTables), whole and per domain, without its
     events in memory; what else needs them reads them on first use."""
 
-    def __init__(self, data: TraceData, tables, pid: int | None = None):
+    def __init__(self, data: TraceData, tables, pid: int | None = None, vcpu_stream=None):
         super().__init__(data)
         self.tables = tables
         self._pid = pid
+        self.vcpu_stream = vcpu_stream  # analysis.vcpu_stream.VcpuTimeStream, finished, or None
+
+    def df_vcpu_time(self) -> pd.DataFrame:
+        if self.vcpu_stream is None:
+            return super().df_vcpu_time()
+        return self.vcpu_stream.frame(self.vcpu_by_tid, self._pid)
+
+    def df_vcpu_time_intervals(self, freq: str | float = "1s") -> pd.DataFrame:
+        from kvmtrace.analysis.vcpu_time import window_edges
+
+        window_s = pd.Timedelta(freq).total_seconds() if isinstance(freq, str) else float(freq)
+        s = self.vcpu_stream
+        if s is None or s.edges is None or not np.array_equal(
+                s.edges, window_edges(self.start_ns, self.end_ns, window_s)):
+            return super().df_vcpu_time_intervals(freq)
+        return s.intervals(self.vcpu_by_tid, window_s, self._pid)
 
     @cached_property
     def events(self) -> pd.DataFrame:
@@ -183,6 +219,6 @@ class ReportTrace(Trace):
 
     def for_domain(self, name: str) -> "ReportTrace":
         d = self._domain(name)
-        sub = ReportTrace(self.data, self.tables, int(d["pid"]))
+        sub = ReportTrace(self.data, self.tables, int(d["pid"]), self.vcpu_stream)
         sub._domains = [d]
         return sub

@@ -29,7 +29,6 @@ from kvmtrace.analysis.vcpus import vcpu_counts
 from kvmtrace.analysis.compare import compare
 from kvmtrace.importer import import_text
 from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
-from kvmtrace.present import report
 from kvmtrace.present.report import render_text, report_dict
 from kvmtrace.trace import ReportTrace, load, load_for_report
 from kvmtrace.tracefile import COLUMNS, TraceWriter, read_trace
@@ -205,25 +204,39 @@ def _no_events(self):
 
 
 @pytest.mark.parametrize("name", ["demo-finite", "run1", "union", "demo-vcpu-time", *IMPORTS, "real"])
-def test_only_vcpu_time_reads_the_events(traces, tmp_path, monkeypatch, name):
-    """A ReportTrace reads the whole trace (ReportTrace.events) only for the vCPU-time
-    section, of a trace whose header lists sched_switch among its probes: a recording
-    made without them (record --no-vcpu-time) never does; with the section left out,
-    no trace does. Each section of the text and JSON report, whole and per domain,
-    is then the in-memory report's."""
+def test_no_report_reads_the_events(traces, tmp_path, monkeypatch, name):
+    """A ReportTrace never reads the whole trace (ReportTrace.events): with the sched
+    probes or without (record --no-vcpu-time, imports with or without sched lines),
+    each section of the text and JSON report, whole and per domain, is the
+    in-memory report's, the vCPU-time section included (analysis.vcpu_stream)."""
     if name not in traces:
         pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
     path = tmp_path / "t.kvmtrace"
     rebatch(traces[name], path, 0)
     whole = load(path)
-    sched = "sched_switch" in whole.header["probes"]
     monkeypatch.setattr(ReportTrace, "events", property(_no_events))
-    if sched:
-        with pytest.raises(AssertionError, match="read the whole trace"):
-            report_dict(load_for_report(path, chunk_events=50))
-        monkeypatch.setattr(report, "_vcpu_time_dict", lambda trace: {})
     t = load_for_report(path, chunk_events=50)
     assert as_json(report_dict(t)) == as_json(report_dict(whole))
     assert render_text(t) == render_text(whole)
     for d in t.domains:
         assert as_json(report_dict(t.for_domain(str(d["pid"])))) == as_json(report_dict(whole.for_domain(str(d["pid"]))))
+
+
+@pytest.mark.parametrize("chunk", [1, 50, None])
+def test_a_recording_with_the_sched_probes_is_reported_without_reading_the_events(monkeypatch, chunk):
+    """The vCPU-time section too comes batch by batch (analysis.vcpu_stream): the report
+    of a recording with the sched probes, whole and as compare reads it (with windows),
+    equals the in-memory one without ReportTrace.events."""
+    from kvmtrace.analysis.vcpu_time import rate_rows
+
+    path = paths.SAMPLES / "demo-vcpu-time.kvmtrace"
+    whole = load(path)
+    expect_json, expect_text = as_json(report_dict(whole)), render_text(whole)
+    want_windows = whole.df_vcpu_time_intervals(0.25)
+    monkeypatch.setattr(ReportTrace, "events", property(_no_events))
+    t = load_for_report(path, chunk_events=chunk)
+    assert isinstance(t, ReportTrace) and "sched_switch" in t.header["probes"]
+    assert as_json(report_dict(t)) == expect_json and render_text(t) == expect_text
+    r = load_for_report(path, chunk_events=chunk, rates=True, window_s=0.25)
+    pd.testing.assert_frame_equal(r.df_vcpu_time_intervals(0.25), want_windows)
+    assert rate_rows(r.df_vcpu_time()).equals(rate_rows(whole.df_vcpu_time()))
