@@ -334,6 +334,10 @@ class TraceBatches:
     ``complete`` say what was read. Only one batch is held at a time, so a
     caller that reduces each batch as it comes needs memory for one batch,
     whatever the length of the trace. ``columns`` as for :func:`read_trace`.
+
+    The file is read, not memory-mapped: a mapped file's pages stay in the
+    process's resident set once touched (reclaimable, but counted), so a
+    pass over a long trace would look, and be limited, as large as the file.
     """
 
     def __init__(self, path: str | os.PathLike, columns: Sequence[str] | None = None):
@@ -349,7 +353,7 @@ class TraceBatches:
     def _open(self, options) -> None:
         path = self.path
         try:
-            source = pa.memory_map(str(path), "r")
+            source = pa.OSFile(str(path), "r")
         except FileNotFoundError as e:
             raise TraceFileError(f"{path} does not exist", "check the path") from e
         except (OSError, pa.ArrowException) as e:
