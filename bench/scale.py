@@ -17,7 +17,7 @@ INTERNAL_ERROR), for `kvmtrace report` alone (trace-cmd has no such file to
 print). With --against DIR, each synthesized trace is also reported by the
 checkout in DIR (e.g. main), alternately with this one: before and after.
 Recordings are made with --no-vcpu-time (--vcpu-time keeps the sched probes,
-whose report section reads the whole trace).
+whose report section is reduced batch by batch too, analysis/vcpu_stream.py).
 
     sudo .venv/bin/python bench/scale.py --events 1e6 10e6 --repeat 3 --synthesize 30e6 100e6
     .venv/bin/python bench/scale.py --source sample-traces/series/run1.kvmtrace --synthesize 24e6 \
