@@ -147,7 +147,8 @@ def report(args) -> int:
     gc.enable()
     check_output(args.output, "the report")
     reuse_memory(count_events(args.trace))
-    trace = load_for_report(args.trace) if args.format in ("text", "json") else load(args.trace)
+    # Every form but html (its figures plot the events) is made batch by batch.
+    trace = load(args.trace) if args.format == "html" else load_for_report(args.trace)
     if args.domain:
         trace = trace.for_domain(args.domain)
     if args.format in ("text", "json"):

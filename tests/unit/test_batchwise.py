@@ -29,6 +29,7 @@ from kvmtrace.analysis.vcpus import vcpu_counts
 from kvmtrace.analysis.compare import compare
 from kvmtrace.importer import import_text
 from kvmtrace.kernel.events import EVENT_DTYPE, EventKind
+from kvmtrace.present.formats import render
 from kvmtrace.present.report import render_text, report_dict
 from kvmtrace.trace import ReportTrace, load, load_for_report
 from kvmtrace.tracefile import COLUMNS, TraceWriter, read_trace
@@ -207,8 +208,9 @@ def _no_events(self):
 def test_no_report_reads_the_events(traces, tmp_path, monkeypatch, name):
     """A ReportTrace never reads the whole trace (ReportTrace.events): with the sched
     probes or without (record --no-vcpu-time, imports with or without sched lines),
-    each section of the text and JSON report, whole and per domain, is the
-    in-memory report's, the vCPU-time section included (analysis.vcpu_stream)."""
+    each section of the text, JSON, markdown and CSV report, whole and per domain
+    (text and JSON), is the in-memory report's, the vCPU-time section included
+    (analysis.vcpu_stream)."""
     if name not in traces:
         pytest.skip(f"{REAL} is not beside the checkout ({paths.REAL_TRACES})")
     path = tmp_path / "t.kvmtrace"
@@ -218,6 +220,8 @@ def test_no_report_reads_the_events(traces, tmp_path, monkeypatch, name):
     t = load_for_report(path, chunk_events=50)
     assert as_json(report_dict(t)) == as_json(report_dict(whole))
     assert render_text(t) == render_text(whole)
+    for fmt in ("markdown", "csv"):  # `report --format` reads these batch by batch too
+        assert render(t, fmt) == render(whole, fmt), fmt
     for d in t.domains:
         assert as_json(report_dict(t.for_domain(str(d["pid"])))) == as_json(report_dict(whole.for_domain(str(d["pid"]))))
 
