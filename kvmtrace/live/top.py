@@ -154,6 +154,10 @@ def run_top(domain: str | None, uri: str, all_domains: bool, interval: float, ba
     from kvmtrace.record.session import _StopFlag
 
     with LiveCounter(domain, uri, all_domains) as live:
+        # Said once every guest is traced (as record's "recording" and serve's "serving metrics"):
+        # a script may start the guest's work from here on and have all of it counted.
+        print(f"kvmtrace: counting {', '.join(g.name for g in live.guests) or 'no domain yet'} "
+              f"every {interval:g} s; Ctrl-C stops", file=sys.stderr, flush=True)
         names = _DeviceNames(live)
         logf = open(log_path, "a", newline="") if log_path else None
         writer = csv.writer(logf) if logf and as_csv else None

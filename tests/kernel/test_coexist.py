@@ -55,8 +55,9 @@ class _Main:
         else:
             argv = kvmtrace_cmd("serve", "--domain", self.domain, "--port", str(PORT))
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        if self.config == "serve":
-            wait_for_line(self.proc.stderr, "serving metrics", 120)
+        # Each says when the guest is traced (its programs attach a moment before the guest's
+        # threads are entered in their maps): the guest resumes after that.
+        wait_for_line(self.proc.stderr, "serving metrics" if self.config == "serve" else "counting", 120)
         OUR_PROGS.update(wait_bpf_attached(self.proc, {"kvm_pio", "kvm_userspace_exit"}, 120).values())
 
     def finish(self, guest: Guest) -> dict[str, int]:

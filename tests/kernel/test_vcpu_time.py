@@ -194,10 +194,12 @@ def test_vmm_time_equals_the_vmm_service_times(guest, tmp_path):
     between each exit and the KVM_RUN that answers it, which the report's
     service-time tables are made of. On a free core all of it is ``vmm``.
     Whether the core is free is the scheduler's to say, on the same run
-    (schedstat's run-queue wait of the vCPU thread): with under 5 % of the
+    (schedstat's run-queue wait of the vCPU thread): with under 1 % of the
     run waiting for a CPU, ``vmm`` alone must equal the service times within
     5 % (measured on a quiet host, 2026-12-05: vmm 1.6158 s against 1.6203 s
-    of service over 445,161 exits, 0.3 %; 0.17 % of the run preempted). On a
+    of service over 445,161 exits, 0.3 %, with 0.17 % of the run preempted;
+    beside the unit tests on the other core, 2.7 % with 0.8 % preempted: a
+    preemption lands in the VMM's short service more than its share). On a
     busy host (2 cores shared with other work: 37-45 % waiting was seen) the
     service time is ``vmm`` plus what the timeline puts outside KVM_RUN off a
     CPU (preempted there, or vmm_waiting), which is asserted always."""
@@ -218,7 +220,7 @@ def test_vmm_time_equals_the_vmm_service_times(guest, tmp_path):
     print(f"\nvmm {vmm:.4f} s + off a CPU outside KVM_RUN {off_cpu_outside:.4f} s; service sum {service_s:.4f} s "
           f"over {len(runs)} exits; schedstat {run.independent}; {run.row}")
     assert vmm + off_cpu_outside == pytest.approx(service_s, rel=0.05), run.row
-    if run.independent["preempted"] < 0.05:  # a free core
+    if run.independent["preempted"] < 0.01:  # a free core
         assert vmm == pytest.approx(service_s, rel=0.05), run.row
     else:
         print(f"not a free core: {run.independent['preempted']:.1%} of the run waiting for a CPU")
