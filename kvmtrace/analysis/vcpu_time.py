@@ -280,16 +280,28 @@ def _in_guest_after(kind: np.ndarray, op: np.ndarray, known: bool | None = None)
 
 
 def _sched_after(kind, op, reason, flags, recorded: str, correct: bool = True) -> np.ndarray:
-    """ThreadSched before the first event (index 0) and after each event (1..n)."""
-    out = np.empty(len(kind) + 1, dtype=np.int64)
-    pos = np.flatnonzero((kind == _SWITCH) | (kind == _WAKEUP))
+    """ThreadSched before the first event (index 0) and after each event (1..n).
+
+    A run-loop edge (KVM_RUN entered or returning, kvm_exit, kvm_entry) fires
+    in the thread itself: it is on a CPU there, whatever the last sched event
+    said (a switch in the kernel did not deliver; vcpu_time.bpf.h does the
+    same), until its next sched event.
+    """
+    n = len(kind)
+    out = np.empty(n + 1, dtype=np.int64)
+    is_sched = (kind == _SWITCH) | (kind == _WAKEUP)
+    own = (kind == _RUN) | (kind == _UEXIT) | (kind == _EXIT) | (kind == _ENTRY)
+    pos = np.flatnonzero(is_sched)
+    own_before = np.r_[0, np.cumsum(own)]  # own_before[j]: run-loop edges among events 0..j-1
     cur = {"on_cpu": _ON, "runnable": _RUNNABLE}.get(recorded, _ASLEEP)
     if correct and len(pos) and kind[pos[0]] == _SWITCH:  # what the first switch says held before it
         cur = _ON if op[pos[0]] == SchedOp.OUT else _RUNNABLE
     out[0] = cur
     last = 0
     for p in pos.tolist():
-        out[last + 1:p + 1] = cur
+        out[last + 1:p + 1] = cur  # (after a run-loop edge among them: on a CPU, set below)
+        if own_before[p] > own_before[last]:
+            cur = _ON
         if kind[p] == _WAKEUP:
             if cur != _ON:
                 cur = _RUNNABLE
@@ -302,6 +314,10 @@ def _sched_after(kind, op, reason, flags, recorded: str, correct: bool = True) -
         last = p + 1
         out[p + 1] = cur
     out[last + 1:] = cur
+    if own.any():  # after a run-loop edge, until the next sched event: on a CPU
+        setter = np.where(is_sched | own, np.arange(n), -1)
+        np.maximum.accumulate(setter, out=setter)
+        out[1:][(setter >= 0) & own[np.maximum(setter, 0)]] = _ON
     return out
 
 

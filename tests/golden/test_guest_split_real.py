@@ -25,7 +25,8 @@ KVM_RUN = 0xAE80
 def _by_hand(first: int, last: int) -> int:
     """µs the vCPU thread spent from ``first`` to ``last`` (µs) after a kvm_entry
     and before its next kvm_exit, switch out, userspace exit or KVM_RUN ioctl,
-    while on a CPU, from the text alone."""
+    while on a CPU (after a switch in, or a kvm line of the thread itself: the
+    excerpt lacks switch lines), from the text alone."""
     ev = []
     for n, raw in enumerate(MIXED.read_text().splitlines()):
         m = LINE.match(raw)
@@ -58,7 +59,7 @@ def _by_hand(first: int, last: int) -> int:
             in_guest = True
         elif k in ("kvm_exit", "kvm_userspace_exit", "run", "out"):
             in_guest = False
-        on = True if k == "in" else False if k == "out" else on
+        on = k != "out"  # a switch in, or a kvm line of the thread itself: on a CPU
     if in_guest and on:
         total += last - t
     return total

@@ -44,7 +44,10 @@ def _truth() -> dict:
     switch_lines = wakeups = other_sides = 0
     span = [ts for ts, _, ev, body in lines if ev in _STORED or _is_kvm_run(ev, body)]
     runs = [ts for ts, _, ev, body in lines if _is_kvm_run(ev, body)]
+    marks = []  # (µs, tid, "out"/"in"/"own"): the switches and the thread's own run-loop lines
     for ts, _tid, ev, body in lines:
+        if _tid in vcpu and (ev in ("kvm_exit", "kvm_entry", "kvm_userspace_exit") or _is_kvm_run(ev, body)):
+            marks.append((ts, _tid, "own"))
         if ev == "sched_switch":
             prev, state, nxt = (lambda g: (int(g[1]), g[2], int(g[4])))(_SWITCH.fullmatch(body).groups())
             if prev in vcpu or nxt in vcpu:
@@ -52,8 +55,10 @@ def _truth() -> dict:
                 span.append(ts)
             if prev in vcpu:
                 sides.append((ts, prev, "out", state))
+                marks.append((ts, prev, "out"))
             if nxt in vcpu:
                 sides.append((ts, nxt, "in", None))
+                marks.append((ts, nxt, "in"))
             other_sides += sum(1 for p in (prev, nxt) if p and p not in vcpu)  # the idle task (0) makes no row
         elif ev == "sched_wakeup" and int(_WAKEUP.fullmatch(body).group(2)) in vcpu:
             wakeups += 1
@@ -64,12 +69,13 @@ def _truth() -> dict:
         mine = [(ts, d) for ts, tid, d, _ in sides if tid == t]
         if not mine:
             continue
-        # On a CPU from a switch in to the next switch out (from the start if the first is out).
-        # The text misses some switches (in after in, out after out): the earlier edge counts.
+        # On a CPU from a switch in, or a run-loop line of the thread itself (it runs there), to
+        # the next switch out (from the start if the first switch is out). The text misses some
+        # switches (in after in, out after out): the earlier edge counts.
         total, since = 0, (start if mine[0][1] == "out" else None)
         breaks += sum(1 for a, b in zip(mine, mine[1:]) if a[1] == b[1])
-        for ts, d in mine:
-            if d == "in" and since is None:
+        for ts, d in sorted(((ts, d) for ts, tid, d in marks if tid == t), key=lambda x: x[0]):
+            if d in ("in", "own") and since is None:
                 since = ts
             elif d == "out" and since is not None:
                 total += ts - since
