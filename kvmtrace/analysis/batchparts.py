@@ -74,6 +74,20 @@ def cat_samples(arrays: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([a.astype(dtype, copy=False) for a in flat])
 
 
+def regroup(groups: dict[tuple, tuple[list[np.ndarray], int]],
+            key_of: dict[tuple, tuple]) -> tuple[list[tuple], list[np.ndarray], list[int]]:
+    """Merged sample groups (:func:`merge_samples`) gathered again under the
+    output keys ``key_of`` gives them (several keys may name one group):
+    the output keys in order, each one's samples and its unpaired count."""
+    out_keys = sorted(set(key_of.values()))
+    samples, unpaired_n = [], []
+    for ok in out_keys:
+        members = [groups[key] for key in groups if key_of[key] == ok]
+        samples.append(cat_samples([m[0] for m in members]))
+        unpaired_n.append(sum(m[1] for m in members))
+    return out_keys, samples, unpaired_n
+
+
 def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

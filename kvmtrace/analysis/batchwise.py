@@ -60,7 +60,7 @@ import pandas as pd
 
 from kvmtrace.kernel.events import RUN_UNION_COLUMNS, EventFlag, EventKind, MmioOp
 from kvmtrace.tables.exits import ExitNames, Isa, KvmExit, kvm_exit_info
-from kvmtrace.analysis.batchparts import PidParts, cat_samples, concat, io_merge, merge_samples
+from kvmtrace.analysis.batchparts import PidParts, concat, io_merge, merge_samples, regroup
 from kvmtrace.analysis.latency import latency_stats_of_samples
 from kvmtrace.analysis.rates import DIMENSION_DTYPE, counts, keyed, windows
 from kvmtrace.analysis.runfields import detail_groups, details_of, merge_detail_groups
@@ -513,12 +513,7 @@ class ReportTables:
             key_of = {key: (reason_of[key[0]], device_of[key[1]], key[2]) for key in keys}
         else:
             raise ValueError(f"vmm_service by {by} is not gathered batch by batch")
-        out_keys = sorted(set(key_of.values()))
-        samples, unpaired_n = [], []
-        for ok in out_keys:
-            members = [groups[key] for key in keys if key_of[key] == ok]
-            samples.append(cat_samples([m[0] for m in members]))
-            unpaired_n.append(sum(m[1] for m in members))
+        out_keys, samples, unpaired_n = regroup(groups, key_of)
         frame = {"reason": pd.Categorical.from_codes([k[0] for k in out_keys], categories=pd.Index(reason_cats))}
         if len(by) > 1:
             frame["device"] = pd.Categorical.from_codes([k[1] for k in out_keys], categories=pd.Index(device_cats))
@@ -532,12 +527,7 @@ class ReportTables:
         label = {key: self.names.hw(Isa[ISAS[key[0]]], key[1]) for key in keys}
         cats = sorted(set(label.values()))
         key_of = {key: (key[0], cats.index(label[key])) for key in keys}
-        out_keys = sorted(set(key_of.values()))
-        samples, unpaired_n = [], []
-        for ok in out_keys:
-            members = [groups[key] for key in keys if key_of[key] == ok]
-            samples.append(cat_samples([m[0] for m in members]))
-            unpaired_n.append(sum(m[1] for m in members))
+        out_keys, samples, unpaired_n = regroup(groups, key_of)
         frame = {"isa": pd.Categorical.from_codes([k[0] for k in out_keys], categories=list(ISAS)),
                  "reason": pd.Categorical.from_codes([k[1] for k in out_keys], categories=cats)}
         return latency_stats_of_samples(pd.DataFrame(frame), samples, unpaired_n)

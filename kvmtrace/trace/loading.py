@@ -109,11 +109,12 @@ def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
     from kvmtrace.analysis.handlers import LabelledIo
 
     tables = ReportTables(t.names, t.device_map, chunk_events or CHUNK_EVENTS, LabelledIo(t.device_timeline))
+    src = t.data.trailer or t.data.progress  # as Trace.start_ns / end_ns, whose fallbacks are the events' times
+    start = int(src.get("start_time_ns", min(floors)))
+    end = src.get("end_time_ns", src.get("t_ns"))
     if rates:
-        src = t.data.trailer or t.data.progress  # as Trace.start_ns, whose fallback is the first event's time
-        tables.gather_rates(t.vcpu_by_tid, int(src.get("start_time_ns", min(floors))), window_s,
-                            bool(kinds[EventKind.EXIT]))
-    vcpu = _vcpu_stream(t, header, kinds, floors, exits, window_s if rates else None)
+        tables.gather_rates(t.vcpu_by_tid, start, window_s, bool(kinds[EventKind.EXIT]))
+    vcpu = _vcpu_stream(header, kinds, start, None if end is None else int(end), exits, window_s if rates else None)
     i = 0
     for batch in reader:
         if batch.num_rows:
@@ -125,20 +126,18 @@ def load_for_report(path: str | os.PathLike, chunk_events: int | None = None,
     return ReportTrace(reader.data(), tables.finish(), vcpu_stream=vcpu.finish() if vcpu is not None else None)
 
 
-def _vcpu_stream(t: Trace, header: dict, kinds: np.ndarray, floors: list[int], exits: bool,
+def _vcpu_stream(header: dict, kinds: np.ndarray, start: int, end: int | None, exits: bool,
                  window_s: float | None):
     """Where the recording says where its vCPUs' time went: the batch-by-batch
-    analysis of it (analysis.vcpu_stream), with compare's windows if asked."""
+    analysis of it (analysis.vcpu_stream) from ``start`` to ``end`` (None: its
+    last event), with compare's windows if asked."""
     from kvmtrace.analysis.vcpu_stream import VcpuTimeStream
     from kvmtrace.analysis.vcpu_time import has_vcpu_time, window_edges
 
     if not has_vcpu_time(header, pd.DataFrame({"kind": np.flatnonzero(kinds).astype(np.uint8)})):
         return None
-    src = t.data.trailer or t.data.progress  # as Trace.start_ns / end_ns, whose fallbacks are the events' times
-    start = int(src.get("start_time_ns", min(floors)))
-    end = src.get("end_time_ns", src.get("t_ns"))
-    edges = window_edges(start, int(end), window_s) if window_s and end is not None else None
-    return VcpuTimeStream(header, start, None if end is None else int(end), exits, edges)
+    edges = window_edges(start, end, window_s) if window_s and end is not None else None
+    return VcpuTimeStream(header, start, end, exits, edges)
 
 
 class ReportTrace(Trace):
